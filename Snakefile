@@ -1,0 +1,21 @@
+# scae: train one autoencoder per loss × seed on real single-cell data and measure which
+# loss reconstructs cells best, beside the training-mean and PCA baselines.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+include: "rules/embed.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    input:
+        expand("results/{dataset}/summary.tsv", dataset=DATASETS),
+    default_target: True

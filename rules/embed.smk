@@ -1,0 +1,45 @@
+rule embed:
+    input:
+        model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
+        data="results/{dataset}/preprocessed.h5ad",
+    output:
+        embedding="results/{dataset}/embeddings/{loss}/seed{seed}.h5ad",
+        reconstruction="results/{dataset}/reconstructions/{loss}/seed{seed}.h5ad",
+    log:
+        "logs/{dataset}/embed/{loss}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/embed/{loss}/seed{seed}.tsv"
+    params:
+        input_scaling=config["model"]["input_scaling"],
+        device=config["train"]["device"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(1500, 8),
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/embed.py"
+
+
+rule baseline:
+    input:
+        "results/{dataset}/preprocessed.h5ad",
+    output:
+        embedding="results/{dataset}/embeddings/baseline/{baseline}.h5ad",
+        reconstruction="results/{dataset}/reconstructions/baseline/{baseline}.h5ad",
+    log:
+        "logs/{dataset}/baseline/{baseline}.log",
+    benchmark:
+        "benchmarks/{dataset}/baseline/{baseline}.tsv"
+    params:
+        n_components=config["model"]["latent_dim"],
+        seed=config["preprocess"]["split_seed"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(1500, 8),
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    conda:
+        "../envs/scanpy.yaml"
+    script:
+        "../scripts/baseline.py"

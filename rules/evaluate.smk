@@ -1,0 +1,45 @@
+rule evaluate:
+    input:
+        data="results/{dataset}/preprocessed.h5ad",
+        embedding="results/{dataset}/embeddings/{model}/{run}.h5ad",
+        reconstruction="results/{dataset}/reconstructions/{model}/{run}.h5ad",
+    output:
+        metrics="results/{dataset}/metrics/{model}/{run}.tsv",
+        per_cell="results/{dataset}/metrics/{model}/{run}.per_cell.tsv.gz",
+    log:
+        "logs/{dataset}/evaluate/{model}/{run}.log",
+    benchmark:
+        "benchmarks/{dataset}/evaluate/{model}/{run}.tsv"
+    wildcard_constraints:
+        model="|".join([*LOSS_NAMES, "baseline"]),
+        run=r"seed\d+|" + "|".join(BASELINES),
+    params:
+        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(1500, 4),
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    conda:
+        "../envs/scanpy.yaml"
+    script:
+        "../scripts/evaluate.py"
+
+
+rule summarize:
+    input:
+        metric_files,
+    output:
+        tidy="results/{dataset}/metrics.tsv",
+        summary="results/{dataset}/summary.tsv",
+    log:
+        "logs/{dataset}/summarize.log",
+    benchmark:
+        "benchmarks/{dataset}/summarize.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/scanpy.yaml"
+    script:
+        "../scripts/summarize.py"

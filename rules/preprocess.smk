@@ -1,0 +1,21 @@
+rule preprocess:
+    input:
+        lambda wildcards: config["datasets"][wildcards.dataset]["path"],
+    output:
+        "results/{dataset}/preprocessed.h5ad",
+    log:
+        "logs/{dataset}/preprocess.log",
+    benchmark:
+        "benchmarks/{dataset}/preprocess.tsv"
+    params:
+        dataset=dataset_config,
+        preprocess=config["preprocess"],
+        require_integers=any(loss in COUNT_LOSSES for loss in LOSS_NAMES),
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(2000, 20),
+        runtime=lambda wildcards, attempt: 30 * attempt,
+    conda:
+        "../envs/scanpy.yaml"
+    script:
+        "../scripts/preprocess.py"

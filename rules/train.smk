@@ -1,0 +1,25 @@
+rule train:
+    input:
+        "results/{dataset}/preprocessed.h5ad",
+    output:
+        model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
+        history="results/{dataset}/models/{loss}/seed{seed}/history.tsv",
+    log:
+        "logs/{dataset}/train/{loss}/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/train/{loss}/seed{seed}.tsv"
+    params:
+        loss_params=loss_params,
+        model=config["model"],
+        train=config["train"],
+        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+        # Outside the outputs, so a killed job's checkpoint survives for the rerun.
+        checkpoint="results/{dataset}/checkpoints/{loss}/seed{seed}.pt",
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=mem_mb_from_input(1500, 6),
+        runtime=lambda wildcards, attempt: 60 * attempt,
+    conda:
+        "../envs/torch.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,153 @@
+"""Reconstruction metrics on held-out cells, all in the common space log1p(normalized).
+
+For a test cell with truth x and reconstruction x̂ (both ∈ ℝ^G) and the training-mean profile
+m̄:
+
+* ``cosine``          cos(x̂, x) = x̂·x / (‖x̂‖‖x‖), 0 when either is the zero vector;
+* ``centred_cosine``  cos(x̂ − m̄, x − m̄): does the model capture how the cell *differs* from
+  the average cell? (the mean profile itself scores 0 here);
+* ``pearson``         cos(x̂ − mean_g x̂, x − mean_g x), per-cell Pearson correlation;
+* ``mse``             mean_g (x̂_g − x_g)²;
+* ``gene_pearson``    per gene, Pearson r across test cells; its median over genes whose
+  truth and reconstruction both vary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+#: Cells per densified chunk when scoring: bounds memory for large test sets.
+CHUNK = 4096
+
+
+def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """cos of matching rows; 0 where either row is all zeros (as sklearn's cosine_similarity)."""
+    dot = np.einsum("ij,ij->i", a, b, dtype=np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
+
+
+def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return rowwise_cosine(a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True))
+
+
+def per_cell_metrics(
+    truth: sp.spmatrix | np.ndarray, recon: np.ndarray, train_mean: np.ndarray
+) -> pd.DataFrame:
+    """One row per cell: cosine, centred_cosine, pearson, mse (truth densified in chunks)."""
+    parts = []
+    for start in range(0, recon.shape[0], CHUNK):
+        x = truth[start : start + CHUNK]
+        x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+        x_hat = np.asarray(recon[start : start + CHUNK], dtype=np.float64)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "cosine": rowwise_cosine(x_hat, x),
+                    "centred_cosine": rowwise_cosine(x_hat - train_mean, x - train_mean),
+                    "pearson": rowwise_pearson(x_hat, x),
+                    "mse": ((x_hat - x) ** 2).mean(axis=1),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def median_gene_pearson(truth: sp.spmatrix | np.ndarray, recon: np.ndarray) -> float:
+    """Median over genes of Pearson r(x̂_·g, x_·g) across cells (constant genes skipped).
+
+    Accumulates the five sums of the correlation chunk by chunk, so truth is never dense.
+    """
+    n = recon.shape[0]
+    sums = np.zeros((5, recon.shape[1]))  # Σx, Σx̂, Σx², Σx̂², Σx·x̂
+    for start in range(0, n, CHUNK):
+        x = truth[start : start + CHUNK]
+        x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+        x_hat = np.asarray(recon[start : start + CHUNK], dtype=np.float64)
+        sums += [x.sum(0), x_hat.sum(0), (x * x).sum(0), (x_hat * x_hat).sum(0), (x * x_hat).sum(0)]
+    sx, sy, sxx, syy, sxy = sums
+    cov = sxy - sx * sy / n
+    var_x, var_y = sxx - sx**2 / n, syy - sy**2 / n
+    # Relative tolerance: a gene constant up to rounding must not count as varying.
+    varies = (var_x > 1e-12 * np.maximum(sxx, 1)) & (var_y > 1e-12 * np.maximum(syy, 1))
+    if not varies.any():
+        return float("nan")
+    return float(np.median(cov[varies] / np.sqrt(var_x[varies] * var_y[varies])))
+
+
+def summarize_reconstruction(
+    per_cell: pd.DataFrame, truth: sp.spmatrix | np.ndarray, recon: np.ndarray
+) -> dict[str, float]:
+    """Scalar metrics: cosine mean/median/quartiles, means of the others, gene Pearson."""
+    cosine = per_cell["cosine"]
+    return {
+        "cosine_mean": float(cosine.mean()),
+        "cosine_median": float(cosine.median()),
+        "cosine_q25": float(cosine.quantile(0.25)),
+        "cosine_q75": float(cosine.quantile(0.75)),
+        "centred_cosine_mean": float(per_cell["centred_cosine"].mean()),
+        "pearson_mean": float(per_cell["pearson"].mean()),
+        "mse": float(per_cell["mse"].mean()),
+        "gene_pearson_median": median_gene_pearson(truth, recon),
+    }
+
+
+def tidy(values: dict[str, float], **keys) -> pd.DataFrame:
+    """Long-format rows (``keys`` columns…, metric, value) from a metric → value mapping."""
+    frame = pd.DataFrame({"metric": list(values), "value": list(values.values())})
+    for column, value in reversed(keys.items()):
+        frame.insert(0, column, value)
+    return frame
+
+
+def embedding_metrics(
+    embedding: np.ndarray,
+    labels: pd.Series,
+    split: np.ndarray,
+    seed: int = 0,
+    n_neighbors: int = 15,
+    silhouette_sample: int = 5000,
+) -> dict[str, float]:
+    """How well an embedding separates the annotated cell types.
+
+    * ``knn_accuracy``: a k-nearest-neighbour classifier (k = ``n_neighbors``) fit on training
+      cells' embeddings and labels, accuracy on test cells;
+    * ``leiden_ari`` / ``leiden_nmi``: adjusted Rand index / normalized mutual information
+      between Leiden clusters of the kNN graph (all cells) and the labels;
+    * ``label_silhouette``: mean silhouette width of the labels, cosine distance.
+    """
+    import anndata as ad
+    import scanpy as sc
+    from sklearn.metrics import (
+        adjusted_rand_score,
+        normalized_mutual_info_score,
+        silhouette_score,
+    )
+    from sklearn.neighbors import KNeighborsClassifier
+
+    labels = pd.Series(labels).astype(str).to_numpy()
+    train, test = split == "train", split == "test"
+    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
+    knn.fit(embedding[train], labels[train])
+    accuracy = float((knn.predict(embedding[test]) == labels[test]).mean())
+
+    graph = ad.AnnData(obsm={"X_emb": np.asarray(embedding, dtype=np.float32)})
+    # Gaussian-kernel connectivities on sklearn's exact kNN: no numba JIT (≈10 s per process
+    # for umap's kernel), which would dominate every evaluate job.
+    sc.pp.neighbors(graph, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed,
+                    method="gauss", transformer="sklearn")
+    sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
+    clusters = graph.obs["leiden"].to_numpy()
+    silhouette = silhouette_score(
+        embedding, labels, metric="cosine",
+        sample_size=min(silhouette_sample, len(labels)), random_state=seed,
+    )
+    return {
+        "knn_accuracy": accuracy,
+        "leiden_ari": float(adjusted_rand_score(labels, clusters)),
+        "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
+        "label_silhouette": float(silhouette),
+        "n_leiden_clusters": float(len(np.unique(clusters))),
+    }

@@ -1,0 +1,97 @@
+"""The MLP autoencoder shared by every loss; only the decoder's output head differs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from .losses import DecoderOutput, OutputKind
+
+#: log θ is clipped to this range: θ = e^15 is Poisson for all practical purposes and
+#: θ = e^-10 an extreme overdispersion; outside it lgamma loses precision.
+LOG_THETA_RANGE = (-10.0, 15.0)
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Architecture, mirroring ``config['model']`` plus what the loss implies."""
+
+    n_genes: int
+    hidden: tuple[int, ...] = (256, 128)
+    latent_dim: int = 32
+    dropout: float = 0.1
+    batch_norm: bool = True
+    output: OutputKind = "expression"
+    dispersion: Literal["gene", "gene-cell"] = "gene"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelParams:
+        return cls(**{**values, "hidden": tuple(values["hidden"])})
+
+
+def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers.append(nn.Linear(n_in, n_out))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(n_out))
+        layers.append(nn.ReLU())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Autoencoder(nn.Module):
+    """x → encoder MLP → z (linear, ``latent_dim``) → decoder MLP (mirrored) → head.
+
+    Heads: ``expression`` – linear x̂; count heads – μ = softmax(W h)·ℓ with ℓ the cell's
+    library size (as DCA and scVI), θ per gene (a learnt vector) or per gene and cell (a
+    linear head), and for ``zinb`` a linear head of dropout logits.
+    """
+
+    def __init__(self, params: ModelParams):
+        super().__init__()
+        self.params = params
+        hidden = list(params.hidden)
+        self.encoder = _mlp([params.n_genes, *hidden], params.dropout, params.batch_norm)
+        self.to_latent = nn.Linear(hidden[-1] if hidden else params.n_genes, params.latent_dim)
+        decoder_sizes = [params.latent_dim, *reversed(hidden)]
+        self.decoder = _mlp(decoder_sizes, params.dropout, params.batch_norm)
+        width = decoder_sizes[-1]
+        self.head = nn.Linear(width, params.n_genes)
+        if params.output in ("nb", "zinb"):
+            if params.dispersion == "gene":
+                self.log_theta = nn.Parameter(torch.zeros(params.n_genes))
+            else:
+                self.log_theta_head = nn.Linear(width, params.n_genes)
+        if params.output == "zinb":
+            self.dropout_head = nn.Linear(width, params.n_genes)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.to_latent(self.encoder(x))
+
+    def decode(self, z: Tensor, library: Tensor | None = None) -> DecoderOutput:
+        h = self.decoder(z)
+        logits = self.head(h)
+        if self.params.output == "expression":
+            return DecoderOutput(expression=logits)
+        if library is None:
+            raise ValueError("count heads need each cell's library size")
+        out = DecoderOutput(mu=torch.softmax(logits, dim=-1) * library[:, None])
+        if self.params.output in ("nb", "zinb"):
+            log_theta = (
+                self.log_theta if self.params.dispersion == "gene" else self.log_theta_head(h)
+            )
+            out.theta = log_theta.clamp(*LOG_THETA_RANGE).exp()
+        if self.params.output == "zinb":
+            out.dropout_logits = self.dropout_head(h)
+        return out
+
+    def forward(self, x: Tensor, library: Tensor | None = None) -> DecoderOutput:
+        return self.decode(self.encode(x), library)

@@ -1,0 +1,40 @@
+"""AnnData outputs of one run: the embedding of every cell and test reconstructions."""
+
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+
+from .io import atomic_path
+
+#: obsm key of a run's latent embedding (absent for runs without one, e.g. the mean baseline).
+EMBEDDING_KEY = "X_scae"
+
+
+def write_run_outputs(
+    adata: ad.AnnData,
+    test_rows: np.ndarray,
+    latent: np.ndarray | None,
+    recon: np.ndarray,
+    embedding_path: str,
+    reconstruction_path: str,
+    meta: dict,
+) -> None:
+    """Write ``obsm['X_scae']`` for all cells and a test-cells × genes reconstruction.
+
+    The reconstruction's ``X`` is in the common space log1p(normalized expression), so every
+    model and baseline is scored against the same truth (``adata.X`` of the test cells).
+    """
+    embedding = ad.AnnData(obs=adata.obs.copy(), uns={"scae_run": meta})
+    if latent is not None:
+        embedding.obsm[EMBEDDING_KEY] = np.asarray(latent, dtype=np.float32)
+    reconstruction = ad.AnnData(
+        X=np.ascontiguousarray(recon, dtype=np.float32),
+        obs=adata.obs.iloc[test_rows].copy(),
+        var=adata.var[[]].copy(),
+        uns={"scae_run": meta},
+    )
+    with atomic_path(embedding_path) as tmp:
+        embedding.write_h5ad(tmp)
+    with atomic_path(reconstruction_path) as tmp:
+        reconstruction.write_h5ad(tmp)

@@ -1,0 +1,314 @@
+"""Minibatch training with early stopping, resumable checkpoints, and inference helpers.
+
+Randomness is derived from (seed, epoch) alone – the shuffling order, dropout masks and
+negative pairs of epoch e – so a run resumed from the checkpoint of epoch e−1 is bitwise
+identical to one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .io import atomic_path
+from .losses import Batch, DecoderOutput, LossSpec, cosine_similarity
+from .model import Autoencoder, ModelParams
+
+logger = logging.getLogger("scae")
+
+InputScaling = Literal["none", "zscore"]
+#: Genes whose training sd is below this are only centred under z-scoring, not blown up.
+MIN_STD = 1e-3
+#: Cells per chunk at inference: bounds the dense memory of validation and embedding.
+EVAL_CHUNK = 2048
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """Optimisation settings, mirroring ``config['train']``."""
+
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 100
+    patience: int = 10
+
+
+class CellData:
+    """Sparse views of a preprocessed AnnData that yield dense minibatches one at a time.
+
+    ``x`` is log-normalized expression (the evaluation space), ``counts`` the raw counts of
+    the same genes. The model's input (and target, for expression losses) is ``x`` or, with
+    ``input_scaling='zscore'``, (x − mean_train)/sd_train.
+    """
+
+    def __init__(self, adata: ad.AnnData, input_scaling: InputScaling = "none",
+                 group_key: str | None = None):
+        self.x = sp.csr_matrix(adata.X, dtype=np.float32)
+        self.counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float32)
+        self.counts_library = np.asarray(self.counts.sum(axis=1), dtype=np.float32).ravel()
+        self.library_size = adata.obs["library_size"].to_numpy(np.float32)
+        self.target_sum = float(adata.uns["scae"]["target_sum"])
+        self.split = adata.obs["split"].astype(str).to_numpy()
+        self.input_scaling = input_scaling
+        self.mean = torch.from_numpy(adata.var["train_mean"].to_numpy(np.float32))
+        self.std = torch.from_numpy(
+            np.maximum(adata.var["train_std"].to_numpy(np.float32), MIN_STD)
+        )
+        self.groups = None
+        if group_key:
+            codes = pd.Series(adata.obs[group_key]).astype("category").cat.codes.to_numpy()
+            self.groups = torch.from_numpy(codes.astype(np.int64))
+
+    @property
+    def n_genes(self) -> int:
+        return self.x.shape[1]
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scaling != "zscore":
+            return x
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def unscale(self, y: torch.Tensor) -> torch.Tensor:
+        if self.input_scaling != "zscore":
+            return y
+        return y * self.std.to(y.device) + self.mean.to(y.device)
+
+    def batch(self, rows: np.ndarray, with_counts: bool) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+        """(model input, loss targets, count-head library sizes) for ``rows``, densified."""
+        x = torch.from_numpy(self.x[rows].toarray())
+        counts = torch.from_numpy(self.counts[rows].toarray()) if with_counts else None
+        groups = self.groups[rows] if self.groups is not None else None
+        inputs = self.scale(x)
+        return inputs, Batch(x=inputs, counts=counts, groups=groups), torch.from_numpy(
+            self.counts_library[rows]
+        )
+
+    def to_expression(self, out: DecoderOutput, rows: np.ndarray) -> torch.Tensor:
+        """Map a decoder output to the common space log1p(normalized expression).
+
+        Count models: log1p(μ / library_size · target_sum), the log-normalized predicted mean.
+        """
+        if out.expression is not None:
+            return self.unscale(out.expression)
+        library = torch.from_numpy(self.library_size[rows]).to(out.mu.device)
+        return torch.log1p(out.mu / library[:, None] * self.target_sum)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# Independent random streams per (seed, epoch); validation uses epoch 0, which training never does.
+SHUFFLE, DROPOUT, NEGATIVES = range(3)
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
+
+
+def _minibatches(rows: np.ndarray, batch_size: int, rng: np.random.Generator | None):
+    order = rng.permutation(rows) if rng is not None else rows
+    # A trailing batch of one cell would break batch norm; it is seen in other epochs.
+    stop = len(order) - 1 if len(order) % batch_size == 1 and len(order) > 1 else len(order)
+    for start in range(0, stop, batch_size):
+        yield order[start : min(start + batch_size, stop)]
+
+
+def fingerprint(*parts: dict) -> str:
+    """A short hash of the settings a checkpoint belongs to."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FitResult:
+    model: Autoencoder
+    history: pd.DataFrame
+    best_epoch: int
+
+
+def evaluate_split(
+    model: Autoencoder,
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    rows: np.ndarray,
+    device: torch.device,
+    seed: int,
+) -> tuple[float, float]:
+    """(mean loss, mean cosine in the common space) over ``rows``, in eval mode."""
+    model.eval()
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, 0, NEGATIVES))
+    loss_sum = cos_sum = 0.0
+    with torch.no_grad():
+        for start in range(0, len(rows), EVAL_CHUNK):
+            idx = rows[start : start + EVAL_CHUNK]
+            inputs, batch, library = data.batch(idx, spec.uses_counts)
+            batch = _to_device(batch, device)
+            batch.generator = generator
+            out = model(inputs.to(device), library.to(device))
+            loss_sum += float(spec.fn(out, batch, loss_params).sum())
+            recon = data.to_expression(out, idx)
+            truth = data.unscale(batch.x.cpu()).to(device)
+            cos_sum += float(cosine_similarity(recon, truth).sum())
+    return loss_sum / len(rows), cos_sum / len(rows)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return Batch(
+        x=batch.x.to(device),
+        counts=batch.counts.to(device) if batch.counts is not None else None,
+        groups=batch.groups.to(device) if batch.groups is not None else None,
+        generator=batch.generator,
+    )
+
+
+def fit(
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    model_params: ModelParams,
+    train_params: TrainParams,
+    seed: int,
+    device: torch.device,
+    checkpoint: Path | None = None,
+) -> FitResult:
+    """Train on ``train`` cells, early-stop on ``val`` loss, return the best weights.
+
+    Test cells are never touched. With ``checkpoint``, the state after each epoch is saved
+    there (atomically) and an existing checkpoint of the same settings is resumed.
+    """
+    key = fingerprint(asdict(train_params), model_params.to_dict(), loss_params,
+                      {"loss": spec.name, "seed": seed, "scaling": data.input_scaling})
+    torch.manual_seed(seed)
+    model = Autoencoder(model_params).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=train_params.learning_rate, weight_decay=train_params.weight_decay
+    )
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "best_model": None, "history": []}
+    if checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location=device, weights_only=True)
+        if saved["fingerprint"] == key:
+            model.load_state_dict(saved["model"])
+            optimizer.load_state_dict(saved["optimizer"])
+            state = saved["state"]
+            logger.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
+        else:
+            logger.info("ignoring checkpoint %s written for other settings", checkpoint)
+
+    train_rows, val_rows = data.rows("train"), data.rows("val")
+    while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
+        epoch = state["epoch"] + 1
+        started = time.perf_counter()
+        model.train()
+        torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
+        rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
+        loss_sum, n_seen = 0.0, 0
+        for step, idx in enumerate(_minibatches(train_rows, train_params.batch_size, rng)):
+            inputs, batch, library = data.batch(idx, spec.uses_counts)
+            batch = _to_device(batch, device)
+            batch.generator = generator
+            out = model(inputs.to(device), library.to(device))
+            loss = spec.fn(out, batch, loss_params).mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss {spec.name} became {loss.item()} in epoch {epoch}, minibatch {step}; "
+                    f"lower train.learning_rate (now {train_params.learning_rate}) in "
+                    "config/config.yaml or check the input for extreme values"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(idx)
+            n_seen += len(idx)
+        val_loss, val_cosine = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
+        if not math.isfinite(val_loss):
+            raise TrainingDiverged(
+                f"validation loss became {val_loss} in epoch {epoch}; lower "
+                f"train.learning_rate (now {train_params.learning_rate})"
+            )
+        seconds = time.perf_counter() - started
+        state["history"].append(
+            {"epoch": epoch, "train_loss": loss_sum / n_seen, "val_loss": val_loss,
+             "val_cosine": val_cosine, "seconds": seconds}
+        )
+        if val_loss < state["best_val"]:
+            state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
+                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        logger.info(
+            "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
+            epoch, loss_sum / n_seen, val_loss, val_cosine, seconds,
+            "  *" if state["best_epoch"] == epoch else "",
+        )
+        if checkpoint is not None:
+            with atomic_path(checkpoint) as tmp:
+                torch.save({"fingerprint": key, "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(), "state": state}, tmp)
+    model.load_state_dict(state["best_model"])
+    logger.info("best epoch %d (val loss %.5f)", state["best_epoch"], state["best_val"])
+    return FitResult(model=model, history=pd.DataFrame(state["history"]),
+                     best_epoch=state["best_epoch"])
+
+
+def save_model(path: Path, result: FitResult, meta: dict) -> None:
+    """Write state dict + the exact settings used (loadable with ``weights_only=True``)."""
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": result.model.state_dict(),
+                    "model_params": result.model.params.to_dict(),
+                    "best_epoch": result.best_epoch, **meta}, tmp)
+
+
+def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = Autoencoder(ModelParams.from_dict(saved["model_params"])).to(device)
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, saved
+
+
+@torch.no_grad()
+def embed_and_reconstruct(
+    model: Autoencoder, data: CellData, recon_rows: np.ndarray, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Latent z of every cell, and common-space reconstructions of ``recon_rows``."""
+    model.eval()
+    latent = np.empty((data.x.shape[0], model.params.latent_dim), dtype=np.float32)
+    for start in range(0, data.x.shape[0], EVAL_CHUNK):
+        idx = np.arange(start, min(start + EVAL_CHUNK, data.x.shape[0]))
+        inputs, _, _ = data.batch(idx, with_counts=False)
+        latent[idx] = model.encode(inputs.to(device)).cpu().numpy()
+    recon = np.empty((len(recon_rows), data.n_genes), dtype=np.float32)
+    for start in range(0, len(recon_rows), EVAL_CHUNK):
+        idx = recon_rows[start : start + EVAL_CHUNK]
+        inputs, _, library = data.batch(idx, with_counts=False)
+        out = model(inputs.to(device), library.to(device))
+        recon[start : start + len(idx)] = data.to_expression(out, idx).cpu().numpy()
+    return latent, recon

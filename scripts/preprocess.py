@@ -1,0 +1,23 @@
+"""Snakemake entry point: QC, split, normalize and select HVGs for one dataset."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
+from scae.data import PreprocessParams, preprocess, read_counts, validate_counts
+from scae.io import atomic_path, rule_logging
+
+sm = snakemake  # noqa: F821
+with rule_logging(sm.log[0]):
+    spec = sm.params.dataset
+    adata = read_counts(sm.input[0], counts=spec["counts"], transpose=spec["transpose"])
+    validate_counts(adata.X, sm.input[0], sm.wildcards.dataset, sm.params.require_integers)
+    result = preprocess(
+        adata,
+        PreprocessParams(**sm.params.preprocess),
+        dataset=sm.wildcards.dataset,
+        label_key=spec["label_key"] or None,
+        mito_prefix=spec["mito_prefix"] or None,
+    )
+    with atomic_path(sm.output[0]) as tmp:
+        result.write_h5ad(tmp, compression="gzip")

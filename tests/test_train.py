@@ -1,0 +1,138 @@
+"""Training: early stopping, exact resume, divergence, never densifying the whole matrix."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from scae.data import PreprocessParams, preprocess
+from scae.losses import LOSSES, LossSpec, get_loss
+from scae.model import ModelParams
+from scae.train import (
+    CellData,
+    FitResult,
+    TrainingDiverged,
+    TrainParams,
+    embed_and_reconstruct,
+    fit,
+    load_model,
+    save_model,
+)
+
+CPU = torch.device("cpu")
+FAST = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=6, patience=3)
+
+
+@pytest.fixture(scope="module")
+def small_data(pbmc_small):
+    adata = preprocess(pbmc_small, PreprocessParams(n_top_genes=200), dataset="t",
+                       label_key="cell_type", mito_prefix="MT-")
+    return adata
+
+
+def _params(data, loss, **kw):
+    return ModelParams(n_genes=data.n_vars, hidden=(64,), latent_dim=8,
+                       output=get_loss(loss).output, **kw)
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_loss_trains_and_restores_best_epoch(small_data, loss):
+    data = CellData(small_data, "none", group_key="cell_type")
+    params = {"margin": 0.0, "negatives_per_cell": 2, "alpha": 0.5}
+    result = fit(data, get_loss(loss), params, _params(small_data, loss), FAST, seed=0, device=CPU)
+    history = result.history
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_cosine", "seconds"]
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    best = history.loc[history["val_loss"].idxmin()]
+    assert result.best_epoch == best["epoch"]
+    from scae.train import evaluate_split
+
+    val_loss, val_cos = evaluate_split(result.model, data, get_loss(loss), params,
+                                       data.rows("val"), CPU, seed=0)
+    assert val_loss == pytest.approx(best["val_loss"], rel=1e-5)  # best weights restored
+    assert -1 <= val_cos <= 1
+
+
+def test_zscore_round_trip(small_data):
+    data = CellData(small_data, "zscore")
+    x = torch.from_numpy(data.x[:5].toarray())
+    torch.testing.assert_close(data.unscale(data.scale(x)), x, rtol=1e-5, atol=1e-5)
+
+
+def test_resume_after_interruption_is_bitwise_identical(small_data, tmp_path, monkeypatch):
+    data = CellData(small_data, "none")
+    spec, model_params = get_loss("nb"), _params(small_data, "nb")
+    straight = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU)
+
+    import scae.train as train_module
+
+    real_evaluate = train_module.evaluate_split
+    calls = {"n": 0}
+
+    def dies_in_epoch_4(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt("simulated kill")
+        return real_evaluate(*args, **kwargs)
+
+    checkpoint = tmp_path / "ckpt.pt"
+    monkeypatch.setattr(train_module, "evaluate_split", dies_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        fit(data, spec, {}, model_params, FAST, seed=1, device=CPU, checkpoint=checkpoint)
+    assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 3
+    monkeypatch.setattr(train_module, "evaluate_split", real_evaluate)
+    resumed = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU, checkpoint=checkpoint)
+    for key, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+    assert straight.history.drop(columns="seconds").equals(
+        resumed.history.drop(columns="seconds"))
+
+
+def test_checkpoint_of_other_settings_is_ignored(small_data, tmp_path):
+    data = CellData(small_data, "none")
+    checkpoint = tmp_path / "ckpt.pt"
+    short = TrainParams(batch_size=64, max_epochs=2, patience=3)
+    fit(data, get_loss("mse"), {}, _params(small_data, "mse"), short, 0, CPU, checkpoint)
+    other = TrainParams(batch_size=64, learning_rate=1e-2, max_epochs=2, patience=3)
+    result = fit(data, get_loss("mse"), {}, _params(small_data, "mse"), other, 0, CPU, checkpoint)
+    assert len(result.history) == 2  # trained afresh, not resumed at epoch 2
+
+
+def test_divergence_stops_with_learning_rate_hint(small_data):
+    data = CellData(small_data, "none")
+    exploding = LossSpec("nan", lambda out, batch, p: out.expression.sum(1) * float("nan"),
+                         "expression", "NaN")
+    with pytest.raises(TrainingDiverged, match="lower train.learning_rate"):
+        fit(data, exploding, {}, _params(small_data, "mse"), FAST, 0, CPU)
+
+
+def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
+    n_cells = small_data.n_obs
+    largest = {"rows": 0}
+    real_toarray = sp.csr_matrix.toarray
+
+    def guarded(self, *args, **kwargs):
+        assert self.shape[0] < n_cells, "the full matrix was densified"
+        largest["rows"] = max(largest["rows"], self.shape[0])
+        return real_toarray(self, *args, **kwargs)
+
+    monkeypatch.setattr(sp.csr_matrix, "toarray", guarded)
+    monkeypatch.setattr("scae.train.EVAL_CHUNK", 100)
+    data = CellData(small_data, "none")
+    result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb"), FAST, 0, CPU)
+    embed_and_reconstruct(result.model, data, data.rows("test"), CPU)
+    assert 0 < largest["rows"] <= 100
+
+
+def test_model_file_loads_with_weights_only(small_data, tmp_path):
+    data = CellData(small_data, "none")
+    short = TrainParams(batch_size=64, max_epochs=1)
+    result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb", dispersion="gene-cell"),
+                 short, 0, CPU)
+    save_model(tmp_path / "m.pt", result, {"loss": "zinb", "seed": 0})
+    model, saved = load_model(tmp_path / "m.pt", CPU)
+    assert saved["loss"] == "zinb" and model.params.dispersion == "gene-cell"
+    latent, recon = embed_and_reconstruct(model, data, data.rows("test"), CPU)
+    assert latent.shape == (small_data.n_obs, 8)
+    assert np.isfinite(recon).all() and recon.min() >= 0  # log1p of a mean count
+    assert isinstance(result, FitResult)
