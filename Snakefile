@@ -16,6 +16,6 @@ include: "rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand("results/{dataset}/summary.tsv", dataset=DATASETS),
-    default_target: True

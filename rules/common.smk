@@ -6,7 +6,6 @@ from snakemake.utils import validate
 sys.path.insert(0, workflow.basedir)
 from scae.config import BASELINES, COUNT_LOSSES, InputError, check_input_path
 
-
 validate(config, "../config/schema.yaml")
 
 DATASETS = [name for name, spec in config["datasets"].items() if spec["enabled"]]

@@ -9,15 +9,15 @@ rule embed:
         "logs/{dataset}/embed/{loss}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/embed/{loss}/seed{seed}.tsv"
-    params:
-        input_scaling=config["model"]["input_scaling"],
-        device=config["train"]["device"],
+    conda:
+        "../envs/torch.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 8),
         runtime=lambda wildcards, attempt: 20 * attempt,
-    conda:
-        "../envs/torch.yaml"
+    params:
+        input_scaling=config["model"]["input_scaling"],
+        device=config["train"]["device"],
     script:
         "../scripts/embed.py"
 
@@ -32,14 +32,14 @@ rule baseline:
         "logs/{dataset}/baseline/{baseline}.log",
     benchmark:
         "benchmarks/{dataset}/baseline/{baseline}.tsv"
-    params:
-        n_components=config["model"]["latent_dim"],
-        seed=config["preprocess"]["split_seed"],
+    conda:
+        "../envs/scanpy.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 8),
         runtime=lambda wildcards, attempt: 20 * attempt,
-    conda:
-        "../envs/scanpy.yaml"
+    params:
+        n_components=config["model"]["latent_dim"],
+        seed=config["preprocess"]["split_seed"],
     script:
         "../scripts/baseline.py"

@@ -13,14 +13,14 @@ rule evaluate:
     wildcard_constraints:
         model="|".join([*LOSS_NAMES, "baseline"]),
         run=r"seed\d+|" + "|".join(BASELINES),
-    params:
-        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+    conda:
+        "../envs/scanpy.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 4),
         runtime=lambda wildcards, attempt: 20 * attempt,
-    conda:
-        "../envs/scanpy.yaml"
+    params:
+        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
     script:
         "../scripts/evaluate.py"
 
@@ -35,11 +35,11 @@ rule summarize:
         "logs/{dataset}/summarize.log",
     benchmark:
         "benchmarks/{dataset}/summarize.tsv"
+    conda:
+        "../envs/scanpy.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/scanpy.yaml"
     script:
         "../scripts/summarize.py"

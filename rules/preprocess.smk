@@ -7,15 +7,15 @@ rule preprocess:
         "logs/{dataset}/preprocess.log",
     benchmark:
         "benchmarks/{dataset}/preprocess.tsv"
-    params:
-        dataset=dataset_config,
-        preprocess=config["preprocess"],
-        require_integers=any(loss in COUNT_LOSSES for loss in LOSS_NAMES),
+    conda:
+        "../envs/scanpy.yaml"
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(2000, 20),
         runtime=lambda wildcards, attempt: 30 * attempt,
-    conda:
-        "../envs/scanpy.yaml"
+    params:
+        dataset=dataset_config,
+        preprocess=config["preprocess"],
+        require_integers=any(loss in COUNT_LOSSES for loss in LOSS_NAMES),
     script:
         "../scripts/preprocess.py"

@@ -8,6 +8,12 @@ rule train:
         "logs/{dataset}/train/{loss}/seed{seed}.log",
     benchmark:
         "benchmarks/{dataset}/train/{loss}/seed{seed}.tsv"
+    conda:
+        "../envs/torch.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=mem_mb_from_input(1500, 6),
+        runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loss_params=loss_params,
         model=config["model"],
@@ -15,11 +21,5 @@ rule train:
         label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
         # Outside the outputs, so a killed job's checkpoint survives for the rerun.
         checkpoint="results/{dataset}/checkpoints/{loss}/seed{seed}.pt",
-    threads: config["train"]["threads"]
-    resources:
-        mem_mb=mem_mb_from_input(1500, 6),
-        runtime=lambda wildcards, attempt: 60 * attempt,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/train.py"

@@ -106,12 +106,16 @@ class CellData:
     def to_expression(self, out: DecoderOutput, rows: np.ndarray) -> torch.Tensor:
         """Map a decoder output to the common space log1p(normalized expression).
 
-        Count models: log1p(μ / library_size · target_sum), the log-normalized predicted mean.
+        Count models: log1p(E[c] / library_size · target_sum), the log-normalized predicted
+        mean, where E[c] = μ, or (1 − π)·μ under zero inflation.
         """
         if out.expression is not None:
             return self.unscale(out.expression)
-        library = torch.from_numpy(self.library_size[rows]).to(out.mu.device)
-        return torch.log1p(out.mu / library[:, None] * self.target_sum)
+        mean = out.mu
+        if out.dropout_logits is not None:
+            mean = mean * torch.sigmoid(-out.dropout_logits)
+        library = torch.from_numpy(self.library_size[rows]).to(mean.device)
+        return torch.log1p(mean / library[:, None] * self.target_sum)
 
 
 def resolve_device(device: str) -> torch.device:

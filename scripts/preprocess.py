@@ -20,4 +20,4 @@ with rule_logging(sm.log[0]):
         mito_prefix=spec["mito_prefix"] or None,
     )
     with atomic_path(sm.output[0]) as tmp:
-        result.write_h5ad(tmp, compression="gzip")
+        result.write_h5ad(tmp, compression="lzf")  # fast to read for every job
