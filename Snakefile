@@ -8,14 +8,19 @@ min_version("8.0")
 configfile: "config/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/embed.smk"
 include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/{dataset}/summary.tsv", dataset=DATASETS),
+        expand("results/{dataset}/plots/umap.png", dataset=DATASETS),

@@ -1,10 +1,18 @@
+import re
 import sys
 from pathlib import Path
 
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
-from scae.config import BASELINES, COUNT_LOSSES, InputError, check_input_path
+from scae.config import (
+    BASELINES,
+    COUNT_LOSSES,
+    MCV_BASELINES,
+    MCV_SUFFIX,
+    InputError,
+    check_input_path,
+)
 
 validate(config, "../config/schema.yaml")
 
@@ -16,34 +24,60 @@ if not DATASETS:
 for _name in DATASETS:
     check_input_path(config["datasets"][_name]["path"], _name)
 LOSS_NAMES = list(config["losses"])
-SEEDS = [int(seed) for seed in config["seeds"]]
+MCV = config["mcv"]
+# Every dataset also runs as a molecular cross-validation variant "<name>.mcv".
+MCV_DATASETS = [name + MCV_SUFFIX for name in DATASETS] if MCV["enabled"] else []
+
+
+def alternatives(names):
+    """A wildcard regex matching exactly these names (no path separators, no traversal)."""
+    return "|".join(re.escape(name) for name in names)
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    loss="|".join(LOSS_NAMES),
+    dataset=alternatives(DATASETS + MCV_DATASETS),
+    loss=alternatives(LOSS_NAMES),
     seed=r"\d+",
-    baseline="|".join(BASELINES),
+    baseline=alternatives(MCV_BASELINES),
+
+
+def is_mcv(wildcards):
+    return wildcards.dataset.endswith(MCV_SUFFIX)
 
 
 def dataset_config(wildcards):
-    return config["datasets"][wildcards.dataset]
+    return config["datasets"][wildcards.dataset.removesuffix(MCV_SUFFIX)]
 
 
 def loss_params(wildcards):
     return config["loss_params"].get(wildcards.loss, {})
 
 
-def run_ids(wildcards):
+def run_ids(dataset):
     """Every (model, run) pair evaluated for a dataset: autoencoders, then baselines."""
-    runs = [(loss, f"seed{seed}") for loss in LOSS_NAMES for seed in SEEDS]
-    return runs + [("baseline", name) for name in BASELINES]
+    mcv = dataset.endswith(MCV_SUFFIX)
+    seeds = MCV["seeds"] if mcv else config["seeds"]
+    runs = [(loss, f"seed{seed}") for loss in LOSS_NAMES for seed in seeds]
+    return runs + [("baseline", name) for name in (MCV_BASELINES if mcv else BASELINES)]
 
 
 def metric_files(wildcards):
+    """Metrics of every run of a dataset and of its cross-validation variant."""
+    variants = [wildcards.dataset]
+    if MCV["enabled"]:
+        variants.append(wildcards.dataset + MCV_SUFFIX)
     return [
-        f"results/{wildcards.dataset}/metrics/{model}/{run}.tsv"
-        for model, run in run_ids(wildcards)
+        f"results/{variant}/metrics/{model}/{run}.tsv"
+        for variant in variants
+        for model, run in run_ids(variant)
+    ]
+
+
+def per_cell_files(wildcards):
+    """Per-cell scores of every run of a dataset, for the paired comparisons."""
+    return [
+        f"results/{wildcards.dataset}/metrics/{model}/{run}.per_cell.tsv.gz"
+        for model, run in run_ids(wildcards.dataset)
     ]
 
 

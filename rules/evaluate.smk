@@ -12,7 +12,7 @@ rule evaluate:
         "benchmarks/{dataset}/evaluate/{model}/{run}.tsv"
     wildcard_constraints:
         model="|".join([*LOSS_NAMES, "baseline"]),
-        run=r"seed\d+|" + "|".join(BASELINES),
+        run=rf"seed\d+|{alternatives(MCV_BASELINES)}",
     conda:
         "../envs/scanpy.yaml"
     threads: 1
@@ -27,19 +27,34 @@ rule evaluate:
 
 rule summarize:
     input:
-        metric_files,
+        metrics=metric_files,
+        per_cell=per_cell_files,
     output:
         tidy="results/{dataset}/metrics.tsv",
-        summary="results/{dataset}/summary.tsv",
+        summary=report(
+            "results/{dataset}/summary.tsv",
+            caption="../report/summary_table.rst",
+            category="{dataset}",
+            subcategory="Tables",
+        ),
+        comparisons=report(
+            "results/{dataset}/comparisons.tsv",
+            caption="../report/comparisons_table.rst",
+            category="{dataset}",
+            subcategory="Tables",
+        ),
+        markdown="results/{dataset}/summary.md",
     log:
         "logs/{dataset}/summarize.log",
     benchmark:
         "benchmarks/{dataset}/summarize.tsv"
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
     conda:
         "../envs/scanpy.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=2000,
         runtime=10,
     script:
         "../scripts/summarize.py"

@@ -1,6 +1,6 @@
 rule preprocess:
     input:
-        lambda wildcards: config["datasets"][wildcards.dataset]["path"],
+        lambda wildcards: dataset_config(wildcards)["path"],
     output:
         "results/{dataset}/preprocessed.h5ad",
     log:
@@ -16,6 +16,9 @@ rule preprocess:
     params:
         dataset=dataset_config,
         preprocess=config["preprocess"],
-        require_integers=any(loss in COUNT_LOSSES for loss in LOSS_NAMES),
+        mcv=lambda wildcards: MCV if is_mcv(wildcards) else None,
+        # Count losses and molecule splitting both need integer counts.
+        require_integers=lambda wildcards: is_mcv(wildcards)
+        or any(loss in COUNT_LOSSES for loss in LOSS_NAMES),
     script:
         "../scripts/preprocess.py"

@@ -50,6 +50,11 @@ def check_input_path(path: str | Path, dataset: str) -> None:
 
 
 #: Reference reconstructions evaluated beside every autoencoder (see :mod:`scae.baselines`).
-BASELINES = ("mean", "pca")
+BASELINES = ("mean", "pca", "library_size")
+#: Added under molecular cross-validation: the noisy training molecules themselves.
+MCV_BASELINES = (*BASELINES, "no_denoising")
+#: Suffix of the dataset variant trained on binomially thinned molecules (:mod:`scae.mcv`);
+#: dataset names cannot contain a dot, so it never collides with a configured name.
+MCV_SUFFIX = ".mcv"
 #: Losses that model raw counts (their registry entries have a count ``output``).
 COUNT_LOSSES = ("poisson", "nb", "zinb")

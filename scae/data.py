@@ -24,6 +24,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from .config import SUPPORTED_FORMATS, InputError, format_of
+from .mcv import HELDOUT_LAYER, binomial_split
 
 logger = logging.getLogger("scae")
 
@@ -42,6 +43,14 @@ class PreprocessParams:
     test_fraction: float = 0.2
     val_fraction: float = 0.1
     split_seed: int = 0
+
+
+@dataclass(frozen=True)
+class MCVParams:
+    """Molecular cross-validation: the fraction of molecules kept for training, and a seed."""
+
+    train_fraction: float = 0.9
+    seed: int = 0
 
 
 def read_counts(
@@ -175,6 +184,7 @@ def preprocess(
     dataset: str,
     label_key: str | None,
     mito_prefix: str | None,
+    mcv: MCVParams | None = None,
 ) -> ad.AnnData:
     """QC, split, normalize, log1p and HVG-subset a raw-count AnnData (see module docstring).
 
@@ -182,6 +192,11 @@ def preprocess(
     raw counts, ``obs['split']``, ``obs['library_size']`` (total counts over all genes kept
     after the gene filter, the normalization denominator) and ``var['train_mean']`` /
     ``var['train_std']`` of the log-normalized values over training cells.
+
+    With ``mcv``, each QC-passing cell's molecules are split binomially (:mod:`scae.mcv`):
+    everything above is computed from the training molecules c', and the held-out molecules
+    c'' of the same cells and genes go to ``layers['mcv_heldout']`` and
+    ``obs['mcv_library_size']``.
     """
     adata = adata.copy()
     if not adata.var_names.is_unique:
@@ -211,6 +226,10 @@ def preprocess(
                 stacklevel=2,
             )
     adata = adata[keep].copy()
+    if mcv is not None:
+        adata.X, adata.layers[HELDOUT_LAYER] = binomial_split(
+            adata.X, mcv.train_fraction, mcv.seed
+        )
     zero = np.asarray(adata.X.sum(axis=1)).ravel() == 0
     if zero.any():
         logger.info("removed %d cells with zero counts", int(zero.sum()))
@@ -251,6 +270,10 @@ def preprocess(
     adata = adata[:, cells_per_gene >= params.min_cells].copy()
     adata.layers["counts"] = adata.X.copy()
     adata.obs["library_size"] = np.asarray(adata.X.sum(axis=1)).ravel()
+    if mcv is not None:
+        adata.obs["mcv_library_size"] = np.asarray(
+            adata.layers[HELDOUT_LAYER].sum(axis=1)
+        ).ravel()
     sc.pp.normalize_total(adata, target_sum=params.target_sum)
     sc.pp.log1p(adata)
 

@@ -50,6 +50,11 @@ def rule_logging(log_path: str | os.PathLike) -> Iterator[logging.Logger]:
         logging.getLogger("py.warnings").addHandler(handler)
         old_stderr = sys.stderr
         sys.stderr = stream
+        # Which scheduler job ran this rule: cluster users (and the SLURM test) look here.
+        logger.info(
+            "running on %s, SLURM_JOB_ID=%s", os.uname().nodename,
+            os.environ.get("SLURM_JOB_ID", "none"),
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("default")

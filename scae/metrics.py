@@ -10,6 +10,14 @@ m̄:
 * ``mse``             mean_g (x̂_g − x_g)²;
 * ``gene_pearson``    per gene, Pearson r across test cells; its median over genes whose
   truth and reconstruction both vary.
+
+Count-space metrics map x̂ back to expected counts, μ_g = (exp(x̂_g) − 1)⁺ · ℓ / target_sum
+(ℓ the cell's library size), and score the cell's raw counts c under them:
+
+* ``poisson_nll``     Σ_g μ_g − c_g log μ_g + log Γ(c_g + 1), mean over cells;
+* ``nb_nll``          −Σ_g log NB(c_g; μ_g, θ_g) with one reference θ_g per gene for every
+  model, estimated by moments on training counts (θ = m²/(v − m), see
+  :func:`moment_dispersion`), mean over cells.
 """
 
 from __future__ import annotations
@@ -17,9 +25,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import gammaln
 
 #: Cells per densified chunk when scoring: bounds memory for large test sets.
 CHUNK = 4096
+#: Added to μ inside log μ (as torch's poisson_nll_loss does): a model predicting exactly
+#: zero for an observed count pays c·log(1e8) ≈ 18 c nats instead of infinity.
+MU_EPS = 1e-8
+#: Reference θ range: near-Poisson genes get 1e4 instead of an infinite θ.
+THETA_RANGE = (1e-2, 1e4)
+
+
+def _chunks(truth: sp.spmatrix | np.ndarray, recon: np.ndarray):
+    """(start, dense truth, reconstruction) for successive blocks of ``CHUNK`` cells."""
+    for start in range(0, recon.shape[0], CHUNK):
+        x = truth[start : start + CHUNK]
+        x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
+        yield start, x, np.asarray(recon[start : start + CHUNK], dtype=np.float64)
 
 
 def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -38,10 +60,7 @@ def per_cell_metrics(
 ) -> pd.DataFrame:
     """One row per cell: cosine, centred_cosine, pearson, mse (truth densified in chunks)."""
     parts = []
-    for start in range(0, recon.shape[0], CHUNK):
-        x = truth[start : start + CHUNK]
-        x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
-        x_hat = np.asarray(recon[start : start + CHUNK], dtype=np.float64)
+    for _, x, x_hat in _chunks(truth, recon):
         parts.append(
             pd.DataFrame(
                 {
@@ -62,10 +81,7 @@ def median_gene_pearson(truth: sp.spmatrix | np.ndarray, recon: np.ndarray) -> f
     """
     n = recon.shape[0]
     sums = np.zeros((5, recon.shape[1]))  # Σx, Σx̂, Σx², Σx̂², Σx·x̂
-    for start in range(0, n, CHUNK):
-        x = truth[start : start + CHUNK]
-        x = np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
-        x_hat = np.asarray(recon[start : start + CHUNK], dtype=np.float64)
+    for _, x, x_hat in _chunks(truth, recon):
         sums += [x.sum(0), x_hat.sum(0), (x * x).sum(0), (x_hat * x_hat).sum(0), (x * x_hat).sum(0)]
     sx, sy, sxx, syy, sxy = sums
     cov = sxy - sx * sy / n
@@ -92,6 +108,61 @@ def summarize_reconstruction(
         "mse": float(per_cell["mse"].mean()),
         "gene_pearson_median": median_gene_pearson(truth, recon),
     }
+
+
+def expected_counts(recon: np.ndarray, library_size: np.ndarray, target_sum: float) -> np.ndarray:
+    """μ = (exp(x̂) − 1)⁺ · ℓ / target_sum: the counts a log-normalized x̂ stands for."""
+    return np.maximum(np.expm1(recon), 0) * (library_size[:, None] / target_sum)
+
+
+def moment_dispersion(counts: sp.spmatrix) -> np.ndarray:
+    """Per-gene NB inverse dispersion by moments, θ = m² / (v − m), clipped to THETA_RANGE."""
+    mean = np.asarray(counts.mean(axis=0), dtype=np.float64).ravel()
+    mean_sq = np.asarray(counts.multiply(counts).mean(axis=0), dtype=np.float64).ravel()
+    excess = mean_sq - mean**2 - mean
+    theta = np.divide(mean**2, excess, out=np.full_like(mean, np.inf), where=excess > 0)
+    return np.clip(theta, *THETA_RANGE)
+
+
+def count_nll(
+    counts: sp.spmatrix, mu: np.ndarray, theta: np.ndarray
+) -> dict[str, float]:
+    """Mean over cells of the Poisson and reference-NB negative log-likelihoods of ``counts``."""
+    poisson = nb = 0.0
+    for start, c, m in _chunks(counts, mu):
+        log_mu = np.log(m + MU_EPS)
+        poisson += float((m - c * log_mu + gammaln(c + 1)).sum())
+        log_theta_mu = np.log(theta + m)
+        nb += float(-(gammaln(c + theta) - gammaln(theta) - gammaln(c + 1)
+                      + theta * (np.log(theta) - log_theta_mu)
+                      + c * (log_mu - log_theta_mu)).sum())
+    return {"poisson_nll": poisson / mu.shape[0], "nb_nll": nb / mu.shape[0]}
+
+
+def breakdowns(
+    truth: sp.spmatrix | np.ndarray,
+    recon: np.ndarray,
+    per_cell: pd.DataFrame,
+    gene_train_mean: np.ndarray,
+    library_size: np.ndarray,
+) -> dict[str, float]:
+    """MSE per decile of genes' training-mean expression (``mse_expr_decile_01`` = lowest) and
+    mean cosine per quartile of cells' library size (``cosine_library_q1`` = smallest)."""
+    squared = np.zeros(recon.shape[1])
+    for _, x, x_hat in _chunks(truth, recon):
+        squared += ((x_hat - x) ** 2).sum(axis=0)
+    gene_mse = squared / recon.shape[0]
+    deciles = pd.qcut(pd.Series(gene_train_mean).rank(method="first"), 10, labels=False)
+    values = {
+        f"mse_expr_decile_{d + 1:02d}": float(gene_mse[deciles.to_numpy() == d].mean())
+        for d in range(10)
+    }
+    quartiles = pd.qcut(pd.Series(library_size).rank(method="first"), 4, labels=False)
+    for q in range(4):
+        values[f"cosine_library_q{q + 1}"] = float(
+            per_cell["cosine"].to_numpy()[quartiles.to_numpy() == q].mean()
+        )
+    return values
 
 
 def tidy(values: dict[str, float], **keys) -> pd.DataFrame:

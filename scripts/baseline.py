@@ -1,4 +1,4 @@
-"""Snakemake entry point: the training-mean and PCA reference reconstructions."""
+"""Snakemake entry point: one reference reconstruction (mean, PCA, library size, no denoising)."""
 
 import sys
 from pathlib import Path
@@ -7,23 +7,16 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import anndata as ad
 import numpy as np
 
-from scae.baselines import fit_pca, mean_reconstruction, pca_embed_and_reconstruct
+from scae.baselines import baseline_outputs
 from scae.io import rule_logging
 from scae.outputs import write_run_outputs
 
 sm = snakemake  # noqa: F821
-with rule_logging(sm.log[0]) as log:
+with rule_logging(sm.log[0]):
     adata = ad.read_h5ad(sm.input[0])
-    split = adata.obs["split"].to_numpy()
-    test_rows = np.flatnonzero(split == "test")
-    if sm.wildcards.baseline == "mean":
-        latent = None
-        recon = mean_reconstruction(adata.var["train_mean"].to_numpy(), len(test_rows))
-    else:
-        k = min(sm.params.n_components, adata.n_vars - 1)
-        pca = fit_pca(adata.X[split == "train"], k, sm.params.seed)
-        log.info("PCA k=%d explains %.3f of training variance", k,
-                 pca.explained_variance_ratio_.sum())
-        latent, recon = pca_embed_and_reconstruct(pca, adata.X, test_rows)
+    latent, recon = baseline_outputs(
+        sm.wildcards.baseline, adata, sm.params.n_components, sm.params.seed
+    )
+    test_rows = np.flatnonzero(adata.obs["split"].to_numpy() == "test")
     write_run_outputs(adata, test_rows, latent, recon, sm.output.embedding,
                       sm.output.reconstruction, {"model": f"baseline_{sm.wildcards.baseline}"})

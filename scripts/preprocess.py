@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
-from scae.data import PreprocessParams, preprocess, read_counts, validate_counts
+from scae.data import MCVParams, PreprocessParams, preprocess, read_counts, validate_counts
 from scae.io import atomic_path, rule_logging
 
 sm = snakemake  # noqa: F821
@@ -18,6 +18,9 @@ with rule_logging(sm.log[0]):
         dataset=sm.wildcards.dataset,
         label_key=spec["label_key"] or None,
         mito_prefix=spec["mito_prefix"] or None,
+        mcv=MCVParams(sm.params.mcv["train_fraction"], sm.params.mcv["seed"])
+        if sm.params.mcv
+        else None,
     )
     with atomic_path(sm.output[0]) as tmp:
         result.write_h5ad(tmp, compression="lzf")  # fast to read for every job

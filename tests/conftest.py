@@ -60,3 +60,17 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1
         pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n"
                     f"{proc.stderr[-5000:]}")
     return proc
+
+
+SMALL_RUN_SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """The whole default workflow (every loss, two seeds, MCV, plots) on 400 real cells."""
+    from scae.losses import LOSSES
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    config = write_small_workflow_config(workdir, list(LOSSES), SMALL_RUN_SEEDS)
+    run_snakemake(workdir, config, "--cores", "2")
+    return workdir

@@ -7,15 +7,22 @@ import scipy.sparse as sp
 from scipy import stats
 from sklearn.metrics.pairwise import paired_cosine_distances
 
+from scipy.special import gammaln
+
 from scae.baselines import fit_pca, mean_reconstruction, pca_embed_and_reconstruct
+from scae.mcv import binomial_split, mcv_metrics
 from scae.metrics import (
+    THETA_RANGE,
+    breakdowns,
+    count_nll,
     embedding_metrics,
+    expected_counts,
+    moment_dispersion,
     median_gene_pearson,
     per_cell_metrics,
     rowwise_cosine,
     summarize_reconstruction,
 )
-from scae.summary import wide_summary
 
 
 @pytest.fixture
@@ -103,15 +110,88 @@ def test_embedding_metrics_separate_clear_clusters():
     assert noise["knn_accuracy"] < 0.7 and noise["label_silhouette"] < 0.1
 
 
-def test_wide_summary_keeps_baselines_last():
-    tidy = pd.DataFrame({
-        "dataset": "d",
-        "model": ["mse", "mse", "baseline_pca", "cosine"],
-        "kind": ["autoencoder", "autoencoder", "baseline", "autoencoder"],
-        "seed": [0, 1, np.nan, 0],
-        "metric": "cosine_mean",
-        "value": [0.8, 0.81, 0.7, 0.9],
-    })
-    wide = wide_summary(tidy)
-    assert list(wide["model"]) == ["cosine", "mse", "mse", "baseline_pca"]
-    assert wide["seed"].isna().tolist() == [False, False, False, True]
+def test_count_nll_matches_scipy():
+    rng = np.random.default_rng(2)
+    counts = rng.poisson(2.0, size=(20, 15)).astype(float)
+    mu = rng.gamma(2.0, 1.5, size=(20, 15))
+    theta = rng.gamma(2.0, 2.0, size=15)
+    values = count_nll(sp.csr_matrix(counts), mu, theta)
+    poisson = -stats.poisson.logpmf(counts, mu).sum(axis=1).mean()
+    nb = -stats.nbinom.logpmf(counts, theta, theta / (theta + mu)).sum(axis=1).mean()
+    assert values["poisson_nll"] == pytest.approx(poisson, rel=1e-7)  # ε = MU_EPS in log μ
+    assert values["nb_nll"] == pytest.approx(nb, rel=1e-6)
+
+
+def test_poisson_nll_agrees_with_torch_argument_order():
+    """torch's poisson_nll_loss takes the prediction first (input=μ) and the counts second."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    counts = rng.poisson(3.0, size=(10, 8)).astype(float)
+    mu = rng.gamma(2.0, 1.5, size=(10, 8))
+    ours = count_nll(sp.csr_matrix(counts), mu, np.ones(8))["poisson_nll"]
+    reference = torch.nn.functional.poisson_nll_loss(
+        torch.tensor(mu), torch.tensor(counts), log_input=False, full=False, reduction="sum"
+    ).item() / 10
+    stirling_free = ours - gammaln(counts + 1).sum() / 10  # torch's full=False drops log c!
+    assert stirling_free == pytest.approx(reference, rel=1e-9)
+
+
+def test_expected_counts_invert_log_normalization():
+    counts = np.array([[0.0, 3.0, 7.0], [1.0, 0.0, 9.0]])
+    library = counts.sum(axis=1)
+    x = np.log1p(counts / library[:, None] * 1e4)
+    np.testing.assert_allclose(expected_counts(x, library, 1e4), counts, atol=1e-9)
+    assert (expected_counts(np.full((1, 3), -2.0), np.ones(1), 1e4) == 0).all()
+
+
+def test_moment_dispersion():
+    rng = np.random.default_rng(4)
+    theta, mean = 2.0, 5.0
+    counts = rng.negative_binomial(theta, theta / (theta + mean), size=(20000, 2)).astype(float)
+    counts[:, 1] = 3.0  # underdispersed: clipped to the Poisson end
+    estimate = moment_dispersion(sp.csr_matrix(counts))
+    assert estimate[0] == pytest.approx(theta, rel=0.1)
+    assert estimate[1] == THETA_RANGE[1]
+
+
+def test_breakdowns_by_expression_decile_and_library_quartile():
+    truth = np.zeros((8, 20))
+    recon = np.zeros((8, 20))
+    recon[:, 18:] = 1.0  # error only in the two most expressed genes
+    gene_mean = np.arange(20.0)
+    per_cell = pd.DataFrame({"cosine": np.arange(8.0)})
+    values = breakdowns(truth, recon, per_cell, gene_mean, library_size=np.arange(8.0))
+    assert values["mse_expr_decile_10"] == 1.0
+    assert all(values[f"mse_expr_decile_{d:02d}"] == 0 for d in range(1, 10))
+    assert values["cosine_library_q1"] == 0.5 and values["cosine_library_q4"] == 6.5
+
+
+def test_binomial_split_preserves_totals_exactly():
+    rng = np.random.default_rng(5)
+    counts = sp.random(300, 200, density=0.2, random_state=rng, format="csr")
+    counts.data = np.ceil(counts.data * 50).astype(np.float32)
+    train, heldout = binomial_split(counts, 0.9, seed=1)
+    assert (train + heldout != counts).nnz == 0
+    assert train.data.min() > 0 and heldout.data.min() > 0
+    fraction = train.sum() / counts.sum()
+    assert fraction == pytest.approx(0.9, abs=0.005)
+    again, _ = binomial_split(counts, 0.9, seed=1)
+    assert (again != train).nnz == 0
+
+
+def test_mcv_metrics_reward_the_true_profile():
+    rng = np.random.default_rng(6)
+    profile = rng.dirichlet(np.ones(50))
+    library = rng.integers(2000, 6000, size=200)
+    counts = sp.csr_matrix(rng.poisson(library[:, None] * profile).astype(float))
+    train, heldout = binomial_split(counts, 0.9, seed=0)
+    train_lib = np.asarray(train.sum(1)).ravel()
+    held_lib = np.asarray(heldout.sum(1)).ravel()
+    noisy = np.log1p(train.toarray() / train_lib[:, None] * 1e4)
+    truth = np.log1p(np.tile(profile * 1e4, (200, 1)))
+    theta = np.full(50, 1e4)
+    denoised = mcv_metrics(heldout, truth, train_lib, held_lib, 1e4, theta)
+    raw = mcv_metrics(heldout, noisy, train_lib, held_lib, 1e4, theta)
+    assert denoised["mcv_mse"] < raw["mcv_mse"]
+    assert denoised["mcv_poisson_nll"] < raw["mcv_poisson_nll"]

@@ -6,22 +6,13 @@ import pytest
 from scae.config import BASELINES
 from scae.losses import LOSSES
 
-from .conftest import run_snakemake, write_small_workflow_config
+from .conftest import SMALL_RUN_SEEDS as SEEDS
 
 pytestmark = pytest.mark.workflow
-SEEDS = [0, 1]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("workflow")
-    config = write_small_workflow_config(workdir, list(LOSSES), SEEDS)
-    run_snakemake(workdir, config, "--cores", "2")
-    return workdir
-
-
-def test_summary_has_every_loss_seed_and_baseline(finished_run):
-    summary = pd.read_csv(finished_run / "results/pbmc_small/summary.tsv", sep="\t")
+def test_summary_has_every_loss_seed_and_baseline(small_run):
+    summary = pd.read_csv(small_run / "results/pbmc_small/summary.tsv", sep="\t")
     runs = set(zip(summary["model"], summary["seed"].fillna(-1).astype(int)))
     expected = {(loss, seed) for loss in LOSSES for seed in SEEDS}
     expected |= {(f"baseline_{name}", -1) for name in BASELINES}
@@ -31,8 +22,8 @@ def test_summary_has_every_loss_seed_and_baseline(finished_run):
     assert summary["mse"].gt(0).all()
 
 
-def test_mse_model_beats_the_mean_profile(finished_run):
-    summary = pd.read_csv(finished_run / "results/pbmc_small/summary.tsv", sep="\t")
+def test_mse_model_beats_the_mean_profile(small_run):
+    summary = pd.read_csv(small_run / "results/pbmc_small/summary.tsv", sep="\t")
     by_model = summary.groupby("model")["mse"].mean()
     assert by_model["mse"] < by_model["baseline_mean"]
     # the mean profile cannot explain how a cell differs from the average cell
@@ -40,18 +31,18 @@ def test_mse_model_beats_the_mean_profile(finished_run):
     assert abs(mean_row["centred_cosine_mean"]) < 1e-6
 
 
-def test_label_metrics_present_for_models_with_embeddings(finished_run):
-    summary = pd.read_csv(finished_run / "results/pbmc_small/summary.tsv", sep="\t")
+def test_label_metrics_present_for_models_with_embeddings(small_run):
+    summary = pd.read_csv(small_run / "results/pbmc_small/summary.tsv", sep="\t")
     has_embedding = summary[summary["model"] != "baseline_mean"]
     assert has_embedding["knn_accuracy"].between(0, 1).all()
     # an embedding of real PBMCs separates cell types far better than chance (1/9)
     assert has_embedding["knn_accuracy"].min() > 0.4
 
 
-def test_embedding_and_reconstruction_files(finished_run):
+def test_embedding_and_reconstruction_files(small_run):
     import anndata as ad
 
-    results = finished_run / "results/pbmc_small"
+    results = small_run / "results/pbmc_small"
     pre = ad.read_h5ad(results / "preprocessed.h5ad")
     emb = ad.read_h5ad(results / "embeddings/nb/seed0.h5ad")
     assert emb.obsm["X_scae"].shape == (pre.n_obs, 8)

@@ -1,0 +1,110 @@
+"""Figures of a dataset's comparison: distributions, training curves, embeddings, heatmap."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # rule jobs have no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .summary import HEADLINE_METRICS, aggregate  # noqa: E402
+
+
+def _save(fig: plt.Figure, path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cosine_distributions(per_cell: dict[str, pd.DataFrame], path) -> None:
+    """Box plots of per-test-cell cosine per model (seeds pooled), baselines in grey."""
+    names = sorted(per_cell, key=lambda m: (m.startswith("baseline_"), m))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 4.2))
+    boxes = ax.boxplot([per_cell[n]["cosine"] for n in names], showfliers=False,
+                       patch_artist=True)
+    for patch, name in zip(boxes["boxes"], names):
+        patch.set_facecolor("0.8" if name.startswith("baseline_") else "tab:blue")
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
+    ax.set_ylabel("cosine(x̂, x) per test cell")
+    if "baseline_mean" in per_cell:
+        ax.axhline(np.median(per_cell["baseline_mean"]["cosine"]), color="0.4", ls="--", lw=1,
+                   label="median of training-mean profile")
+        ax.legend(loc="lower left", fontsize=8)
+    _save(fig, path)
+
+
+def training_curves(histories: dict[tuple[str, int], pd.DataFrame], path) -> None:
+    """Validation cosine (comparable across losses) and each loss's own train/val curves."""
+    losses = sorted({loss for loss, _ in histories})
+    fig, axes = plt.subplots(1, 1 + len(losses), figsize=(3.2 * (1 + len(losses)), 3.2))
+    colors = dict(zip(losses, plt.cm.tab10.colors))
+    for (loss, seed), history in sorted(histories.items()):
+        axes[0].plot(history["epoch"], history["val_cosine"], color=colors[loss], lw=1,
+                     label=loss if seed == min(s for l, s in histories if l == loss) else None)
+        ax = axes[1 + losses.index(loss)]
+        ax.plot(history["epoch"], history["train_loss"], color=colors[loss], lw=1, alpha=0.5)
+        ax.plot(history["epoch"], history["val_loss"], color=colors[loss], lw=1.5)
+        ax.set_title(loss)
+        ax.set_xlabel("epoch")
+    axes[0].set_title("validation cosine")
+    axes[0].set_xlabel("epoch")
+    axes[0].legend(fontsize=7)
+    axes[1].set_ylabel("loss (faint: train, solid: val)")
+    _save(fig, path)
+
+
+def embeddings_umap(embeddings: dict[str, np.ndarray], labels: pd.Series | None, path,
+                    seed: int = 0) -> None:
+    """UMAP of each embedding (one panel per model), coloured by label when there is one."""
+    import anndata as ad
+    import scanpy as sc
+
+    names = sorted(embeddings, key=lambda m: (m.startswith("baseline_"), m))
+    n_cols = min(3, len(names))
+    n_rows = int(np.ceil(len(names) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 3.8 * n_rows), squeeze=False)
+    categories = pd.Categorical(labels) if labels is not None else None
+    for ax, name in zip(axes.flat, names):
+        graph = ad.AnnData(obsm={"X_emb": np.asarray(embeddings[name], dtype=np.float32)})
+        sc.pp.neighbors(graph, use_rep="X_emb", random_state=seed)
+        sc.tl.umap(graph, random_state=seed)
+        xy = graph.obsm["X_umap"]
+        codes = categories.codes if categories is not None else np.zeros(len(xy))
+        ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="tab20", s=2, linewidths=0)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    if categories is not None:
+        handles = [plt.Line2D([], [], marker="o", ls="", color=plt.cm.tab20(i / 19))
+                   for i in range(len(categories.categories))]
+        fig.legend(handles, categories.categories, loc="center right", fontsize=7)
+        fig.subplots_adjust(right=0.82)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def metric_heatmap(tidy: pd.DataFrame, path) -> None:
+    """Models × headline metrics, coloured by rank within each metric (1 = best)."""
+    stats = aggregate(tidy)
+    means = stats.pivot_table(index="model", columns="metric", values="mean")
+    metrics = [m for m in HEADLINE_METRICS if m in means]
+    means = means[metrics]
+    ranks = pd.DataFrame({
+        m: means[m].rank(ascending=HEADLINE_METRICS[m] == "lower") for m in metrics
+    })
+    fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2.5, 0.45 * len(means) + 1.8))
+    ax.imshow(ranks.to_numpy(), cmap="viridis_r", aspect="auto")
+    ax.set_xticks(range(len(metrics)), metrics, rotation=45, ha="right")
+    ax.set_yticks(range(len(means)), means.index)
+    for i in range(len(means)):
+        for j, metric in enumerate(metrics):
+            value = means.iloc[i, j]
+            if pd.notna(value):
+                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
+                        color="white" if ranks.iloc[i, j] <= len(means) / 2 else "black")
+    ax.set_title("mean over seeds (colour: rank per metric, dark = best)")
+    _save(fig, path)
