@@ -66,20 +66,22 @@ def embeddings_umap(embeddings: dict[str, np.ndarray], labels: pd.Series | None,
     n_rows = int(np.ceil(len(names) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 3.8 * n_rows), squeeze=False)
     categories = pd.Categorical(labels) if labels is not None else None
+    palette = plt.cm.tab20.colors
     for ax, name in zip(axes.flat, names):
         graph = ad.AnnData(obsm={"X_emb": np.asarray(embeddings[name], dtype=np.float32)})
         sc.pp.neighbors(graph, use_rep="X_emb", random_state=seed)
         sc.tl.umap(graph, random_state=seed)
         xy = graph.obsm["X_umap"]
-        codes = categories.codes if categories is not None else np.zeros(len(xy))
-        ax.scatter(xy[:, 0], xy[:, 1], c=codes, cmap="tab20", s=2, linewidths=0)
+        codes = categories.codes if categories is not None else np.zeros(len(xy), dtype=int)
+        ax.scatter(xy[:, 0], xy[:, 1], c=[palette[c % len(palette)] for c in codes], s=2,
+                   linewidths=0)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
     for ax in axes.flat[len(names):]:
         ax.axis("off")
     if categories is not None:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=plt.cm.tab20(i / 19))
+        handles = [plt.Line2D([], [], marker="o", ls="", color=palette[i % len(palette)])
                    for i in range(len(categories.categories))]
         fig.legend(handles, categories.categories, loc="center right", fontsize=7)
         fig.subplots_adjust(right=0.82)
@@ -97,7 +99,7 @@ def metric_heatmap(tidy: pd.DataFrame, path) -> None:
         m: means[m].rank(ascending=HEADLINE_METRICS[m] == "lower") for m in metrics
     })
     fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2.5, 0.45 * len(means) + 1.8))
-    ax.imshow(ranks.to_numpy(), cmap="viridis_r", aspect="auto")
+    ax.imshow(ranks.to_numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(metrics)), metrics, rotation=45, ha="right")
     ax.set_yticks(range(len(means)), means.index)
     for i in range(len(means)):
