@@ -2,6 +2,7 @@ import re
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
@@ -12,9 +13,19 @@ from scae.config import (
     MCV_SUFFIX,
     InputError,
     check_input_path,
+    describe_schema_error,
 )
 
-validate(config, "../config/schema.yaml")
+try:
+    validate(config, "../config/schema.yaml")
+except WorkflowError as err:  # one line naming the key and the allowed values
+    if not hasattr(err.__context__, "validator"):  # the jsonschema ValidationError
+        raise
+    raise InputError(
+        describe_schema_error(
+            err.__context__, " / ".join(map(str, workflow.configfiles)) or "config"
+        )
+    ) from None
 
 DATASETS = [name for name, spec in config["datasets"].items() if spec["enabled"]]
 if not DATASETS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 #: File suffixes :func:`read_counts` accepts, with the reader used for each.
@@ -46,7 +47,68 @@ def check_input_path(path: str | Path, dataset: str) -> None:
             f"datasets.{dataset}.path in config/config.yaml (paths are relative to the "
             "directory you run snakemake in)"
         )
-    format_of(path)
+    fix = f"fix datasets.{dataset}.path in config/config.yaml"
+    try:
+        kind = format_of(path)
+    except InputError as err:
+        raise InputError(f"dataset {dataset!r}: {err}; {fix}") from None
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        raise InputError(f"dataset {dataset!r}: {path} is not readable (permission denied); {fix} "
+                         "or make the file readable (chmod a+r)")
+    if kind == "<directory>":
+        if not any((path / name).exists() for name in ("matrix.mtx.gz", "matrix.mtx")):
+            raise InputError(
+                f"dataset {dataset!r}: directory {path} holds no matrix.mtx(.gz); accepted "
+                f"formats are {', '.join(SUPPORTED_FORMATS)} (a 10x directory holds "
+                f"matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz); {fix}"
+            )
+    elif kind in (".h5ad", ".h5") and path.suffix.lower() != ".gz" and not _is_hdf5(path):
+        raise InputError(
+            f"dataset {dataset!r}: {path} is not an HDF5 file, so not a valid {kind} "
+            f"({SUPPORTED_FORMATS[kind]}); the file is corrupt, truncated or of another format "
+            f"(accepted formats are {', '.join(SUPPORTED_FORMATS)}); re-download or re-export "
+            f"it, or {fix}"
+        )
+
+
+#: The 8-byte signature of an HDF5 file, at offset 0 or after a user block of 512·2^k bytes.
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _is_hdf5(path: Path) -> bool:
+    """Whether ``path`` starts with the HDF5 signature (cheap: reads a few bytes)."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        for offset in (0, 512, 1024, 2048, 4096):
+            if offset + len(HDF5_SIGNATURE) > size:
+                break
+            stream.seek(offset)
+            if stream.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+    return False
+
+
+def describe_schema_error(error, configfile: str = "your config file") -> str:
+    """One line for a jsonschema ``ValidationError``: the key, what is wrong, what is allowed."""
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    where = where.lstrip(".") or "(top level)"
+    allowed_keys = ", ".join(error.schema.get("properties", {})) if isinstance(
+        error.schema, dict) else ""
+    if error.validator == "additionalProperties":
+        known = set(error.schema.get("properties", {}))
+        unknown = ", ".join(repr(k) for k in error.instance if k not in known)
+        problem = f"unknown key {unknown} under {where}; allowed keys: {allowed_keys}"
+    elif error.validator == "enum":
+        allowed = ", ".join(map(str, error.validator_value))
+        problem = f"{where} = {error.instance!r} is not allowed; allowed values: {allowed}"
+    elif error.validator == "type":
+        problem = f"{where} = {error.instance!r} has the wrong type; expected {error.validator_value}"
+    elif error.validator == "required":
+        problem = f"{where}: {error.message}"
+    else:
+        problem = f"{where} = {error.instance!r}: {error.message}"
+    return (f"invalid configuration: {problem}; fix it in {configfile} "
+            "(config/schema.yaml lists every key, its type and default)")
 
 
 #: Reference reconstructions evaluated beside every autoencoder (see :mod:`scae.baselines`).

@@ -114,7 +114,7 @@ def validate_counts(
     if n_bad:
         raise InputError(
             f"{source}: dataset {dataset!r} has {n_bad} NaN or infinite entries in its count "
-            "matrix; clean the matrix or point datasets.<name>.counts at the raw counts"
+            f"matrix; clean the matrix or point datasets.{dataset}.counts at the raw counts"
         )
     n_negative = int(np.count_nonzero(values < 0))
     fractional = int(np.count_nonzero(values != np.round(values)))
@@ -268,6 +268,13 @@ def preprocess(
 
     cells_per_gene = np.bincount(adata.X[is_train].indices, minlength=adata.n_vars)
     adata = adata[:, cells_per_gene >= params.min_cells].copy()
+    # A cell whose counts were all in removed genes has library size 0: no profile to learn.
+    empty = np.asarray(adata.X.sum(axis=1)).ravel() == 0
+    if empty.any():
+        logger.info("removed %d cells with zero counts in the genes kept by min_cells=%d",
+                    int(empty.sum()), params.min_cells)
+        adata = adata[~empty].copy()
+        is_train = is_train[~empty]
     adata.layers["counts"] = adata.X.copy()
     adata.obs["library_size"] = np.asarray(adata.X.sum(axis=1)).ravel()
     if mcv is not None:
