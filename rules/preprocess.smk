@@ -17,6 +17,8 @@ rule preprocess:
         dataset=dataset_config,
         preprocess=config["preprocess"],
         mcv=lambda wildcards: MCV if is_mcv(wildcards) else None,
+        clusters="cosine_embedding" in LOSS_NAMES
+        and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster",
         # Count losses and molecule splitting both need integer counts.
         require_integers=lambda wildcards: is_mcv(wildcards)
         or any(loss in COUNT_LOSSES for loss in LOSS_NAMES),

@@ -120,3 +120,5 @@ MCV_BASELINES = (*BASELINES, "no_denoising")
 MCV_SUFFIX = ".mcv"
 #: Losses that model raw counts (their registry entries have a count ``output``).
 COUNT_LOSSES = ("poisson", "nb", "zinb")
+#: obs column of the training-cell clusters used for cosine_embedding's cluster negatives.
+CLUSTER_KEY = "scae_cluster"

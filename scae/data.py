@@ -23,7 +23,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from .config import SUPPORTED_FORMATS, InputError, format_of
+from .config import CLUSTER_KEY, SUPPORTED_FORMATS, InputError, format_of
 from .mcv import HELDOUT_LAYER, binomial_split
 
 logger = logging.getLogger("scae")
@@ -185,6 +185,7 @@ def preprocess(
     label_key: str | None,
     mito_prefix: str | None,
     mcv: MCVParams | None = None,
+    clusters: bool = False,
 ) -> ad.AnnData:
     """QC, split, normalize, log1p and HVG-subset a raw-count AnnData (see module docstring).
 
@@ -197,6 +198,9 @@ def preprocess(
     everything above is computed from the training molecules c', and the held-out molecules
     c'' of the same cells and genes go to ``layers['mcv_heldout']`` and
     ``obs['mcv_library_size']``.
+
+    With ``clusters``, ``obs['scae_cluster']`` holds Leiden clusters of the training cells
+    (see :func:`training_clusters`).
     """
     adata = adata.copy()
     if not adata.var_names.is_unique:
@@ -299,8 +303,38 @@ def preprocess(
     }
     if labels is not None:
         adata.obs[label_key] = pd.Categorical(adata.obs[label_key].astype(str))
+    if clusters:
+        adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
+        logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())
     logger.info(
         "preprocessed %s: %d cells × %d HVGs, split %s",
         dataset, adata.n_obs, adata.n_vars, adata.obs["split"].value_counts().to_dict(),
     )
     return adata
+
+
+def training_clusters(
+    x: sp.csr_matrix, is_train: np.ndarray, seed: int, n_pcs: int = 30
+) -> pd.Categorical:
+    """Leiden clusters learnt from training cells only; other cells join the nearest centroid.
+
+    PCA (``n_pcs``, fit on training cells) → kNN graph of training cells → Leiden. Validation
+    and test cells are assigned to the cluster whose training centroid is closest in PCA
+    space, so held-out cells never shape the clusters.
+    """
+    from sklearn.decomposition import PCA
+
+    n_pcs = min(n_pcs, x.shape[1] - 1, int(is_train.sum()) - 1)
+    pca = PCA(n_components=n_pcs, svd_solver="arpack", random_state=seed).fit(x[is_train])
+    scores = pca.transform(x)
+    graph = ad.AnnData(obsm={"X_pca": scores[is_train].astype(np.float32)})
+    sc.pp.neighbors(graph, use_rep="X_pca", random_state=seed, method="gauss",
+                    transformer="sklearn")
+    sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
+    train_labels = graph.obs["leiden"].astype(int).to_numpy()
+    centroids = np.stack(
+        [scores[is_train][train_labels == c].mean(axis=0) for c in range(train_labels.max() + 1)]
+    )
+    nearest = ((scores[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(axis=1)
+    nearest[is_train] = train_labels
+    return pd.Categorical(nearest.astype(str))

@@ -5,13 +5,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from scae.data import MCVParams, PreprocessParams, preprocess, read_counts, validate_counts
+from scae.config import MCV_SUFFIX
 from scae.io import atomic_path, rule_logging
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
     spec = sm.params.dataset
     adata = read_counts(sm.input[0], counts=spec["counts"], transpose=spec["transpose"])
-    validate_counts(adata.X, sm.input[0], sm.wildcards.dataset, sm.params.require_integers)
+    name = sm.wildcards.dataset.removesuffix(MCV_SUFFIX)  # errors name the configured dataset
+    validate_counts(adata.X, sm.input[0], name, sm.params.require_integers)
     result = preprocess(
         adata,
         PreprocessParams(**sm.params.preprocess),
@@ -21,6 +23,7 @@ with rule_logging(sm.log[0]):
         mcv=MCVParams(sm.params.mcv["train_fraction"], sm.params.mcv["seed"])
         if sm.params.mcv
         else None,
+        clusters=sm.params.clusters,
     )
     with atomic_path(sm.output[0]) as tmp:
         result.write_h5ad(tmp, compression="lzf")  # fast to read for every job

@@ -7,6 +7,7 @@ sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import anndata as ad
 import torch
 
+from scae.config import CLUSTER_KEY
 from scae.io import atomic_path, rule_logging
 from scae.losses import get_loss
 from scae.model import ModelParams
@@ -19,12 +20,14 @@ with rule_logging(sm.log[0]) as log:
     loss_params = dict(sm.params.loss_params)
     model_config = dict(sm.params.model)
     adata = ad.read_h5ad(sm.input[0])
+    sampling = loss_params.get("negative_sampling", "random")
     label_key = sm.params.label_key if sm.params.label_key in adata.obs else None
-    group_key = label_key if loss_params.get("negative_sampling") == "label" else None
-    if loss_params.get("negative_sampling") == "label" and group_key is None:
+    group_key = {"random": None, "label": label_key, "cluster": CLUSTER_KEY}[sampling]
+    if sampling == "label" and group_key is None:
         raise ValueError(
             f"loss_params.cosine_embedding.negative_sampling is 'label' but dataset "
-            f"{sm.wildcards.dataset!r} has no label_key column; use 'random' or set label_key"
+            f"{sm.wildcards.dataset!r} has no label_key column; use 'random' or 'cluster', "
+            "or set label_key"
         )
     data = CellData(adata, model_config.pop("input_scaling"), group_key=group_key)
     device = resolve_device(sm.params.train["device"])

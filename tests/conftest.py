@@ -37,6 +37,8 @@ def write_small_workflow_config(
         },
         "preprocess": {"n_top_genes": 300},
         "losses": losses,
+        # exercises the training-cell clusters of preprocess (and their use in training)
+        "loss_params": {"cosine_embedding": {"negative_sampling": "cluster"}},
         "seeds": seeds,
         "model": {"hidden": [64], "latent_dim": 8},
         "train": {"batch_size": 64, "learning_rate": 0.003, "max_epochs": 15, "patience": 5},

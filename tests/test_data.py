@@ -193,3 +193,25 @@ def test_duplicate_gene_names_made_unique(pbmc_small):
         out = preprocess(adata, SMALL, dataset="t", label_key=None, mito_prefix="MT-")
     assert any("1 duplicate gene names made unique" in str(w.message) for w in caught)
     assert out.var_names.is_unique
+
+
+def test_training_clusters_ignore_held_out_cells(pbmc_small):
+    from scae.config import CLUSTER_KEY
+
+    out = preprocess(pbmc_small, SMALL, dataset="t", label_key="cell_type", mito_prefix="MT-",
+                     clusters=True)
+    clusters = out.obs[CLUSTER_KEY]
+    assert clusters.nunique() >= 3
+    # clusters agree with the annotated cell types far beyond chance
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(out.obs["cell_type"], clusters) > 0.3
+    # moving the test cells elsewhere leaves the training cells' clusters unchanged
+    from scae.data import training_clusters
+
+    is_train = (out.obs["split"] == "train").to_numpy()
+    shifted = out.X.copy().tolil()
+    for row in np.flatnonzero(out.obs["split"] == "test"):
+        shifted[row, :20] = 9.0
+    again = training_clusters(shifted.tocsr(), is_train, seed=0)
+    assert (np.asarray(again)[is_train] == clusters.to_numpy()[is_train]).all()
