@@ -16,11 +16,10 @@
 #   LOCAL_SLURM_WAIT_S     seconds to wait for the node to become idle (default: 90)
 set -euo pipefail
 
-log() { echo "[scae-slurm] $*" >&2; }
+. "$(dirname "$0")/slurm-common.sh"
 die() { log "ERROR: $*"; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
-MARK_DIR=/run/scae-slurm
 SLURM_RUN=/run/slurm
 SLURM_LOG=/var/log/slurm
 CONF=/etc/slurm/slurm.conf
@@ -35,21 +34,6 @@ MEM_MB="${LOCAL_SLURM_MEM_MB:-$((HW_MEM_MB * 85 / 100))}"
 PARTITION="${LOCAL_SLURM_PARTITION:-debug}"
 WAIT_S="${LOCAL_SLURM_WAIT_S:-90}"
 
-# pid_alive PID COMM: PID runs (not a zombie) and its command name is COMM
-pid_alive() {
-    local pid="$1" comm="$2" state
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    state="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)"
-    [ -n "$state" ] && [ "$state" != Z ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
-}
-# running_pid PIDFILE COMM: print the PID in PIDFILE if that daemon is alive
-running_pid() {
-    local pid
-    pid="$(cat "$1" 2>/dev/null || true)"
-    pid="${pid//[^0-9]/}"
-    if pid_alive "$pid" "$2"; then echo "$pid"; fi
-}
 # mark NAME PIDFILE: wait for the daemon's own pid file, record the PID as ours
 mark() {
     local pid="" end=$((SECONDS + 20))

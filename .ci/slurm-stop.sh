@@ -8,24 +8,11 @@
 # Safe to run repeatedly.
 set -euo pipefail
 
-MARK_DIR=/run/scae-slurm
-log() { echo "[scae-slurm] $*" >&2; }
+. "$(dirname "$0")/slurm-common.sh"
 [ "$(id -u)" -eq 0 ] || { log "ERROR: must run as root"; exit 1; }
 
-pid_alive() {
-    local pid="$1" comm="$2" state
-    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-    state="$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)"
-    [ -n "$state" ] && [ "$state" != Z ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$comm" ]
-}
 # recorded NAME: the recorded PID of daemon NAME, if it still runs that daemon
-recorded() {
-    local pid
-    pid="$(cat "$MARK_DIR/$1.pid" 2>/dev/null || true)"
-    pid="${pid//[^0-9]/}"
-    if pid_alive "$pid" "$1"; then echo "$pid"; fi
-}
+recorded() { running_pid "$MARK_DIR/$1.pid" "$1"; }
 stop_one() {
     local name="$1" pid
     pid="$(recorded "$name")"
