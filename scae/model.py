@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -35,6 +36,27 @@ class ModelParams:
         return cls(**{**values, "hidden": tuple(values["hidden"])})
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`Autoencoder.
+    use_dropout_generator`): PCG64's raw 32-bit words against ⌊p·2³²⌋ are ~5× cheaper than
+    torch's CPU Bernoulli sampling, which took ~7 % of a small MLP's training step.
+    Without a generator, in eval mode or off the CPU (where torch's own sampling is fast) it is
+    plain ``nn.Dropout``.
+    """
+
+    generator: np.random.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not self.training or not 0 < self.p < 1 or self.generator is None
+                or x.device.type != "cpu"):
+            return super().forward(x)
+        n = x.numel()
+        words = self.generator.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
+        keep = torch.from_numpy(words >= np.uint32(min(int(self.p * 2**32), 2**32 - 1)))
+        scale = keep.view(x.shape).to(device=x.device, dtype=x.dtype)
+        return x * scale.mul_(1.0 / (1.0 - self.p))
+
+
 def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
@@ -43,7 +65,7 @@ def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
             layers.append(nn.BatchNorm1d(n_out))
         layers.append(nn.ReLU())
         if dropout > 0:
-            layers.append(nn.Dropout(dropout))
+            layers.append(Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -72,6 +94,12 @@ class Autoencoder(nn.Module):
                 self.log_theta_head = nn.Linear(width, params.n_genes)
         if params.output == "zinb":
             self.dropout_head = nn.Linear(width, params.n_genes)
+
+    def use_dropout_generator(self, generator: np.random.Generator | None) -> None:
+        """Draw dropout masks from ``generator`` (None: torch's global RNG, as nn.Dropout)."""
+        for module in self.modules():
+            if isinstance(module, Dropout):
+                module.generator = generator
 
     def encode(self, x: Tensor) -> Tensor:
         return self.to_latent(self.encoder(x))

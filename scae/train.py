@@ -23,7 +23,7 @@ import scipy.sparse as sp
 import torch
 
 from .io import atomic_path
-from .losses import Batch, DecoderOutput, LossSpec, cosine_similarity
+from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import Autoencoder, ModelParams
 
 logger = logging.getLogger("scae")
@@ -63,6 +63,7 @@ class CellData:
         self.x = sp.csr_matrix(adata.X, dtype=np.float32)
         self.counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float32)
         self.counts_library = np.asarray(self.counts.sum(axis=1), dtype=np.float32).ravel()
+        self._log_factorial: np.ndarray | None = None
         self.library_size = adata.obs["library_size"].to_numpy(np.float32)
         self.target_sum = float(adata.uns["scae"]["target_sum"])
         self.split = adata.obs["split"].astype(str).to_numpy()
@@ -93,13 +94,40 @@ class CellData:
             return y
         return y * self.std.to(y.device) + self.mean.to(y.device)
 
+    @property
+    def log_factorial(self) -> np.ndarray:
+        """Σ_g log Γ(c_g + 1) per cell: the count likelihoods' data-only constant."""
+        if self._log_factorial is None:
+            self._log_factorial = np.empty(self.counts.shape[0], dtype=np.float32)
+            for start in range(0, self.counts.shape[0], 65536):  # bounded temporaries
+                chunk = self.counts[start : start + 65536]
+                terms = torch.lgamma(torch.from_numpy(chunk.data) + 1).double().numpy()
+                cumulative = np.concatenate([[0.0], np.cumsum(terms)])
+                self._log_factorial[start : start + chunk.shape[0]] = (
+                    cumulative[chunk.indptr[1:]] - cumulative[chunk.indptr[:-1]]
+                )
+        return self._log_factorial
+
+    def sparse_counts(self, rows: np.ndarray) -> SparseCounts:
+        """The raw counts of ``rows`` in coordinate form, never densified."""
+        sub = self.counts[rows]
+        cells = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
+        return SparseCounts(
+            rows=torch.from_numpy(cells), cols=torch.from_numpy(sub.indices.astype(np.int64)),
+            values=torch.from_numpy(sub.data), shape=(len(rows), self.n_genes),
+            log_factorial=torch.from_numpy(self.log_factorial[rows]),
+        )
+
     def batch(self, rows: np.ndarray, with_counts: bool) -> tuple[torch.Tensor, Batch, torch.Tensor]:
-        """(model input, loss targets, count-head library sizes) for ``rows``, densified."""
+        """(model input, loss targets, count-head library sizes) for ``rows``.
+
+        The input is densified (``rows`` only); raw counts stay sparse (``sparse_counts``).
+        """
         x = torch.from_numpy(self.x[rows].toarray())
-        counts = torch.from_numpy(self.counts[rows].toarray()) if with_counts else None
+        counts = self.sparse_counts(rows) if with_counts else None
         groups = self.groups[rows] if self.groups is not None else None
         inputs = self.scale(x)
-        return inputs, Batch(x=inputs, counts=counts, groups=groups), torch.from_numpy(
+        return inputs, Batch(x=inputs, groups=groups, sparse_counts=counts), torch.from_numpy(
             self.counts_library[rows]
         )
 
@@ -182,12 +210,30 @@ def evaluate_split(
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     if device.type == "cpu":
         return batch
+    sparse = batch.sparse_counts
+    if sparse is not None:
+        sparse = SparseCounts(
+            rows=sparse.rows.to(device), cols=sparse.cols.to(device),
+            values=sparse.values.to(device), shape=sparse.shape,
+            log_factorial=sparse.log_factorial.to(device),
+        )
     return Batch(
         x=batch.x.to(device),
         counts=batch.counts.to(device) if batch.counts is not None else None,
         groups=batch.groups.to(device) if batch.groups is not None else None,
         generator=batch.generator,
+        sparse_counts=sparse,
     )
+
+
+def _adam(model: Autoencoder, train_params: TrainParams) -> torch.optim.Adam:
+    """Adam, fused where this torch has the kernel (CPU since torch 2.4): one kernel per step
+    for all parameters instead of ~10 per parameter tensor, an eighth of a small MLP's step."""
+    settings = {"lr": train_params.learning_rate, "weight_decay": train_params.weight_decay}
+    try:
+        return torch.optim.Adam(model.parameters(), fused=True, **settings)
+    except (RuntimeError, ValueError):
+        return torch.optim.Adam(model.parameters(), **settings)
 
 
 def fit(
@@ -209,9 +255,7 @@ def fit(
                       {"loss": spec.name, "seed": seed, "scaling": data.input_scaling})
     torch.manual_seed(seed)
     model = Autoencoder(model_params).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=train_params.learning_rate, weight_decay=train_params.weight_decay
-    )
+    optimizer = _adam(model, train_params)
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
              "best_model": None, "history": []}
     if checkpoint is not None and checkpoint.exists():
@@ -230,6 +274,7 @@ def fit(
         started = time.perf_counter()
         model.train()
         torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
+        model.use_dropout_generator(np.random.default_rng(_epoch_seed(seed, epoch, DROPOUT)))
         rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
         loss_sum, n_seen = 0.0, 0
@@ -276,6 +321,7 @@ def fit(
             with atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": key, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "state": state}, tmp)
+    model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
     logger.info("best epoch %d (val loss %.5f)", state["best_epoch"], state["best_val"])
     return FitResult(model=model, history=pd.DataFrame(state["history"]),

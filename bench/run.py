@@ -1,0 +1,453 @@
+"""scae performance benchmark: one command, one table.
+
+    python bench/run.py            # everything (about 30 minutes on 2 cores)
+    python bench/run.py --quick    # a smaller version of every section (about 5 minutes)
+    python bench/run.py --only throughput flops
+
+Sections (see bench/README.md for what each measures and its acceptance target):
+
+  throughput  our NB training vs scvi-tools SCVI, matched architecture, same data, alternating
+  flops       our MSE training's model FLOP/s vs the torch 2048³ GEMM peak, same process
+  scaling     the real workflow's preprocess + train (1 epoch) on 10k / 100k / 1M synthetic
+              cells × 2000 genes: wall time and peak RSS from Snakemake's benchmark files
+  workflow    the default workflow (config/config.yaml) end to end with --cores 2
+
+Results: a table on stdout, bench/results/results.{tsv,md}, and per-section details there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+RESULTS = REPO / "bench" / "results"
+
+
+@dataclass
+class Row:
+    section: str
+    metric: str
+    value: str
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def verdict(self) -> str:
+        return {True: "yes", False: "NO", None: ""}[self.passed]
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+    def add(self, *args, **kwargs) -> None:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        print(f"  {row.section:<11} {row.metric:<44} {row.value:>16}  {row.target:<12} "
+              f"{row.verdict()}", flush=True)
+
+    def markdown(self) -> str:
+        lines = ["| section | metric | value | target | met |", "|---|---|---|---|---|"]
+        lines += [f"| {r.section} | {r.metric} | {r.value} | {r.target} | {r.verdict()} |"
+                  for r in self.rows]
+        return "\n".join(lines)
+
+    def tsv(self) -> str:
+        lines = ["section\tmetric\tvalue\ttarget\tmet\tnote"]
+        lines += [f"{r.section}\t{r.metric}\t{r.value}\t{r.target}\t{r.verdict()}\t{r.note}"
+                  for r in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+
+
+def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0) -> Path:
+    """Seeded synthetic counts (scae.synthetic), cached by file name."""
+    from scae.synthetic import SyntheticParams, write_synthetic
+
+    if not path.exists():
+        started = time.perf_counter()
+        write_synthetic(path, SyntheticParams(n_cells=n_cells, n_genes=2000, seed=seed))
+        print(f"  (generated {n_cells:,} synthetic cells in {time.perf_counter() - started:.0f} s)",
+              flush=True)
+    return path
+
+
+def preprocessed_synthetic(n_cells: int, workdir: Path):
+    """10k-style synthetic data preprocessed by scae (all 2000 genes kept)."""
+    import anndata as ad
+
+    from scae.data import PreprocessParams, preprocess
+
+    raw = ad.read_h5ad(synthetic_h5ad(workdir / f"synthetic_{n_cells}.h5ad", n_cells))
+    params = PreprocessParams(min_genes=0, min_cells=0, max_pct_mito=100.0,
+                              n_top_genes=raw.n_vars)
+    return raw, preprocess(raw, params, dataset="synthetic", label_key="cell_type",
+                           mito_prefix=None)
+
+
+def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
+                         seed: int = 0, validation: bool = True) -> tuple[float, list[float]]:
+    """Train with scae.train.fit; cells/s over epochs 2.. (epoch 1 warms up).
+
+    An epoch's time is the trainer's own (history ``seconds``): the minibatch loop and the
+    validation pass it runs after every epoch. ``validation=False`` replaces that pass by a
+    no-op, to time the training loop alone (as scvi-tools trains by default).
+    """
+    import torch
+
+    import scae.train
+    from scae.losses import get_loss
+    from scae.model import ModelParams
+    from scae.train import TrainParams, fit
+
+    if not validation:
+        real = scae.train.evaluate_split
+        scae.train.evaluate_split = lambda *args, **kwargs: (0.0, 0.0)
+        try:
+            return fit_cells_per_second(data, loss, hidden, batch_size, epochs, seed)
+        finally:
+            scae.train.evaluate_split = real
+
+    spec = get_loss(loss)
+    params = ModelParams(n_genes=data.n_genes, hidden=tuple(hidden), latent_dim=32,
+                         dropout=0.1, batch_norm=True, output=spec.output, dispersion="gene")
+    train = TrainParams(batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs,
+                        patience=epochs + 1)
+    result = fit(data, spec, {}, params, train, seed=seed, device=torch.device("cpu"))
+    seconds = list(result.history["seconds"])
+    n_train = len(data.rows("train"))
+    rates = [n_train / s for s in seconds[1:]] or [n_train / seconds[0]]
+    return statistics.median(rates), seconds
+
+
+def model_flops_per_cell(n_genes: int, hidden, latent: int,
+                         first_input_grad: bool = True) -> float:
+    """Training FLOPs per cell in the Linear layers: 6 × weights (forward, weight gradient,
+    input gradient: the usual model-FLOPs count). ``first_input_grad=False``: without the
+    first layer's input gradient, which training never computes."""
+    sizes = [n_genes, *hidden, latent, *reversed(hidden), n_genes]
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    total = sum(6 * a * b for a, b in layers)
+    if not first_input_grad:
+        total -= 2 * layers[0][0] * layers[0][1]
+    return float(total)
+
+
+def gemm_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """Best-of-``repeats`` float32 GFLOP/s of an n×n×n torch.mm on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    out = torch.empty(n, n)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - started)
+    return 2 * n**3 / best / 1e9
+
+
+# --- 1. throughput vs scvi-tools -------------------------------------------------------------
+
+
+def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0):
+    """scvi-tools SCVI at the matched architecture: (training cells, seconds of each epoch).
+    No validation pass (scvi-tools' default), unlike ours."""
+    import lightning.pytorch as pl
+    import scvi
+
+    class EpochTimer(pl.Callback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_train_epoch_start(self, trainer, module):
+            self._start = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            self.seconds.append(time.perf_counter() - self._start)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "scvi"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    scvi.settings.seed = seed
+    adata = raw.copy()
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata, n_hidden=128, n_latent=32, n_layers=2, dropout_rate=0.1,
+                            gene_likelihood="nb", dispersion="gene")
+    timer = EpochTimer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", devices=1,
+                    train_size=0.9, early_stopping=False, enable_progress_bar=False,
+                    logger=False, callbacks=[timer], enable_model_summary=False)
+    return len(model.train_indices), timer.seconds
+
+
+def section_throughput(report: Report, args, workdir: Path) -> None:
+    import torch
+
+    from scae.train import CellData
+
+    rounds, epochs = (2 if args.quick else 5), (3 if args.quick else 4)
+    raw, pre = preprocessed_synthetic(10_000, workdir)
+    data = CellData(pre, "none")
+    try:
+        import scvi  # noqa: F401
+
+        have_scvi = True
+    except ImportError:
+        have_scvi = False
+        print("  scvi-tools is not installed (pip install -e '.[bench]'); measuring ours only")
+    n_train = len(data.rows("train"))
+    report.details["throughput"] = {"data": f"{pre.n_obs // 1000}k × {pre.n_vars}",
+                                    "epochs_per_run": epochs, "rounds": rounds}
+    for threads in args.threads:
+        ours, loop, theirs = [], [], []  # per-epoch cells/s, epoch 1 of every run left out
+        for r in range(rounds):  # alternate, so all see the same machine load
+            torch.set_num_threads(threads)
+            ours += _epoch_rates(n_train, fit_cells_per_second(
+                data, "nb", (128, 128), 256, epochs, seed=r)[1])
+            loop += _epoch_rates(n_train, fit_cells_per_second(
+                data, "nb", (128, 128), 256, epochs, seed=r, validation=False)[1])
+            if have_scvi:
+                torch.set_num_threads(threads)
+                n_scvi, seconds = scvi_cells_per_second(raw, 256, epochs, seed=r)
+                theirs += _epoch_rates(n_scvi, seconds)
+            print(f"    {threads} thr., round {r + 1}: medians so far: ours "
+                  f"{statistics.median(ours):,.0f} cells/s, training loop only "
+                  f"{statistics.median(loop):,.0f}"
+                  + (f", scvi-tools {statistics.median(theirs):,.0f}" if have_scvi else ""),
+                  flush=True)
+        report.details["throughput"][f"{threads}_threads"] = {
+            "ours": ours, "ours_loop": loop, "scvi": theirs}
+        section = f"throughput {threads}t"
+        report.add(section, "scae NB, cells/s, epoch incl. its validation",
+                   f"{statistics.median(ours):,.0f}", note=f"best epoch {max(ours):,.0f}")
+        report.add(section, "scae NB, cells/s, training loop only",
+                   f"{statistics.median(loop):,.0f}", note=f"best epoch {max(loop):,.0f}")
+        if have_scvi:
+            report.add(section, "scvi-tools SCVI NB, cells/s (trains without validation)",
+                       f"{statistics.median(theirs):,.0f}", note=f"best epoch {max(theirs):,.0f}")
+            ratio = statistics.median(loop) / statistics.median(theirs)
+            report.add(section, "ratio scae / scvi-tools, like for like", f"{ratio:.2f}×",
+                       "≥ 3×", ratio >= 3)
+            with_val = statistics.median(ours) / statistics.median(theirs)
+            report.add(section, "ratio counting scae's validation pass", f"{with_val:.2f}×")
+
+
+def _epoch_rates(n_cells: int, seconds: list[float]) -> list[float]:
+    return [n_cells / s for s in (seconds[1:] or seconds)]
+
+
+# --- 2. FLOP/s of MSE training ---------------------------------------------------------------
+
+
+def section_flops(report: Report, args, workdir: Path) -> None:
+    import torch
+
+    from scae.train import CellData
+
+    epochs = 3 if args.quick else 5
+    _, pre = preprocessed_synthetic(10_000, workdir)
+    data = CellData(pre, "none")
+    hidden = (256, 128)  # the workflow's default model
+    flops = model_flops_per_cell(data.n_genes, hidden, 32)
+    strict = model_flops_per_cell(data.n_genes, hidden, 32, first_input_grad=False)
+    report.details["flops"] = {"flops_per_cell": flops, "flops_per_cell_strict": strict}
+    for threads in args.threads:
+        section = f"flops {threads}t"
+        peaks, rates = [], {128: [], 1024: []}
+        for _ in range(1 if args.quick else 2):  # alternate GEMM and training
+            peaks.append(gemm_peak(threads))
+            for batch in rates:
+                torch.set_num_threads(threads)
+                rates[batch].append(fit_cells_per_second(data, "mse", hidden, batch, epochs)[0])
+        peak = max(peaks)
+        report.details["flops"][f"{threads}_threads"] = {"gemm_gflops": peaks,
+                                                         "cells_per_s": rates}
+        report.add(section, "torch 2048³ GEMM peak, GFLOP/s (best of 10)", f"{peak:.0f}")
+        for batch, values in rates.items():
+            rate = statistics.median(values)
+            effective = rate * flops / 1e9
+            default = " (workflow default)" if batch == 128 else ""
+            report.add(section, f"scae MSE training, batch {batch}{default}, cells/s",
+                       f"{rate:,.0f}")
+            report.add(section, f"  model GFLOP/s (6 × weights / cell) ⇒ % of peak",
+                       f"{effective:.0f} ⇒ {effective / peak:.0%}", "≥ 60 %",
+                       effective / peak >= 0.6,
+                       note=f"{rate * strict / 1e9:.0f} GFLOP/s counting only the GEMMs run")
+
+
+# --- 3. scaling with the real workflow -------------------------------------------------------
+
+
+def read_benchmark(path: Path) -> dict:
+    import pandas as pd
+
+    row = pd.read_csv(path, sep="\t").iloc[-1]
+    return {"s": float(row["s"]), "max_rss_mb": float(row["max_rss"])}
+
+
+def run_workflow(workdir: Path, configfile: Path, targets: list[str], cores: int = 2,
+                 timeout: int | None = None) -> float:
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+               "--directory", str(workdir), "--configfile", str(configfile),
+               "--cores", str(cores), *targets]
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                           f"{proc.stderr[-3000:]}")
+    return seconds
+
+
+def section_scaling(report: Report, args, workdir: Path) -> None:
+    import yaml
+
+    sizes = args.sizes or ([10_000, 30_000] if args.quick else [10_000, 100_000, 1_000_000])
+    per_cell = {}
+    details = {}
+    for n in sizes:
+        name = f"syn{n // 1000}k"
+        run_dir = workdir / f"scaling_{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        started = time.perf_counter()
+        data = synthetic_h5ad(workdir / f"synthetic_{n}.h5ad", n)
+        generate_s = time.perf_counter() - started
+        config = {
+            "datasets": {name: {"path": str(data), "counts": "X", "label_key": "cell_type",
+                                "mito_prefix": ""}},
+            "preprocess": {"min_genes": 50, "n_top_genes": 2000},
+            "losses": ["mse"],
+            "seeds": [0],
+            "mcv": {"enabled": False},
+            # one thread per job, the workflow's default (and robust to a shared machine)
+            "train": {"max_epochs": 1, "threads": 1},
+        }
+        configfile = run_dir / "config.yaml"
+        configfile.write_text(yaml.safe_dump(config))
+        target = f"results/{name}/models/mse/seed0/model.pt"
+        wall = run_workflow(run_dir, configfile, [target], cores=2)
+        rules = {rule: read_benchmark(run_dir / "benchmarks" / name / f"{rule}.tsv")
+                 for rule in ("preprocess",)}
+        rules["train"] = read_benchmark(run_dir / "benchmarks" / name / "train" / "mse" /
+                                        "seed0.tsv")
+        total = sum(r["s"] for r in rules.values())
+        per_cell[n] = total / n
+        details[name] = {"cells": n, "generate_s": generate_s, "snakemake_wall_s": wall,
+                         **{f"{rule}_{k}": v for rule, r in rules.items() for k, v in r.items()}}
+        for rule, r in rules.items():
+            report.add("scaling", f"{n:>9,} cells: {rule} s / peak RSS GB",
+                       f"{r['s']:.1f} / {r['max_rss_mb'] / 1024:.2f}", "< 24 GB",
+                       r["max_rss_mb"] < 24 * 1024)
+        report.add("scaling", f"{n:>9,} cells: preprocess + train, µs/cell",
+                   f"{per_cell[n] * 1e6:.0f}")
+        shutil.rmtree(run_dir / "results", ignore_errors=True)  # GBs at 1M cells
+    report.details["scaling"] = details
+    big, ref = sizes[-1], sizes[-2]
+    ratio = per_cell[big] / per_cell[ref]
+    report.add("scaling", f"cost per cell {big // 1000}k / {ref // 1000}k", f"{ratio:.2f}×",
+               "≤ 1.5×", ratio <= 1.5)
+
+
+# --- 4. the default workflow end to end -------------------------------------------------------
+
+
+def section_workflow(report: Report, args, workdir: Path) -> None:
+    run_dir = workdir / "workflow"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    shutil.copytree(REPO / "config", run_dir / "config")
+    (run_dir / "resources").symlink_to(REPO / "resources")
+    wall = run_workflow(run_dir, run_dir / "config" / "config.yaml", [], cores=2)
+    by_rule: dict[str, list[float]] = {}
+    for path in (run_dir / "benchmarks").rglob("*.tsv"):
+        rule = path.relative_to(run_dir / "benchmarks").parts[1].removesuffix(".tsv")
+        by_rule.setdefault(rule, []).append(read_benchmark(path)["s"])
+    report.details["workflow"] = {"wall_s": wall,
+                                  "rules": {k: {"jobs": len(v), "sum_s": sum(v)}
+                                            for k, v in by_rule.items()}}
+    report.add("workflow", "default workflow, snakemake --cores 2, minutes", f"{wall / 60:.1f}",
+               "≤ 10", wall <= 600)
+    for rule, seconds in sorted(by_rule.items(), key=lambda kv: -sum(kv[1])):
+        report.add("workflow", f"  {rule}: {len(seconds)} jobs, job-seconds",
+                   f"{sum(seconds):.0f}")
+
+
+SECTIONS = {"throughput": section_throughput, "flops": section_flops,
+            "scaling": section_scaling, "workflow": section_workflow}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="scae performance benchmark")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                        help="torch thread counts for throughput and flops (default 2 1)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="cell counts for the scaling section (default 10k 100k 1M)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where data and workflow runs go (default: a temporary folder)")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scae-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import torch
+
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"torch {torch.__version__}")
+    print(f"scae benchmark ({'quick' if args.quick else 'full'}) on {machine}; work in {workdir}",
+          flush=True)
+    report = Report()
+    report.details["machine"] = machine
+    started = time.perf_counter()
+    loads = []
+    for name in args.only:
+        loads.append(os.getloadavg()[0])
+        print(f"[{name}] (1-min load average {loads[-1]:.1f})", flush=True)
+        SECTIONS[name](report, args, workdir)
+    loads.append(os.getloadavg()[0])
+    report.add("machine", "1-min load average at each section's start, end",
+               " ".join(f"{x:.1f}" for x in loads), note="other processes slow 2-thread runs")
+    report.details["total_s"] = time.perf_counter() - started
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    (RESULTS / f"results{suffix}.tsv").write_text(report.tsv())
+    (RESULTS / f"results{suffix}.md").write_text(
+        f"{machine}; `python bench/run.py{' --quick' if args.quick else ''}`\n\n"
+        f"{report.markdown()}\n")
+    (RESULTS / f"details{suffix}.json").write_text(json.dumps(report.details, indent=1))
+    print()
+    print(report.markdown())
+    print(f"\nwritten to {RESULTS}/ in {report.details['total_s'] / 60:.1f} min")
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
