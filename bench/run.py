@@ -1,6 +1,6 @@
 """scae performance benchmark: one command, one table.
 
-    python bench/run.py            # everything (about 30 minutes on 2 cores)
+    python bench/run.py            # everything (about 20 minutes on 2 cores)
     python bench/run.py --quick    # a smaller version of every section (about 5 minutes)
     python bench/run.py --only throughput flops
 
