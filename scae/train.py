@@ -25,6 +25,7 @@ import torch
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import Autoencoder, ModelParams
+from .optim import adam
 
 logger = logging.getLogger("scae")
 
@@ -226,16 +227,6 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     )
 
 
-def _adam(model: Autoencoder, train_params: TrainParams) -> torch.optim.Adam:
-    """Adam, fused where this torch has the kernel (CPU since torch 2.4): one kernel per step
-    for all parameters instead of ~10 per parameter tensor, an eighth of a small MLP's step."""
-    settings = {"lr": train_params.learning_rate, "weight_decay": train_params.weight_decay}
-    try:
-        return torch.optim.Adam(model.parameters(), fused=True, **settings)
-    except (RuntimeError, ValueError):
-        return torch.optim.Adam(model.parameters(), **settings)
-
-
 def fit(
     data: CellData,
     spec: LossSpec,
@@ -251,11 +242,13 @@ def fit(
     Test cells are never touched. With ``checkpoint``, the state after each epoch is saved
     there (atomically) and an existing checkpoint of the same settings is resumed.
     """
-    key = fingerprint(asdict(train_params), model_params.to_dict(), loss_params,
-                      {"loss": spec.name, "seed": seed, "scaling": data.input_scaling})
     torch.manual_seed(seed)
     model = Autoencoder(model_params).to(device)
-    optimizer = _adam(model, train_params)
+    optimizer = adam(model.parameters(), device, lr=train_params.learning_rate,
+                     weight_decay=train_params.weight_decay)
+    key = fingerprint(asdict(train_params), model_params.to_dict(), loss_params,
+                      {"loss": spec.name, "seed": seed, "scaling": data.input_scaling,
+                       "optimizer": type(optimizer).__name__})
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
              "best_model": None, "history": []}
     if checkpoint is not None and checkpoint.exists():
