@@ -1,27 +1,5 @@
-rule embed:
-    input:
-        model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
-        data="results/{dataset}/preprocessed.h5ad",
-    output:
-        embedding="results/{dataset}/embeddings/{loss}/seed{seed}.h5ad",
-        reconstruction="results/{dataset}/reconstructions/{loss}/seed{seed}.h5ad",
-    log:
-        "logs/{dataset}/embed/{loss}/seed{seed}.log",
-    benchmark:
-        "benchmarks/{dataset}/embed/{loss}/seed{seed}.tsv"
-    conda:
-        "../envs/torch.yaml"
-    threads: 1
-    resources:
-        mem_mb=mem_mb_from_input(1500, 8),
-        runtime=lambda wildcards, attempt: 20 * attempt,
-    params:
-        input_scaling=config["model"]["input_scaling"],
-        device=config["train"]["device"],
-    script:
-        "../scripts/embed.py"
-
-
+# Baselines' embeddings and test reconstructions, in the same files as an autoencoder's
+# (whose own are written by its train job, rules/train.smk).
 rule baseline:
     input:
         "results/{dataset}/preprocessed.h5ad",

@@ -1,9 +1,14 @@
+# One job per dataset × loss × seed. The job also writes the run's embedding (every cell) and
+# test-cell reconstructions from the best weights it holds in memory: a separate embed job
+# per run would pay another process start and data read (a third of its time).
 rule train:
     input:
         "results/{dataset}/preprocessed.h5ad",
     output:
         model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
         history="results/{dataset}/models/{loss}/seed{seed}/history.tsv",
+        embedding="results/{dataset}/embeddings/{loss}/seed{seed}.h5ad",
+        reconstruction="results/{dataset}/reconstructions/{loss}/seed{seed}.h5ad",
     log:
         "logs/{dataset}/train/{loss}/seed{seed}.log",
     benchmark:
@@ -12,7 +17,7 @@ rule train:
         "../envs/torch.yaml"
     threads: config["train"]["threads"]
     resources:
-        mem_mb=mem_mb_from_input(1500, 6),
+        mem_mb=mem_mb_from_input(1500, 8),
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loss_params=loss_params,

@@ -1,4 +1,5 @@
-"""Snakemake entry point: train one autoencoder for a dataset × loss × seed."""
+"""Snakemake entry point: train one autoencoder for a dataset × loss × seed, then write its
+embedding of every cell and its reconstructions of the test cells."""
 
 import sys
 from pathlib import Path
@@ -11,7 +12,15 @@ from scae.config import CLUSTER_KEY
 from scae.io import atomic_path, rule_logging
 from scae.losses import get_loss
 from scae.model import ModelParams
-from scae.train import CellData, TrainParams, fit, resolve_device, save_model
+from scae.outputs import write_run_outputs
+from scae.train import (
+    CellData,
+    TrainParams,
+    embed_and_reconstruct,
+    fit,
+    resolve_device,
+    save_model,
+)
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
@@ -48,4 +57,10 @@ with rule_logging(sm.log[0]) as log:
         "loss": spec.name, "loss_params": loss_params, "seed": int(sm.wildcards.seed),
         "input_scaling": data.input_scaling, "var_names": list(adata.var_names),
     })
+    test_rows = data.rows("test")  # first touched here, after training
+    latent, recon = embed_and_reconstruct(result.model, data, test_rows, device)
+    write_run_outputs(adata, test_rows, latent, recon, sm.output.embedding,
+                      sm.output.reconstruction,
+                      {"model": spec.name, "seed": int(sm.wildcards.seed),
+                       "best_epoch": result.best_epoch})
     Path(sm.params.checkpoint).unlink(missing_ok=True)
