@@ -23,4 +23,8 @@ rule all:
     default_target: True
     input:
         expand("results/{dataset}/summary.tsv", dataset=DATASETS),
-        expand("results/{dataset}/plots/umap.png", dataset=DATASETS),
+        expand(
+            "results/{dataset}/plots/{figure}.png",
+            dataset=DATASETS,
+            figure=["metric_heatmap", "umap"],
+        ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 
@@ -9,6 +11,14 @@ from .io import atomic_path
 
 #: obsm key of a run's latent embedding (absent for runs without one, e.g. the mean baseline).
 EMBEDDING_KEY = "X_scae"
+
+
+def run_label(path: str | Path) -> str:
+    """The run a results file belongs to, as tables and figures name it: ``nb`` for
+    results/<dataset>/<kind>/nb/seed0.<ext>, ``baseline_pca`` for …/baseline/pca.<ext>."""
+    parts = Path(path).parts
+    model, run = parts[-2], parts[-1].split(".")[0]
+    return f"baseline_{run}" if model == "baseline" else model
 
 
 def write_run_outputs(
