@@ -38,10 +38,11 @@ class ModelParams:
 
 class Dropout(nn.Dropout):
     """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`Autoencoder.
-    use_dropout_generator`): PCG64's raw 32-bit words against ⌊p·2³²⌋ are ~5× cheaper than
-    torch's CPU Bernoulli sampling, which took ~7 % of a small MLP's training step.
-    Without a generator, in eval mode or off the CPU (where torch's own sampling is fast) it is
-    plain ``nn.Dropout``.
+    use_dropout_generator`), ~5× cheaper than torch's CPU Bernoulli sampling (which took ~7 %
+    of a small MLP's training step): a unit is dropped iff a 16-bit word of PCG64 output is
+    below t = round(p·2¹⁶), and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
+    to within 2⁻¹⁷ and the layer stays unbiased. Without a generator, in eval mode or off
+    the CPU (where torch's own sampling is fast) it is plain ``nn.Dropout``.
     """
 
     generator: np.random.Generator | None = None
@@ -51,10 +52,12 @@ class Dropout(nn.Dropout):
                 or x.device.type != "cpu"):
             return super().forward(x)
         n = x.numel()
-        words = self.generator.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
-        keep = torch.from_numpy(words >= np.uint32(min(int(self.p * 2**32), 2**32 - 1)))
-        scale = keep.view(x.shape).to(device=x.device, dtype=x.dtype)
-        return x * scale.mul_(1.0 / (1.0 - self.p))
+        words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
+        threshold = min(round(self.p * 2**16), 2**16 - 1)
+        # The mask, already scaled, built in one NumPy pass: one torch multiply remains.
+        scale = np.where(words >= threshold, np.float32(2**16 / (2**16 - threshold)),
+                         np.float32(0))
+        return x * torch.from_numpy(scale).view(x.shape).to(dtype=x.dtype)
 
 
 def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
