@@ -138,17 +138,12 @@ def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
     return statistics.median(rates), seconds
 
 
-def model_flops_per_cell(n_genes: int, hidden, latent: int,
-                         first_input_grad: bool = True) -> float:
+def model_flops_per_cell(n_genes: int, hidden, latent: int) -> float:
     """Training FLOPs per cell in the Linear layers: 6 × weights (forward, weight gradient,
-    input gradient: the usual model-FLOPs count). ``first_input_grad=False``: without the
-    first layer's input gradient, which training never computes."""
+    input gradient: the usual model-FLOPs count, as the issue's anchor). Training never
+    computes the first layer's input gradient, so this slightly flatters every rate alike."""
     sizes = [n_genes, *hidden, latent, *reversed(hidden), n_genes]
-    layers = list(zip(sizes[:-1], sizes[1:]))
-    total = sum(6 * a * b for a, b in layers)
-    if not first_input_grad:
-        total -= 2 * layers[0][0] * layers[0][1]
-    return float(total)
+    return float(sum(6 * a * b for a, b in zip(sizes[:-1], sizes[1:])))
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
@@ -266,6 +261,32 @@ def _epoch_rates(n_cells: int, seconds: list[float]) -> list[float]:
 # --- 2. FLOP/s of MSE training ---------------------------------------------------------------
 
 
+def linear_layers_gflops(n_genes: int, hidden, latent: int, batch: int, repeats: int = 30
+                         ) -> float:
+    """Model GFLOP/s of the same Linear layers alone (forward and backward, nothing else): the
+    ceiling these GEMM shapes allow, without batch norm, dropout, loss or optimizer."""
+    import torch
+
+    sizes = [n_genes, *hidden, latent, *reversed(hidden), n_genes]
+    weights = [torch.randn(b, a, requires_grad=True) for a, b in zip(sizes[:-1], sizes[1:])]
+    x = torch.randn(batch, n_genes)
+
+    def step() -> None:
+        h = x
+        for weight in weights:
+            h = h @ weight.t()
+        h.backward(torch.ones_like(h))
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return batch * model_flops_per_cell(n_genes, hidden, latent) / statistics.median(times) / 1e9
+
+
 def section_flops(report: Report, args, workdir: Path) -> None:
     import torch
 
@@ -276,30 +297,37 @@ def section_flops(report: Report, args, workdir: Path) -> None:
     data = CellData(pre, "none")
     hidden = (256, 128)  # the workflow's default model
     flops = model_flops_per_cell(data.n_genes, hidden, 32)
-    strict = model_flops_per_cell(data.n_genes, hidden, 32, first_input_grad=False)
-    report.details["flops"] = {"flops_per_cell": flops, "flops_per_cell_strict": strict}
+    # An epoch's time includes fit's validation pass, forward only: 2 × weights per val cell.
+    n_train, n_val = len(data.rows("train")), len(data.rows("val"))
+    per_train_cell = flops + flops / 3 * n_val / n_train
+    report.details["flops"] = {"flops_per_cell": flops, "flops_per_train_cell": per_train_cell}
     for threads in args.threads:
         section = f"flops {threads}t"
-        peaks, rates = [], {128: [], 1024: []}
+        peaks, rates, ceilings = [], {128: [], 1024: []}, {128: [], 1024: []}
         for _ in range(1 if args.quick else 2):  # alternate GEMM and training
-            peaks.append(gemm_peak(threads))
             for batch in rates:
+                # The peak drifts with the machine's load: sample it before every training run.
+                peaks.append(gemm_peak(threads))
                 torch.set_num_threads(threads)
                 rates[batch].append(fit_cells_per_second(data, "mse", hidden, batch, epochs)[0])
+                ceilings[batch].append(linear_layers_gflops(data.n_genes, hidden, 32, batch))
         peak = max(peaks)
-        report.details["flops"][f"{threads}_threads"] = {"gemm_gflops": peaks,
-                                                         "cells_per_s": rates}
-        report.add(section, "torch 2048³ GEMM peak, GFLOP/s (best of 10)", f"{peak:.0f}")
+        report.details["flops"][f"{threads}_threads"] = {
+            "gemm_gflops": peaks, "cells_per_s": rates, "linear_only_gflops": ceilings}
+        report.add(section, "torch 2048³ GEMM peak, GFLOP/s (best of 10, highest of "
+                   f"{len(peaks)} samples)", f"{peak:.0f}")
         for batch, values in rates.items():
             rate = statistics.median(values)
-            effective = rate * flops / 1e9
+            effective = rate * per_train_cell / 1e9
+            ceiling = statistics.median(ceilings[batch])
             default = " (workflow default)" if batch == 128 else ""
             report.add(section, f"scae MSE training, batch {batch}{default}, cells/s",
                        f"{rate:,.0f}")
-            report.add(section, f"  model GFLOP/s (6 × weights / cell) ⇒ % of peak",
+            report.add(section, "  model GFLOP/s (6 × weights / cell) ⇒ % of peak",
                        f"{effective:.0f} ⇒ {effective / peak:.0%}", "≥ 60 %",
-                       effective / peak >= 0.6,
-                       note=f"{rate * strict / 1e9:.0f} GFLOP/s counting only the GEMMs run")
+                       effective / peak >= 0.6)
+            report.add(section, "  the Linear layers alone ⇒ % of peak (ceiling)",
+                       f"{ceiling:.0f} ⇒ {ceiling / peak:.0%}")
 
 
 # --- 3. scaling with the real workflow -------------------------------------------------------
