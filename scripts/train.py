@@ -57,7 +57,7 @@ with rule_logging(sm.log[0]) as log:
         "loss": spec.name, "loss_params": loss_params, "seed": int(sm.wildcards.seed),
         "input_scaling": data.input_scaling, "var_names": list(adata.var_names),
     })
-    test_rows = data.rows("test")  # first touched here, after training
+    test_rows = data.rows("test")  # used only now: training and model selection never saw them
     latent, recon = embed_and_reconstruct(result.model, data, test_rows, device)
     write_run_outputs(adata, test_rows, latent, recon, sm.output.embedding,
                       sm.output.reconstruction,
