@@ -18,6 +18,7 @@ from scae.train import (
     TrainParams,
     embed_and_reconstruct,
     fit,
+    keep_freed_memory,
     resolve_device,
     save_model,
 )
@@ -25,6 +26,7 @@ from scae.train import (
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
     torch.set_num_threads(sm.threads)
+    keep_freed_memory()  # minibatch buffers reused, not page-faulted in every step
     spec = get_loss(sm.wildcards.loss)
     loss_params = dict(sm.params.loss_params)
     model_config = dict(sm.params.model)
