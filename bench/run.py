@@ -138,11 +138,16 @@ def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
     return statistics.median(rates), seconds
 
 
+def layer_sizes(n_genes: int, hidden, latent: int) -> list[int]:
+    """Widths of the workflow's autoencoder: encoder, linear bottleneck, mirrored decoder."""
+    return [n_genes, *hidden, latent, *reversed(hidden), n_genes]
+
+
 def model_flops_per_cell(n_genes: int, hidden, latent: int) -> float:
     """Training FLOPs per cell in the Linear layers: 6 × weights (forward, weight gradient,
     input gradient: the usual model-FLOPs count, as the issue's anchor). Training never
     computes the first layer's input gradient, so this slightly flatters every rate alike."""
-    sizes = [n_genes, *hidden, latent, *reversed(hidden), n_genes]
+    sizes = layer_sizes(n_genes, hidden, latent)
     return float(sum(6 * a * b for a, b in zip(sizes[:-1], sizes[1:])))
 
 
@@ -267,7 +272,7 @@ def linear_layers_gflops(n_genes: int, hidden, latent: int, batch: int, repeats:
     ceiling these GEMM shapes allow, without batch norm, dropout, loss or optimizer."""
     import torch
 
-    sizes = [n_genes, *hidden, latent, *reversed(hidden), n_genes]
+    sizes = layer_sizes(n_genes, hidden, latent)
     weights = [torch.randn(b, a, requires_grad=True) for a, b in zip(sizes[:-1], sizes[1:])]
     x = torch.randn(batch, n_genes)
 
@@ -297,7 +302,7 @@ def anchor_cells_per_second(data, hidden, latent: int, batch_size: int, epochs: 
     from torch import nn
 
     x = torch.from_numpy(data.x[data.rows("train")].toarray())
-    sizes = [data.n_genes, *hidden, latent, *reversed(hidden), data.n_genes]
+    sizes = layer_sizes(data.n_genes, hidden, latent)
     layers: list[nn.Module] = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):
         layers.append(nn.Linear(n_in, n_out))
@@ -360,21 +365,19 @@ def section_flops(report: Report, args, workdir: Path) -> None:
         report.add(section, "torch 2048³ GEMM peak, GFLOP/s (best of 10, highest of "
                    f"{len(peaks)} samples)", f"{peak:.0f}")
         for batch, samples in runs.items():
-            def median(key: str, samples=samples) -> float:
-                return statistics.median(s[key] for s in samples)
-
-            ours = median("scae_cells_per_s") * per_train_cell / 1e9 / peak
-            anchor = median("anchor_cells_per_s") * flops / 1e9 / peak
+            medians = {key: statistics.median(s[key] for s in samples) for key in samples[0]}
+            ours = medians["scae_cells_per_s"] * per_train_cell / 1e9 / peak
+            anchor = medians["anchor_cells_per_s"] * flops / 1e9 / peak
             default = " (workflow default)" if batch == 128 else ""
             report.add(section, f"batch {batch}{default}: scae MSE training, cells/s",
-                       f"{median('scae_cells_per_s'):,.0f}")
+                       f"{medians['scae_cells_per_s']:,.0f}")
             report.add(section, "  model FLOP/s (6 × weights / cell), % of peak", f"{ours:.0%}",
                        "≥ 60 %", ours >= 0.6)
             report.add(section, "  plain torch MSE autoencoder (anchor): cells/s, % of peak",
-                       f"{median('anchor_cells_per_s'):,.0f}, {anchor:.0%}")
+                       f"{medians['anchor_cells_per_s']:,.0f}, {anchor:.0%}")
             report.add(section, "  ratio scae / anchor, model FLOP/s", f"{ours / anchor:.2f}×")
             report.add(section, "  the Linear layers alone, % of peak (ceiling)",
-                       f"{median('linear_only_gflops') / peak:.0%}")
+                       f"{medians['linear_only_gflops'] / peak:.0%}")
 
 
 # --- 3. scaling with the real workflow -------------------------------------------------------
