@@ -341,7 +341,7 @@ def section_flops(report: Report, args, workdir: Path) -> None:
     data = CellData(pre, "none")
     hidden = (256, 128)  # the workflow's default model
     flops = model_flops_per_cell(data.n_genes, hidden, 32)
-    # An epoch's time includes fit's validation pass, forward only: 2 × weights per val cell.
+    # A whole epoch includes fit's validation pass, forward only: 2 × weights per val cell.
     n_train, n_val = len(data.rows("train")), len(data.rows("val"))
     per_train_cell = flops + flops / 3 * n_val / n_train
     report.details["flops"] = {"flops_per_cell": flops, "flops_per_train_cell": per_train_cell}
