@@ -103,9 +103,9 @@ def preprocessed_synthetic(n_cells: int, workdir: Path):
                            mito_prefix=None)
 
 
-def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
-                         seed: int = 0, validation: bool = True) -> tuple[float, list[float]]:
-    """Train with scae.train.fit; cells/s over epochs 2.. (epoch 1 warms up).
+def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
+                      seed: int = 0, validation: bool = True) -> list[float]:
+    """Train with scae.train.fit; the seconds of every epoch (see ``_epoch_rates``).
 
     An epoch's time is the trainer's own (history ``seconds``): the minibatch loop and the
     validation pass it runs after every epoch. ``validation=False`` replaces that pass by a
@@ -122,7 +122,7 @@ def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
         real = scae.train.evaluate_split
         scae.train.evaluate_split = lambda *args, **kwargs: (0.0, 0.0)
         try:
-            return fit_cells_per_second(data, loss, hidden, batch_size, epochs, seed)
+            return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed)
         finally:
             scae.train.evaluate_split = real
 
@@ -132,10 +132,7 @@ def fit_cells_per_second(data, loss: str, hidden, batch_size: int, epochs: int,
     train = TrainParams(batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs,
                         patience=epochs + 1)
     result = fit(data, spec, {}, params, train, seed=seed, device=torch.device("cpu"))
-    seconds = list(result.history["seconds"])
-    n_train = len(data.rows("train"))
-    rates = [n_train / s for s in seconds[1:]] or [n_train / seconds[0]]
-    return statistics.median(rates), seconds
+    return list(result.history["seconds"])
 
 
 def layer_sizes(n_genes: int, hidden, latent: int) -> list[int]:
@@ -226,10 +223,10 @@ def section_throughput(report: Report, args, workdir: Path) -> None:
         ours, loop, theirs = [], [], []  # per-epoch cells/s, epoch 1 of every run left out
         for r in range(rounds):  # alternate, so all see the same machine load
             torch.set_num_threads(threads)
-            ours += _epoch_rates(n_train, fit_cells_per_second(
-                data, "nb", (128, 128), 256, epochs, seed=r)[1])
-            loop += _epoch_rates(n_train, fit_cells_per_second(
-                data, "nb", (128, 128), 256, epochs, seed=r, validation=False)[1])
+            ours += _epoch_rates(n_train, fit_epoch_seconds(
+                data, "nb", (128, 128), 256, epochs, seed=r))
+            loop += _epoch_rates(n_train, fit_epoch_seconds(
+                data, "nb", (128, 128), 256, epochs, seed=r, validation=False))
             if have_scvi:
                 torch.set_num_threads(threads)
                 n_scvi, seconds = scvi_cells_per_second(raw, 256, epochs, seed=r)
@@ -348,8 +345,7 @@ def section_flops(report: Report, args, workdir: Path) -> None:
     n_genes = data.n_genes
 
     def scae_rates(batch: int, validation: bool) -> list[float]:
-        seconds = fit_cells_per_second(data, "mse", hidden, batch, epochs,
-                                       validation=validation)[1]
+        seconds = fit_epoch_seconds(data, "mse", hidden, batch, epochs, validation=validation)
         cell_flops = per_train_cell if validation else flops
         return [rate * cell_flops / 1e9 for rate in _epoch_rates(n_train, seconds)]
 
