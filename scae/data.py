@@ -16,6 +16,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anndata as ad
 import numpy as np
@@ -106,29 +107,34 @@ def read_counts(
 
 
 def validate_counts(
-    X: sp.csr_matrix, source: str, dataset: str, require_integers: bool
+    X: sp.spmatrix | np.ndarray, source: str, dataset: str, require_integers: bool,
+    fix: str | None = None,
 ) -> None:
-    """Reject matrices that are not counts: NaN/inf, negatives, and (if required) fractions."""
-    values = X.data
+    """Reject matrices that are not counts: NaN/inf, negatives, and (if required) fractions.
+
+    ``fix`` is the advice the errors end with (default: the config key to change).
+    """
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    fix = fix or (f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
+                  "('X', 'raw' or a layer name)")
     n_bad = int(np.count_nonzero(~np.isfinite(values)))
     if n_bad:
         raise InputError(
             f"{source}: dataset {dataset!r} has {n_bad} NaN or infinite entries in its count "
-            f"matrix; clean the matrix or point datasets.{dataset}.counts at the raw counts"
+            f"matrix; clean the matrix, or {fix}"
         )
     n_negative = int(np.count_nonzero(values < 0))
     fractional = int(np.count_nonzero(values != np.round(values)))
     if n_negative or (require_integers and fractional):
         raise InputError(
             f"{source}: dataset {dataset!r} is not raw counts ({n_negative} negative and "
-            f"{fractional} non-integer entries); set datasets.{dataset}.counts to the layer "
-            "holding raw UMI counts ('X', 'raw' or a layer name)"
+            f"{fractional} non-integer entries); {fix}"
             + ("; count losses (poisson, nb, zinb) need integers" if require_integers else "")
         )
     if fractional:
         warnings.warn(
-            f"{source}: dataset {dataset!r} has {fractional} non-integer values; the workflow "
-            "normalizes them as if they were counts",
+            f"{source}: dataset {dataset!r} has {fractional} non-integer values; they are "
+            "normalized as if they were counts",
             stacklevel=2,
         )
 
@@ -177,19 +183,43 @@ def _mito_mask(var_names: pd.Index, prefix: str) -> np.ndarray:
     return np.asarray(var_names.str.upper().str.startswith(prefix.upper()))
 
 
+def make_names_unique(adata: ad.AnnData, axis: Literal["obs", "var"], dataset: str) -> None:
+    """Make cell (``obs``) or gene (``var``) names unique in place, warning with the count.
+
+    scanpy's ``obs_names_make_unique`` / ``var_names_make_unique`` append -1, -2, … to
+    repeats. Duplicate cell names arise when 10x samples are concatenated without a key;
+    every later join on the cell name (per-cell metrics, pairing) needs them unique.
+    """
+    names = adata.obs_names if axis == "obs" else adata.var_names
+    if names.is_unique:
+        return
+    what = "cell" if axis == "obs" else "gene"
+    warnings.warn(
+        f"dataset {dataset!r}: {int(names.duplicated().sum())} duplicate {what} names made "
+        f"unique (scanpy's {axis}_names_make_unique appends -1, -2, …)",
+        stacklevel=3,
+    )
+    getattr(adata, f"{axis}_names_make_unique")()
+
+
 def preprocess(
     adata: ad.AnnData,
-    params: PreprocessParams,
+    params: PreprocessParams = PreprocessParams(),
     *,
-    dataset: str,
-    label_key: str | None,
-    mito_prefix: str | None,
+    dataset: str = "adata",
+    layer: str | None = None,
+    label_key: str | None = None,
+    mito_prefix: str | None = "MT-",
     mcv: MCVParams | None = None,
     clusters: bool = False,
 ) -> ad.AnnData:
     """QC, split, normalize, log1p and HVG-subset a raw-count AnnData (see module docstring).
 
-    Returns cells × HVGs with ``X`` = log1p(normalized counts) (CSR), ``layers['counts']`` =
+    The raw counts are read from ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is
+    None; ``adata`` itself is left unchanged. ``dataset`` only names the data in messages.
+    Duplicate cell or gene names are made unique, with a warning that counts them.
+
+    Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR), ``layers['counts']`` =
     raw counts, ``obs['split']``, ``obs['library_size']`` (total counts over all genes kept
     after the gene filter, the normalization denominator) and ``var['train_mean']`` /
     ``var['train_std']`` of the log-normalized values over training cells.
@@ -202,15 +232,17 @@ def preprocess(
     With ``clusters``, ``obs['scae_cluster']`` holds Leiden clusters of the training cells
     (see :func:`training_clusters`).
     """
-    adata = adata.copy()
-    if not adata.var_names.is_unique:
-        n_dup = int(adata.var_names.duplicated().sum())
-        warnings.warn(
-            f"dataset {dataset!r}: {n_dup} duplicate gene names made unique "
-            "(scanpy's var_names_make_unique appends -1, -2, …)",
-            stacklevel=2,
+    if layer is not None and layer not in adata.layers:
+        raise InputError(
+            f"dataset {dataset!r}: layer {layer!r} is not in adata.layers (layers: "
+            f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw counts, "
+            "or layer=None for adata.X"
         )
-        adata.var_names_make_unique()
+    counts = adata.X if layer is None else adata.layers[layer]
+    adata = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=adata.obs.copy(),
+                       var=adata.var.copy(), uns=dict(adata.uns))
+    make_names_unique(adata, "var", dataset)
+    make_names_unique(adata, "obs", dataset)
     n_input = adata.n_obs
 
     genes_per_cell = np.diff(adata.X.indptr)

@@ -12,8 +12,8 @@ Adding a loss is one decorated function here plus one entry in ``config/schema.y
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -115,18 +115,35 @@ class LossSpec:
     fn: LossFn
     output: OutputKind
     formula: str
+    #: The loss's parameters and their defaults (``config/schema.yaml`` repeats them; a test
+    #: keeps the two equal).
+    defaults: dict[str, Any] = field(default_factory=dict)
 
     @property
     def uses_counts(self) -> bool:
         return self.output != "expression"
 
+    def parameters(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The defaults updated by ``overrides``; an unknown name is an error listing the
+        valid ones."""
+        overrides = dict(overrides or {})
+        unknown = sorted(set(overrides) - set(self.defaults))
+        if unknown:
+            valid = ", ".join(self.defaults) or "none"
+            raise ValueError(f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
+                             f"its parameters are: {valid}")
+        return {**self.defaults, **overrides}
+
 
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(name: str, output: OutputKind, formula: str) -> Callable[[LossFn], LossFn]:
+def register_loss(
+    name: str, output: OutputKind, formula: str, defaults: dict[str, Any] | None = None
+) -> Callable[[LossFn], LossFn]:
     def decorate(fn: LossFn) -> LossFn:
-        LOSSES[name] = LossSpec(name=name, fn=fn, output=output, formula=formula)
+        LOSSES[name] = LossSpec(name=name, fn=fn, output=output, formula=formula,
+                                defaults=dict(defaults or {}))
         return fn
 
     return decorate
@@ -198,12 +215,17 @@ def sample_negatives(
 
     With ``groups``, j is drawn among cells of another group; a cell whose group fills the
     whole batch falls back to any other cell.
+
+    Drawn and returned on the CPU with ``generator`` (a CPU generator, as the trainer's):
+    the pairs of a seed are the same on every device, and a CUDA minibatch needs no CUDA
+    generator.
     """
     if n_cells < 2:
         raise ValueError("cosine_embedding needs minibatches of at least 2 cells")
     weights = 1.0 - torch.eye(n_cells)
     if groups is not None:
-        other_group = (groups[:, None] != groups[None, :]).float()
+        cpu_groups = groups.cpu()
+        other_group = (cpu_groups[:, None] != cpu_groups[None, :]).float()
         has_other = other_group.sum(dim=1, keepdim=True) > 0
         weights = torch.where(has_other, other_group, weights)
     return torch.multinomial(weights, per_cell, replacement=True, generator=generator)
@@ -419,6 +441,7 @@ def cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "cosine_embedding",
     "expression",
     "[ (1 − cos(x̂_i, x_i)) + Σ_k max(0, cos(x̂_i, x_j_k) − m) ] / (1 + K)",
+    defaults={"margin": 0.0, "negatives_per_cell": 1, "negative_sampling": "random"},
 )
 def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """torch.nn.CosineEmbeddingLoss over pairs: y = +1 for (x̂_i, x_i), y = −1 for K negatives
@@ -427,14 +450,15 @@ def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     recon, x = out.expression, batch.x
     negatives = sample_negatives(
         len(x), params["negatives_per_cell"], batch.groups, batch.generator
-    )
+    ).to(x.device)
     positive = 1 - cosine_similarity(recon, x)
     negative_cos = cosine_similarity(recon[:, None, :], x[negatives])
     negative = (negative_cos - params["margin"]).clamp_min(0).sum(dim=1)
     return (positive + negative) / (1 + negatives.shape[1])
 
 
-@register_loss("mse_cosine", "expression", "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))")
+@register_loss("mse_cosine", "expression", "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
+               defaults={"alpha": 0.5})
 def mse_cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     alpha = params["alpha"]
     return alpha * mse(out, batch, params) + (1 - alpha) * cosine(out, batch, params)
@@ -450,11 +474,13 @@ def poisson(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return poisson_nll(batch.count_targets, out.mu)
 
 
-@register_loss("nb", "nb", "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ")
+@register_loss("nb", "nb", "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ",
+               defaults={"dispersion": "gene"})
 def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return nb_nll(batch.count_targets, out.mu, out.theta)
 
 
-@register_loss("zinb", "zinb", "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]")
+@register_loss("zinb", "zinb", "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]",
+               defaults={"dispersion": "gene"})
 def zero_inflated_negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return zinb_nll(batch.count_targets, out.mu, out.theta, out.dropout_logits)

@@ -37,7 +37,7 @@ class ModelParams:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`Autoencoder.
+    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`AutoencoderModule.
     use_dropout_generator`), ~5× cheaper than torch's CPU Bernoulli sampling (which took ~7 %
     of a small MLP's training step): a unit is dropped iff a 16-bit word of PCG64 output is
     below t = round(p·2¹⁶), and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
@@ -73,7 +73,7 @@ def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Autoencoder(nn.Module):
+class AutoencoderModule(nn.Module):
     """x → encoder MLP → z (linear, ``latent_dim``) → decoder MLP (mirrored) → head.
 
     Heads: ``expression`` – linear x̂; count heads – μ = softmax(W h)·ℓ with ℓ the cell's

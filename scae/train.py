@@ -26,7 +26,7 @@ import torch
 
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
-from .model import Autoencoder, ModelParams
+from .model import AutoencoderModule, ModelParams
 from .optim import adam
 
 logger = logging.getLogger("scae")
@@ -49,8 +49,8 @@ class TrainParams:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    max_epochs: int = 100
-    patience: int = 10
+    max_epochs: int = 60
+    patience: int = 8
 
 
 class CellData:
@@ -59,22 +59,35 @@ class CellData:
     ``x`` is log-normalized expression (the evaluation space), ``counts`` the raw counts of
     the same genes. The model's input (and target, for expression losses) is ``x`` or, with
     ``input_scaling='zscore'``, (x − mean_train)/sd_train.
+
+    The keyword arguments name where each field lives (the defaults are the layout of
+    :func:`scae.data.preprocess`); ``scaling`` and ``target_sum``, when given, replace the
+    values stored in ``adata`` (a trained model brings its own to new cells). Without a
+    ``split_key`` column the cells can be embedded and reconstructed, not trained on.
     """
 
     def __init__(self, adata: ad.AnnData, input_scaling: InputScaling = "none",
-                 group_key: str | None = None):
+                 group_key: str | None = None, *, counts_layer: str = "counts",
+                 split_key: str = "split", library_size_key: str = "library_size",
+                 scaling: tuple[np.ndarray, np.ndarray] | None = None,
+                 target_sum: float | None = None):
         self.x = sp.csr_matrix(adata.X, dtype=np.float32)
-        self.counts = sp.csr_matrix(adata.layers["counts"], dtype=np.float32)
+        self.counts = sp.csr_matrix(adata.layers[counts_layer], dtype=np.float32)
         self.counts_library = np.asarray(self.counts.sum(axis=1), dtype=np.float32).ravel()
         self._log_factorial: np.ndarray | None = None
-        self.library_size = adata.obs["library_size"].to_numpy(np.float32)
-        self.target_sum = float(adata.uns["scae"]["target_sum"])
-        self.split = adata.obs["split"].astype(str).to_numpy()
-        self.input_scaling = input_scaling
-        self.mean = torch.from_numpy(adata.var["train_mean"].to_numpy(np.float32))
-        self.std = torch.from_numpy(
-            np.maximum(adata.var["train_std"].to_numpy(np.float32), MIN_STD)
+        self.library_size = adata.obs[library_size_key].to_numpy(np.float32)
+        self.target_sum = float(
+            adata.uns["scae"]["target_sum"] if target_sum is None else target_sum
         )
+        self.split = (adata.obs[split_key].astype(str).to_numpy() if split_key in adata.obs
+                      else None)
+        self.input_scaling = input_scaling
+        mean, std = scaling if scaling is not None else (
+            adata.var["train_mean"].to_numpy(np.float32),
+            adata.var["train_std"].to_numpy(np.float32),
+        )
+        self.mean = torch.from_numpy(np.asarray(mean, dtype=np.float32))
+        self.std = torch.from_numpy(np.maximum(np.asarray(std, dtype=np.float32), MIN_STD))
         self.groups = None
         if group_key:
             codes = pd.Series(adata.obs[group_key]).astype("category").cat.codes.to_numpy()
@@ -84,7 +97,15 @@ class CellData:
     def n_genes(self) -> int:
         return self.x.shape[1]
 
+    @property
+    def n_cells(self) -> int:
+        return self.x.shape[0]
+
     def rows(self, split: str) -> np.ndarray:
+        if self.split is None:
+            raise ValueError("these cells carry no train/val/test split column in obs; "
+                             "training needs one (scae.preprocess or scae.Autoencoder."
+                             "setup_anndata adds it)")
         return np.flatnonzero(self.split == split)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +200,8 @@ def keep_freed_memory() -> bool:
     )
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when torch sees a GPU, else the CPU; anything else as torch reads it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -208,13 +230,15 @@ def fingerprint(*parts: dict) -> str:
 
 @dataclass
 class FitResult:
-    model: Autoencoder
+    model: AutoencoderModule
     history: pd.DataFrame
     best_epoch: int
+    #: ``"patience"`` (early stopping fired) or ``"max_epochs"`` (the epoch cap was reached).
+    stopped_by: Literal["patience", "max_epochs"] = "patience"
 
 
 def evaluate_split(
-    model: Autoencoder,
+    model: AutoencoderModule,
     data: CellData,
     spec: LossSpec,
     loss_params: dict,
@@ -275,7 +299,7 @@ def fit(
     there (atomically) and an existing checkpoint of the same settings is resumed.
     """
     torch.manual_seed(seed)
-    model = Autoencoder(model_params).to(device)
+    model = AutoencoderModule(model_params).to(device)
     optimizer = adam(model.parameters(), device, lr=train_params.learning_rate,
                      weight_decay=train_params.weight_decay)
     key = fingerprint(asdict(train_params), model_params.to_dict(), loss_params,
@@ -348,9 +372,16 @@ def fit(
                             "optimizer": optimizer.state_dict(), "state": state}, tmp)
     model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
-    logger.info("best epoch %d (val loss %.5f)", state["best_epoch"], state["best_val"])
+    stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
+    logger.info("best epoch %d (val loss %.5f), stopped by %s", state["best_epoch"],
+                state["best_val"], stopped_by)
+    if stopped_by == "max_epochs" and state["epoch"] - state["best_epoch"] < train_params.patience:
+        logger.warning(
+            "not converged: stopped at max_epochs=%d with the best epoch %d among the last "
+            "patience=%d epochs; raise max_epochs", train_params.max_epochs,
+            state["best_epoch"], train_params.patience)
     return FitResult(model=model, history=pd.DataFrame(state["history"]),
-                     best_epoch=state["best_epoch"])
+                     best_epoch=state["best_epoch"], stopped_by=stopped_by)
 
 
 def save_model(path: Path, result: FitResult, meta: dict) -> None:
@@ -361,29 +392,44 @@ def save_model(path: Path, result: FitResult, meta: dict) -> None:
                     "best_epoch": result.best_epoch, **meta}, tmp)
 
 
-def load_model(path: Path, device: torch.device) -> tuple[Autoencoder, dict]:
+def load_model(path: Path, device: torch.device) -> tuple[AutoencoderModule, dict]:
     saved = torch.load(path, map_location=device, weights_only=True)
-    model = Autoencoder(ModelParams.from_dict(saved["model_params"])).to(device)
+    model = AutoencoderModule(ModelParams.from_dict(saved["model_params"])).to(device)
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, saved
 
 
 @torch.no_grad()
-def embed_and_reconstruct(
-    model: Autoencoder, data: CellData, recon_rows: np.ndarray, device: torch.device
-) -> tuple[np.ndarray, np.ndarray]:
-    """Latent z of every cell, and common-space reconstructions of ``recon_rows``."""
+def latent_representation(
+    model: AutoencoderModule, data: CellData, rows: np.ndarray, device: torch.device
+) -> np.ndarray:
+    """Latent z of ``rows`` (float32, rows × latent_dim), in chunks of ``EVAL_CHUNK`` cells."""
     model.eval()
-    latent = np.empty((data.x.shape[0], model.params.latent_dim), dtype=np.float32)
-    for start in range(0, data.x.shape[0], EVAL_CHUNK):
-        idx = np.arange(start, min(start + EVAL_CHUNK, data.x.shape[0]))
+    latent = np.empty((len(rows), model.params.latent_dim), dtype=np.float32)
+    for start in range(0, len(rows), EVAL_CHUNK):
+        idx = rows[start : start + EVAL_CHUNK]
         inputs, _, _ = data.batch(idx, with_counts=False)
-        latent[idx] = model.encode(inputs.to(device)).cpu().numpy()
-    recon = np.empty((len(recon_rows), data.n_genes), dtype=np.float32)
-    for start in range(0, len(recon_rows), EVAL_CHUNK):
-        idx = recon_rows[start : start + EVAL_CHUNK]
+        latent[start : start + len(idx)] = model.encode(inputs.to(device)).cpu().numpy()
+    return latent
+
+
+@torch.no_grad()
+def reconstruction(
+    model: AutoencoderModule, data: CellData, rows: np.ndarray, device: torch.device,
+    counts: bool = False,
+) -> np.ndarray:
+    """Reconstructions of ``rows`` in the common space log1p(normalized expression) or,
+    with ``counts``, as expected counts E[c] = (exp(x̂) − 1)·ℓ / target_sum (for count
+    models exactly their predicted mean, μ or (1 − π)·μ, up to rounding)."""
+    model.eval()
+    recon = np.empty((len(rows), data.n_genes), dtype=np.float32)
+    for start in range(0, len(rows), EVAL_CHUNK):
+        idx = rows[start : start + EVAL_CHUNK]
         inputs, _, library = data.batch(idx, with_counts=False)
-        out = model(inputs.to(device), library.to(device))
-        recon[start : start + len(idx)] = data.to_expression(out, idx).cpu().numpy()
-    return latent, recon
+        expression = data.to_expression(model(inputs.to(device), library.to(device)), idx)
+        if counts:
+            scale = torch.from_numpy(data.library_size[idx] / data.target_sum).to(device)
+            expression = torch.expm1(expression) * scale[:, None]
+        recon[start : start + len(idx)] = expression.cpu().numpy()
+    return recon

@@ -619,11 +619,11 @@ class _Exploit:
 
 
 def _model_file(tmp_path: Path, extra) -> Path:
-    from scae.model import Autoencoder, ModelParams
+    from scae.model import AutoencoderModule, ModelParams
 
     params = ModelParams(n_genes=10, hidden=(4,), latent_dim=2, output="expression")
     path = tmp_path / "model.pt"
-    torch.save({"state_dict": Autoencoder(params).state_dict(), "model_params": params.to_dict(),
+    torch.save({"state_dict": AutoencoderModule(params).state_dict(), "model_params": params.to_dict(),
                 "extra": extra}, path)
     return path
 

@@ -9,7 +9,7 @@ import torch
 
 from scae.data import PreprocessParams, preprocess, read_counts, validate_counts
 from scae.losses import LOSSES, Batch, DecoderOutput, SparseCounts, get_loss
-from scae.model import Autoencoder, Dropout, ModelParams
+from scae.model import AutoencoderModule, Dropout, ModelParams
 from scae.synthetic import SyntheticParams, _profiles, synthetic_counts, write_synthetic
 from scae.train import CellData, TrainParams, fit
 
@@ -90,7 +90,7 @@ def test_sparse_minibatch_loss_equals_dense(preprocessed, name, dispersion):
     dense = torch.from_numpy(data.counts[rows].toarray())
     torch.testing.assert_close(batch.sparse_counts.to_dense(), dense)
     torch.manual_seed(0)
-    model = Autoencoder(ModelParams(n_genes=data.n_genes, hidden=(32,), latent_dim=4,
+    model = AutoencoderModule(ModelParams(n_genes=data.n_genes, hidden=(32,), latent_dim=4,
                                     output=LOSSES[name].output, dispersion=dispersion)).eval()
     spec = get_loss(name)
     results = []

@@ -15,10 +15,11 @@ from scae.train import (
     FitResult,
     TrainingDiverged,
     TrainParams,
-    embed_and_reconstruct,
     fit,
     keep_freed_memory,
+    latent_representation,
     load_model,
+    reconstruction,
     save_model,
 )
 
@@ -123,7 +124,8 @@ def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
     monkeypatch.setattr("scae.train.EVAL_CHUNK", 100)
     data = CellData(small_data, "none")
     result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb"), FAST, 0, CPU)
-    embed_and_reconstruct(result.model, data, data.rows("test"), CPU)
+    latent_representation(result.model, data, np.arange(n_cells), CPU)
+    reconstruction(result.model, data, data.rows("test"), CPU)
     assert 0 < largest["rows"] <= 100
 
 
@@ -135,7 +137,8 @@ def test_model_file_loads_with_weights_only(small_data, tmp_path):
     save_model(tmp_path / "m.pt", result, {"loss": "zinb", "seed": 0})
     model, saved = load_model(tmp_path / "m.pt", CPU)
     assert saved["loss"] == "zinb" and model.params.dispersion == "gene-cell"
-    latent, recon = embed_and_reconstruct(model, data, data.rows("test"), CPU)
+    latent = latent_representation(model, data, np.arange(small_data.n_obs), CPU)
+    recon = reconstruction(model, data, data.rows("test"), CPU)
     assert latent.shape == (small_data.n_obs, 8)
     assert np.isfinite(recon).all() and recon.min() >= 0  # log1p of a mean count
     assert isinstance(result, FitResult)

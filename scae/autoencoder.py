@@ -1,0 +1,395 @@
+"""The AnnData-first model API, in scvi-tools' conventions; the workflow's ``train`` job runs it.
+
+::
+
+    adata = scae.preprocess(raw, label_key="cell_type")          # QC, split, HVGs on train
+    scae.Autoencoder.setup_anndata(adata, layer="counts", labels_key="cell_type")
+    model = scae.Autoencoder(adata, loss="nb", latent_dim=32)
+    model.train(max_epochs=60, device="auto")
+    adata.obsm["X_scae"] = model.get_latent_representation()
+    model.save("my_model/")
+    model = scae.Autoencoder.load("my_model/", adata)
+
+Every default (architecture, optimisation, loss parameters) comes from :class:`ModelParams`,
+:class:`TrainParams` and each loss's registry entry, the same values ``config/schema.yaml``
+declares (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from .config import CLUSTER_KEY, InputError
+from .data import (
+    SPLITS,
+    PreprocessParams,
+    gene_mean_std,
+    make_names_unique,
+    stratified_split,
+    validate_counts,
+)
+from .io import atomic_path
+from .losses import get_loss
+from .model import ModelParams
+from .train import (
+    CellData,
+    FitResult,
+    InputScaling,
+    TrainParams,
+    fit,
+    latent_representation,
+    load_model,
+    reconstruction,
+    resolve_device,
+    save_model,
+)
+
+logger = logging.getLogger("scae")
+
+#: Where :meth:`Autoencoder.setup_anndata` records which fields of an AnnData hold what.
+SETUP_KEY = "_scae_setup"
+MODEL_FILE, HISTORY_FILE = "model.pt", "history.tsv"
+_MODEL_DEFAULTS = ModelParams(n_genes=1)
+_TRAIN_DEFAULTS = TrainParams()
+
+
+#: What a wrong counts layer's error advises.
+LAYER_FIX = ("pass layer= the layer holding raw UMI counts (scae.preprocess writes them to "
+             "layers['counts'])")
+
+
+class Autoencoder:
+    """An MLP autoencoder trained under one reconstruction loss (see ``scae.losses.LOSSES``).
+
+    Parameters
+    ----------
+    adata
+        An AnnData registered with :meth:`setup_anndata`: ``X`` the log-normalized expression
+        the model reconstructs, the registered layer its raw counts.
+    loss
+        A registered loss name (``mse``, ``cosine``, ``cosine_embedding``, ``mse_cosine``,
+        ``pearson``, ``poisson``, ``nb``, ``zinb``).
+    loss_params
+        Overrides of the loss's parameters (e.g. ``{"margin": 0.6}``); the rest keep their
+        defaults (``scae.losses.LOSSES[loss].defaults``).
+    hidden, latent_dim, dropout, batch_norm
+        The encoder's widths (the decoder mirrors them), the latent size, dropout after
+        every hidden layer, batch norm before every ReLU.
+    input_scaling
+        ``"none"`` or ``"zscore"``: genes scaled by the training cells' mean and sd.
+    """
+
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        loss: str = "mse",
+        loss_params: dict[str, Any] | None = None,
+        *,
+        hidden: tuple[int, ...] = _MODEL_DEFAULTS.hidden,
+        latent_dim: int = _MODEL_DEFAULTS.latent_dim,
+        dropout: float = _MODEL_DEFAULTS.dropout,
+        batch_norm: bool = _MODEL_DEFAULTS.batch_norm,
+        input_scaling: InputScaling = "none",
+    ):
+        self.adata = adata
+        self.setup = _setup_of(adata)
+        self.loss = get_loss(loss)
+        self.loss_params = self.loss.parameters(loss_params)
+        if input_scaling not in ("none", "zscore"):
+            raise ValueError(f"input_scaling={input_scaling!r}; use 'none' or 'zscore'")
+        self.input_scaling = input_scaling
+        if self.loss.uses_counts:
+            layer = self.setup["layer"]
+            validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
+                            require_integers=True, fix=LAYER_FIX)
+        self.module_params = ModelParams(
+            n_genes=adata.n_vars, hidden=tuple(hidden), latent_dim=latent_dim, dropout=dropout,
+            batch_norm=batch_norm, output=self.loss.output,
+            dispersion=self.loss_params.get("dispersion", _MODEL_DEFAULTS.dispersion),
+        )
+        self.var_names = list(map(str, adata.var_names))
+        # The training cells' gene moments: the z-scoring of every AnnData this model sees.
+        self.scaling = (adata.var["train_mean"].to_numpy(np.float32),
+                        adata.var["train_std"].to_numpy(np.float32))
+        self.target_sum = float(self.setup["target_sum"])
+        self.module = None
+        self.history: pd.DataFrame | None = None
+        self.train_params: TrainParams | None = None
+        self.seed: int | None = None
+        self.best_epoch: int | None = None
+        self.stopped_by: str | None = None
+        self.device = torch.device("cpu")
+
+    def __repr__(self) -> str:
+        state = (f"trained, best epoch {self.best_epoch}, stopped by {self.stopped_by}"
+                 if self.is_trained else "not trained")
+        return (f"Autoencoder(loss={self.loss.name!r}, latent_dim="
+                f"{self.module_params.latent_dim}, hidden={list(self.module_params.hidden)}, "
+                f"{self.module_params.n_genes} genes; {state})")
+
+    # --- AnnData registration ----------------------------------------------------------
+
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: ad.AnnData,
+        layer: str = "counts",
+        labels_key: str | None = None,
+        split_key: str = "split",
+        library_size_key: str = "library_size",
+        target_sum: float | None = None,
+        split_seed: int = PreprocessParams.split_seed,
+    ) -> None:
+        """Check and register, in place, the fields an :class:`Autoencoder` reads.
+
+        ``adata.X`` holds log1p(normalized expression), ``adata.layers[layer]`` raw counts of
+        the same genes (checked: non-negative integers). Fields :func:`scae.preprocess`
+        writes are used as they are; missing ones are added, from training cells only:
+        ``obs[split_key]`` (a stratified train/val/test split, by ``labels_key`` when given),
+        ``obs[library_size_key]`` (the counts' row sums), ``var['train_mean'/'train_std']``.
+        ``target_sum`` is the ``normalize_total`` target X was made with (default: the one
+        :func:`scae.preprocess` recorded, else 10⁴). Duplicate cell names are made unique.
+        """
+        if layer not in adata.layers:
+            raise InputError(
+                f"layer {layer!r} is not in adata.layers (layers: "
+                f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw "
+                "counts, or run scae.preprocess on the raw-count AnnData first"
+            )
+        validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
+                        require_integers=False, fix=LAYER_FIX)
+        if labels_key is not None and labels_key not in adata.obs:
+            raise InputError(
+                f"labels_key {labels_key!r} is not a column of adata.obs "
+                f"({', '.join(map(str, adata.obs.columns)) or 'no columns'}); pass the "
+                "column with cell types, or labels_key=None"
+            )
+        make_names_unique(adata, "obs", "adata")
+        params = PreprocessParams()
+        if split_key not in adata.obs:
+            labels = adata.obs[labels_key].astype(str) if labels_key else None
+            adata.obs[split_key] = pd.Categorical(
+                stratified_split(labels, adata.n_obs, params.test_fraction,
+                                 params.val_fraction, split_seed), categories=SPLITS)
+            logger.info("setup_anndata: added a %s split in obs[%r] (seed %d)",
+                        "/".join(SPLITS), split_key, split_seed)
+        if library_size_key not in adata.obs:
+            adata.obs[library_size_key] = np.asarray(
+                adata.layers[layer].sum(axis=1), dtype=np.float32).ravel()
+        if not {"train_mean", "train_std"} <= set(adata.var):
+            is_train = (adata.obs[split_key].astype(str) == "train").to_numpy()
+            mean, std = gene_mean_std(sp.csr_matrix(adata.X[is_train]))
+            adata.var["train_mean"], adata.var["train_std"] = mean, std
+        recorded = adata.uns.get("scae", {}).get("target_sum")
+        adata.uns[SETUP_KEY] = {
+            "layer": layer, "labels_key": labels_key or "", "split_key": split_key,
+            "library_size_key": library_size_key,
+            "target_sum": float(target_sum if target_sum is not None
+                                else recorded if recorded is not None else params.target_sum),
+        }
+
+    # --- training ----------------------------------------------------------------------
+
+    def train(
+        self,
+        max_epochs: int = _TRAIN_DEFAULTS.max_epochs,
+        patience: int = _TRAIN_DEFAULTS.patience,
+        batch_size: int = _TRAIN_DEFAULTS.batch_size,
+        learning_rate: float = _TRAIN_DEFAULTS.learning_rate,
+        weight_decay: float = _TRAIN_DEFAULTS.weight_decay,
+        seed: int = 0,
+        device: str | torch.device = "auto",
+        checkpoint: str | Path | None = None,
+    ) -> Autoencoder:
+        """Train from fresh weights on the ``train`` cells; early-stop on ``val`` loss.
+
+        The best epoch's weights are kept. ``seed`` fixes the initial weights, minibatch
+        order, dropout masks and negative pairs; test cells are never read. ``device``:
+        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With ``checkpoint``, the state
+        after every epoch is saved there and a run of the same settings resumes from it.
+        Threads: torch's own setting (``torch.set_num_threads``) is left as it is.
+        """
+        split = self.adata.obs[self.setup["split_key"]].astype(str)
+        if not {"train", "val"} <= set(split):
+            raise InputError(
+                f"adata.obs[{self.setup['split_key']!r}] needs 'train' cells to learn from "
+                "and 'val' cells to stop early on; it holds "
+                f"{', '.join(sorted(set(split))) or 'no cells'}"
+            )
+        group_key = self._negatives_group_key()
+        self.train_params = TrainParams(batch_size=batch_size, learning_rate=learning_rate,
+                                        weight_decay=weight_decay, max_epochs=max_epochs,
+                                        patience=patience)
+        self.device, self.seed = resolve_device(device), int(seed)
+        result: FitResult = fit(
+            self._cell_data(self.adata, group_key), self.loss, self.loss_params, self.module_params,
+            self.train_params, seed=self.seed, device=self.device,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        )
+        self.module, self.history = result.model, result.history
+        self.best_epoch, self.stopped_by = result.best_epoch, result.stopped_by
+        return self
+
+    @property
+    def is_trained(self) -> bool:
+        return self.module is not None
+
+    # --- inference ---------------------------------------------------------------------
+
+    def get_latent_representation(
+        self, adata: ad.AnnData | None = None, indices: np.ndarray | None = None,
+        key_added: str | None = None,
+    ) -> np.ndarray:
+        """The latent embedding (cells × ``latent_dim``) of ``adata`` (default: the training
+        AnnData), of all cells or of ``indices``. With ``key_added`` (all cells only) it is
+        also written to ``adata.obsm[key_added]``, as scanpy's tools do."""
+        adata, rows = self._target(adata, indices)
+        latent = latent_representation(self.module, self._cell_data(adata), rows, self.device)
+        if key_added is not None:
+            if indices is not None:
+                raise ValueError("key_added writes all cells' embedding; leave indices=None")
+            adata.obsm[key_added] = latent
+        return latent
+
+    def get_reconstruction(
+        self, adata: ad.AnnData | None = None, indices: np.ndarray | None = None,
+        space: Literal["expression", "counts"] = "expression",
+    ) -> np.ndarray:
+        """Reconstructions (cells × genes, dense float32) of all cells or of ``indices``.
+
+        ``space="expression"``: log1p(normalized expression), the space every model is scored
+        in (z-scoring undone; count models give log1p(E[c] / ℓ · target_sum)).
+        ``space="counts"``: expected raw counts E[c] (count models: μ, or (1 − π)·μ for
+        ``zinb``; expression models: (exp(x̂) − 1)·ℓ / target_sum).
+        """
+        if space not in ("expression", "counts"):
+            raise ValueError(f"space={space!r}; use 'expression' or 'counts'")
+        adata, rows = self._target(adata, indices)
+        return reconstruction(self.module, self._cell_data(adata), rows, self.device,
+                              counts=space == "counts")
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
+        """Write ``model.pt`` (weights and every setting; loadable with ``weights_only``) and
+        ``history.tsv`` (per epoch) to ``dir_path``, each file atomically."""
+        self._require_trained()
+        directory = Path(dir_path)
+        if not overwrite and (directory / MODEL_FILE).exists():
+            raise FileExistsError(f"{directory / MODEL_FILE} exists; pass overwrite=True")
+        with atomic_path(directory / HISTORY_FILE) as tmp:
+            self.history.to_csv(tmp, sep="\t", index=False)
+        result = FitResult(self.module, self.history, self.best_epoch, self.stopped_by)
+        save_model(directory / MODEL_FILE, result, {
+            "loss": self.loss.name, "loss_params": self.loss_params, "seed": self.seed,
+            "input_scaling": self.input_scaling, "var_names": self.var_names,
+            "stopped_by": self.stopped_by, "train_params": asdict(self.train_params),
+            "setup": dict(self.setup), "target_sum": self.target_sum,
+            "train_mean": torch.from_numpy(self.scaling[0]),
+            "train_std": torch.from_numpy(self.scaling[1]),
+            "history": self.history.to_dict(orient="list"),
+        })
+
+    @classmethod
+    def load(cls, dir_path: str | Path, adata: ad.AnnData,
+             device: str | torch.device = "auto") -> Autoencoder:
+        """A saved model, attached to ``adata`` (same genes in the same order as the
+        training data; registered with the saved setup if it is not registered yet)."""
+        device = resolve_device(device)
+        module, saved = load_model(Path(dir_path) / MODEL_FILE, device)
+        _check_genes(adata, saved["var_names"], Path(dir_path))
+        if SETUP_KEY not in adata.uns:
+            setup = saved["setup"]
+            cls.setup_anndata(adata, layer=setup["layer"],
+                              labels_key=setup["labels_key"] if setup["labels_key"] in
+                              adata.obs else None,
+                              split_key=setup["split_key"],
+                              library_size_key=setup["library_size_key"],
+                              target_sum=saved["target_sum"])
+        params = module.params
+        model = cls(adata, saved["loss"], saved["loss_params"], hidden=params.hidden,
+                    latent_dim=params.latent_dim, dropout=params.dropout,
+                    batch_norm=params.batch_norm, input_scaling=saved["input_scaling"])
+        model.module, model.device = module, device
+        # The training data's gene moments and target, not those of the AnnData given here.
+        model.scaling = (saved["train_mean"].numpy(), saved["train_std"].numpy())
+        model.target_sum = float(saved["target_sum"])
+        model.history = pd.DataFrame(saved["history"])
+        model.train_params = TrainParams(**saved["train_params"])
+        model.seed, model.best_epoch = saved["seed"], saved["best_epoch"]
+        model.stopped_by = saved["stopped_by"]
+        return model
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _negatives_group_key(self) -> str | None:
+        """The obs column cosine_embedding's negative pairs avoid (None: any other cell)."""
+        sampling = self.loss_params.get("negative_sampling", "random")
+        if sampling == "label":
+            if not self.setup["labels_key"]:
+                raise InputError(
+                    "negative_sampling='label' draws negatives from other cell types, but no "
+                    "labels_key was registered; call Autoencoder.setup_anndata(adata, "
+                    "labels_key=...) or use negative_sampling='random' or 'cluster'"
+                )
+            return self.setup["labels_key"]
+        if sampling == "cluster":
+            if CLUSTER_KEY not in self.adata.obs:
+                raise InputError(
+                    f"negative_sampling='cluster' needs training-cell clusters in "
+                    f"adata.obs[{CLUSTER_KEY!r}]; run scae.preprocess(..., clusters=True) or "
+                    "use negative_sampling='random' or 'label'"
+                )
+            return CLUSTER_KEY
+        return None
+
+    def _cell_data(self, adata: ad.AnnData, group_key: str | None = None) -> CellData:
+        setup = _setup_of(adata)
+        return CellData(
+            adata, self.input_scaling, group_key=group_key,
+            counts_layer=setup["layer"], split_key=setup["split_key"],
+            library_size_key=setup["library_size_key"], scaling=self.scaling,
+            target_sum=self.target_sum,
+        )
+
+    def _target(self, adata: ad.AnnData | None,
+                indices: np.ndarray | None) -> tuple[ad.AnnData, np.ndarray]:
+        self._require_trained()
+        adata = self.adata if adata is None else adata
+        if adata is not self.adata:
+            _check_genes(adata, self.var_names, "this model")
+        rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        return adata, rows
+
+    def _require_trained(self) -> None:
+        if self.module is None:
+            raise RuntimeError("the model is not trained yet; call model.train() first")
+
+
+def _setup_of(adata: ad.AnnData) -> dict:
+    if SETUP_KEY not in adata.uns:
+        raise InputError(
+            "this AnnData is not registered; call scae.Autoencoder.setup_anndata(adata, "
+            "layer='counts', labels_key=...) first"
+        )
+    return adata.uns[SETUP_KEY]
+
+
+def _check_genes(adata: ad.AnnData, var_names: list[str], source) -> None:
+    if list(map(str, adata.var_names)) != list(var_names):
+        shared = len(set(var_names) & set(map(str, adata.var_names)))
+        raise InputError(
+            f"adata has {adata.n_vars} genes, {source} was trained on {len(var_names)} "
+            f"({shared} shared, or the order differs); subset it to the model's genes: "
+            "adata[:, model.var_names]"
+        )
+
