@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor
+
+logger = logging.getLogger("scae")
 
 
 class FusedAdam:
@@ -65,10 +68,39 @@ class FusedAdam:
                 mine.copy_(saved)
 
 
+def fused_kernel_works(device: torch.device) -> bool:
+    """Whether torch's private ``_fused_adam_`` op exists for ``device`` and still computes,
+    with the signature :class:`FusedAdam` calls, one textbook Adam step.
+
+    The op is private: a torch release may rename it, change its signature or its meaning.
+    This probe (a 2-element step, microseconds) turns any of those into a fallback instead
+    of a crash or a silently different optimizer.
+    """
+    if device.type not in ("cpu", "cuda") or not hasattr(torch, "_fused_adam_"):
+        return False
+    param = torch.tensor([1.0, -2.0], device=device)
+    grad = torch.tensor([0.5, 0.25], device=device)
+    probe = FusedAdam([param.requires_grad_()], lr=0.1, weight_decay=0.01)
+    param.grad = grad
+    try:
+        probe.step()
+    except (RuntimeError, TypeError):
+        return False
+    with torch.no_grad():  # step 1: m̂ = g', v̂ = g'², so θ moves by lr·g'/(|g'| + ε)
+        expected = torch.tensor([1.0, -2.0], device=device)
+        g = grad + 0.01 * expected
+        expected -= 0.1 * g / (g.abs() + 1e-8)
+    return bool(torch.allclose(param.detach(), expected, rtol=1e-5, atol=1e-6))
+
+
 def adam(params: Iterable[Tensor], device: torch.device, lr: float,
          weight_decay: float = 0.0) -> FusedAdam | torch.optim.Adam:
-    """:class:`FusedAdam` where torch has the fused kernel for ``device`` (CPU and CUDA),
-    else ``torch.optim.Adam``."""
-    if device.type in ("cpu", "cuda") and hasattr(torch, "_fused_adam_"):
+    """:class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
+    else ``torch.optim.Adam``, fused where torch fuses for that device (one log line says so).
+    """
+    if fused_kernel_works(device):
         return FusedAdam(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    fused = device.type in ("cpu", "cuda")
+    logger.info("torch %s: the private _fused_adam_ op is missing or changed on %s; "
+                "using torch.optim.Adam(fused=%s)", torch.__version__, device.type, fused)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

@@ -88,3 +88,39 @@ def test_falls_back_to_torch_where_no_fused_kernel():
     params = list(_model(0).parameters())
     assert isinstance(adam(params, torch.device("cpu"), lr=1e-3), FusedAdam)
     assert isinstance(adam(params, torch.device("meta"), lr=1e-3), torch.optim.Adam)
+
+
+def _fused_adam_with_new_signature(*args, **kwargs):
+    """What a torch release that re-signs the private op would present."""
+    raise TypeError("_fused_adam_() got an unexpected keyword argument 'beta1'")
+
+
+def _fused_adam_that_does_nothing(*args, **kwargs):
+    """An op of the same name and signature whose meaning changed (here: no update)."""
+
+
+@pytest.mark.parametrize("patch", ["missing", "re-signed", "changed meaning"])
+def test_without_a_working_private_kernel_training_runs_on_torch_fused_adam(
+        patch, monkeypatch, caplog):
+    if patch == "missing":
+        monkeypatch.delattr(torch, "_fused_adam_")
+    else:
+        monkeypatch.setattr(torch, "_fused_adam_", _fused_adam_with_new_signature
+                            if patch == "re-signed" else _fused_adam_that_does_nothing)
+    ours, theirs = _model(0), _model(0)
+    with caplog.at_level("INFO", logger="scae"):
+        optimizer = adam(ours.parameters(), torch.device("cpu"), lr=3e-3, weight_decay=1e-2)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["fused"]
+    assert "missing or changed" in caplog.text
+    monkeypatch.undo()  # the reference runs on the real torch
+    _train(ours, optimizer, 25)
+    _train(theirs, torch.optim.Adam(theirs.parameters(), lr=3e-3, weight_decay=1e-2,
+                                    fused=True), 25)
+    for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_probe_accepts_the_real_kernel():
+    from scae.optim import fused_kernel_works
+
+    assert fused_kernel_works(torch.device("cpu"))
