@@ -5,6 +5,12 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+# Rules import the package of this checkout, not an installed copy. With `pip install -e .`
+# (the README's quick start) the two are the same; with --use-conda every job runs in an env
+# built from envs/*.yaml, and an env file cannot name where the checkout is (a relative
+# `pip: [-e ..]` entry resolves against wherever the env gets built). The parse step needs
+# it for scae.config; Snakemake then appends this process's sys.path to every `script:`
+# job's (snakemake.script's preamble), so this one line also serves every rule's script.
 sys.path.insert(0, workflow.basedir)
 from scae.config import (
     BASELINES,

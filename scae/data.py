@@ -21,13 +21,14 @@ from typing import Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scanpy as sc
 import scipy.sparse as sp
 
 from .config import CLUSTER_KEY, SUPPORTED_FORMATS, InputError, format_of
 from .mcv import HELDOUT_LAYER, binomial_split
 
 logger = logging.getLogger("scae")
+# scanpy is imported inside the functions that use it: the training env (envs/torch.yaml)
+# has no scanpy, yet the model API there uses this module's split and moment helpers.
 
 SPLITS = ("train", "val", "test")
 
@@ -62,6 +63,8 @@ def read_counts(
     ``counts`` names where the counts live in an ``.h5ad``: ``"X"``, ``"raw"`` (``adata.raw.X``)
     or a layer name. ``transpose`` flips genes × cells text tables into cells × genes.
     """
+    import scanpy as sc
+
     path = Path(path)
     kind = format_of(path)
     try:
@@ -232,6 +235,8 @@ def preprocess(
     With ``clusters``, ``obs['scae_cluster']`` holds Leiden clusters of the training cells
     (see :func:`training_clusters`).
     """
+    import scanpy as sc
+
     if layer is not None and layer not in adata.layers:
         raise InputError(
             f"dataset {dataset!r}: layer {layer!r} is not in adata.layers (layers: "
@@ -354,6 +359,7 @@ def training_clusters(
     and test cells are assigned to the cluster whose training centroid is closest in PCA
     space, so held-out cells never shape the clusters.
     """
+    import scanpy as sc
     from sklearn.decomposition import PCA
 
     n_pcs = min(n_pcs, x.shape[1] - 1, int(is_train.sum()) - 1)

@@ -375,7 +375,7 @@ def fit(
     stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
     logger.info("best epoch %d (val loss %.5f), stopped by %s", state["best_epoch"],
                 state["best_val"], stopped_by)
-    if stopped_by == "max_epochs" and state["epoch"] - state["best_epoch"] < train_params.patience:
+    if stopped_by == "max_epochs":  # then the best epoch is among the last `patience` ones
         logger.warning(
             "not converged: stopped at max_epochs=%d with the best epoch %d among the last "
             "patience=%d epochs; raise max_epochs", train_params.max_epochs,

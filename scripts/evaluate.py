@@ -1,9 +1,5 @@
 """Snakemake entry point: score one run's test reconstructions (and embedding) on held-out cells."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import anndata as ad
 import numpy as np
 

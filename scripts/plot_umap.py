@@ -1,9 +1,5 @@
 """Snakemake entry point: a UMAP panel of every model's embedding of one dataset."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import anndata as ad
 
 from scae import plots

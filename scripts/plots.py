@@ -1,9 +1,7 @@
 """Snakemake entry point: the per-cell, metric and training-curve figures of one dataset."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import pandas as pd
 
 from scae import plots

@@ -1,9 +1,5 @@
 """Snakemake entry point: QC, split, normalize and select HVGs for one dataset."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 from scae.data import MCVParams, PreprocessParams, preprocess, read_counts, validate_counts
 from scae.config import MCV_SUFFIX
 from scae.io import atomic_path, rule_logging

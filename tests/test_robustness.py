@@ -11,6 +11,7 @@
 | non-integer / negative with a count loss    | test_preprocess_errors_name_dataset_and_fix             |
 | NaN / inf in the matrix                     | test_preprocess_errors_name_dataset_and_fix[nonfinite]  |
 | duplicate gene names                        | test_quirky_gene_names_warn_and_run                     |
+| duplicate cell names (merged samples)       | test_duplicate_barcodes_are_made_unique_and_the_run_... |
 | gene IDs without a mitochondrial prefix     | test_quirky_gene_names_warn_and_run                     |
 | every cell removed by QC / too few cells    | test_qc_errors_quote_thresholds_and_counts              |
 | cells with zero counts after filtering      | test_zero_count_cells_are_removed_and_counted,          |
@@ -402,6 +403,27 @@ def test_missing_label_key_warns_and_everything_else_runs(tmp_path):
                                      "baseline_library_size"}
     assert not set(LABEL_METRICS) & set(summary.columns)
     assert summary["cosine_mean"].between(-1, 1).all() and summary["mse"].gt(0).all()
+
+
+@pytest.mark.workflow
+def test_duplicate_barcodes_are_made_unique_and_the_run_completes(tmp_path):
+    """Two samples merged with anndata.concat share barcodes: every job used to run until
+    evaluate crashed on the non-unique index."""
+    config = small_config(tmp_path)
+    data = Path(config["datasets"][DATASET]["path"])
+    cells = ad.read_h5ad(data)
+    first, second = cells[:200].copy(), cells[200:].copy()
+    second.obs_names = first.obs_names  # the same 10x barcodes in both samples
+    ad.concat([first, second]).write_h5ad(data)
+    succeeded(snakemake(tmp_path, write_config(tmp_path, config), SUMMARY))
+    log = (tmp_path / f"logs/{DATASET}/preprocess.log").read_text()
+    assert f"dataset '{DATASET}': 200 duplicate cell names made unique" in log
+    assert ad.read_h5ad(tmp_path / f"{RESULTS}/preprocessed.h5ad").obs_names.is_unique
+    per_cell = pd.read_csv(tmp_path / f"{RESULTS}/metrics/mse/seed0.per_cell.tsv.gz", sep="\t")
+    assert per_cell["cell"].is_unique
+    summary = pd.read_csv(tmp_path / SUMMARY, sep="\t")
+    assert {"mse", "baseline_pca"} <= set(summary["model"])
+    assert summary["cosine_mean"].between(-1, 1).all()
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""The notebook API (scae.preprocess, scae.Autoencoder): the README's example verbatim, the
+workflow's train job through the same code path, defaults, errors, new cells."""
+
+import re
+import subprocess
+import sys
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+import yaml
+
+import scae
+from scae.config import InputError
+from scae.losses import LOSSES
+
+from .conftest import REPO, SMALL_RUN_SEEDS, pbmc_subset
+
+SMALL = {"hidden": (32,), "latent_dim": 4}
+
+
+@pytest.fixture(scope="module")
+def adata() -> ad.AnnData:
+    """400 real pbmc3k cells, preprocessed with clusters, registered with labels."""
+    pre = scae.preprocess(pbmc_subset(400), scae.PreprocessParams(n_top_genes=200),
+                          label_key="cell_type", clusters=True)
+    scae.Autoencoder.setup_anndata(pre, labels_key="cell_type")
+    return pre
+
+
+@pytest.fixture(scope="module")
+def trained(adata) -> scae.Autoencoder:
+    return scae.Autoencoder(adata, "nb", **SMALL).train(max_epochs=4, batch_size=64)
+
+
+def readme_example() -> str:
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## In a notebook"):]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_notebook_example_runs_verbatim(tmp_path, monkeypatch):
+    """The README's code block, unchanged, on 400 pbmc3k cells laid where it reads them."""
+    data = tmp_path / "resources" / "data" / "pbmc3k.h5ad"
+    data.parent.mkdir(parents=True)
+    pbmc_subset(400).write_h5ad(data)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(readme_example(), "README.md", "exec"), namespace)
+    adata, model = namespace["adata"], namespace["model"]
+    assert adata.obsm["X_scae"].shape == (adata.n_obs, 32)
+    assert adata.layers["scae_nb"].shape == adata.shape
+    assert (tmp_path / "models/pbmc3k_nb/model.pt").exists()
+    assert (tmp_path / "models/pbmc3k_nb/history.tsv").exists()
+    # the loaded model (the example ends with it) embeds exactly as the trained one did
+    np.testing.assert_array_equal(model.get_latent_representation(), adata.obsm["X_scae"])
+    assert model.best_epoch >= 1 and model.stopped_by in ("patience", "max_epochs")
+    counts = namespace["expected_counts"]
+    # expected counts of a count model sum to about each cell's library size over the HVGs
+    assert np.all(counts >= 0) and np.isfinite(counts).all()
+
+
+@pytest.mark.workflow
+def test_workflow_train_job_is_the_api(small_run):
+    """The train job's embedding equals a notebook run of the API with the same settings."""
+    results = small_run / "results/pbmc_small"
+    config = yaml.safe_load((small_run / "config.yaml").read_text())
+    adata = ad.read_h5ad(results / "preprocessed.h5ad")
+    scae.Autoencoder.setup_anndata(adata, labels_key="cell_type")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workflow's train.threads: float sums depend on it
+    try:
+        model = scae.Autoencoder(adata, "mse", hidden=tuple(config["model"]["hidden"]),
+                                 latent_dim=config["model"]["latent_dim"])
+        model.train(**config["train"], seed=SMALL_RUN_SEEDS[0], device="cpu")
+        latent = model.get_latent_representation()
+    finally:
+        torch.set_num_threads(threads)
+    job = ad.read_h5ad(results / f"embeddings/mse/seed{SMALL_RUN_SEEDS[0]}.h5ad")
+    np.testing.assert_array_equal(latent, job.obsm["X_scae"])
+    history = pd.read_csv(results / f"models/mse/seed{SMALL_RUN_SEEDS[0]}/history.tsv", sep="\t")
+    assert history["val_loss"].tolist() == model.history["val_loss"].tolist()
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_loss_trains_with_default_parameters(adata, loss):
+    model = scae.Autoencoder(adata, loss, **SMALL)
+    assert model.loss_params == LOSSES[loss].defaults
+    model.train(max_epochs=2, batch_size=64)
+    assert len(model.history) == 2 and np.isfinite(model.history["val_loss"]).all()
+    recon = model.get_reconstruction(indices=np.arange(5))
+    assert recon.shape == (5, adata.n_vars) and np.isfinite(recon).all()
+
+
+def test_save_load_round_trip_and_new_cells(trained, adata, tmp_path):
+    trained.save(tmp_path / "m")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        trained.save(tmp_path / "m")
+    fresh = adata.copy()
+    del fresh.uns["_scae_setup"]  # load registers it with the saved setup
+    loaded = scae.Autoencoder.load(tmp_path / "m", fresh, device="cpu")
+    np.testing.assert_array_equal(loaded.get_latent_representation(),
+                                  trained.get_latent_representation())
+    pd.testing.assert_frame_equal(loaded.history, trained.history)
+    assert (loaded.best_epoch, loaded.stopped_by) == (trained.best_epoch, trained.stopped_by)
+    # new cells: a separate AnnData of 50 of them, embedded with the training cells' scaling
+    rows = np.arange(50, 100)
+    new = adata[rows].copy()
+    for key in ("split", "library_size"):
+        del new.obs[key]
+    new.var[["train_mean", "train_std"]] = 0.0  # would be wrong; the model brings its own
+    del new.uns["_scae_setup"], new.uns["scae"]
+    scae.Autoencoder.setup_anndata(new, target_sum=1e4)
+    new.obs["library_size"] = adata.obs["library_size"].to_numpy()[rows]
+    np.testing.assert_allclose(trained.get_latent_representation(new),
+                               trained.get_latent_representation(indices=rows),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_latent_key_added_writes_obsm(trained, adata):
+    target = adata.copy()
+    latent = trained.get_latent_representation(target, key_added="X_test")
+    np.testing.assert_array_equal(target.obsm["X_test"], latent)
+    with pytest.raises(ValueError, match="leave indices=None"):
+        trained.get_latent_representation(indices=[0, 1], key_added="X_test")
+
+
+def test_counts_space_inverts_the_common_space(trained):
+    expression = trained.get_reconstruction(indices=np.arange(20))
+    counts = trained.get_reconstruction(indices=np.arange(20), space="counts")
+    library = trained.adata.obs["library_size"].to_numpy()[:20, None]
+    np.testing.assert_allclose(np.log1p(counts / library * trained.target_sum), expression,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_loss_and_parameter_list_the_valid_ones(adata):
+    with pytest.raises(ValueError, match="valid losses are: mse, cosine, cosine_embedding"):
+        scae.Autoencoder(adata, "cosin")
+    with pytest.raises(ValueError, match="its parameters are: margin, negatives_per_cell"):
+        scae.Autoencoder(adata, "cosine_embedding", {"margn": 0.5})
+
+
+def test_wrong_layers_are_named(adata):
+    logged = adata.copy()
+    logged.layers["lognorm"] = logged.X.copy()
+    with pytest.raises(InputError, match="layer 'missing' is not in adata.layers"):
+        scae.Autoencoder.setup_anndata(logged, layer="missing")
+    with pytest.warns(UserWarning, match="non-integer values"):
+        scae.Autoencoder.setup_anndata(logged, layer="lognorm")
+    with pytest.raises(InputError, match=r"adata.layers\['lognorm'\].*is not raw counts.*"
+                                          r"pass layer= the layer holding raw UMI counts"):
+        scae.Autoencoder(logged, "nb")
+    negative = adata.copy()
+    negative.layers["counts"] = -negative.layers["counts"]
+    with pytest.raises(InputError, match="is not raw counts"):
+        scae.Autoencoder.setup_anndata(negative)
+    unregistered = adata.copy()
+    del unregistered.uns["_scae_setup"]
+    with pytest.raises(InputError, match="call scae.Autoencoder.setup_anndata"):
+        scae.Autoencoder(unregistered, "mse")
+
+
+def test_label_and_cluster_negatives_need_their_columns(adata):
+    no_labels = adata.copy()
+    scae.Autoencoder.setup_anndata(no_labels, labels_key=None)
+    with pytest.raises(InputError, match="no labels_key was registered"):
+        scae.Autoencoder(no_labels, "cosine_embedding", {"negative_sampling": "label"},
+                         **SMALL).train(max_epochs=1)
+    del no_labels.obs["scae_cluster"]
+    with pytest.raises(InputError, match=r"clusters=True"):
+        scae.Autoencoder(no_labels, "cosine_embedding", {"negative_sampling": "cluster"},
+                         **SMALL).train(max_epochs=1)
+    with pytest.raises(InputError, match="labels_key 'celltype' is not a column"):
+        scae.Autoencoder.setup_anndata(adata.copy(), labels_key="celltype")
+
+
+def test_untrained_model_and_other_genes_are_refused(adata, trained):
+    with pytest.raises(RuntimeError, match=r"call model.train\(\) first"):
+        scae.Autoencoder(adata, "mse").get_latent_representation()
+    with pytest.raises(InputError, match=r"subset it to the model's genes"):
+        trained.get_latent_representation(adata[:, :50].copy())
+
+
+def test_setup_anndata_fills_a_split_from_labels_and_moments_from_training_cells():
+    counts = pbmc_subset(300)
+    adata = ad.AnnData(X=sp.csr_matrix(np.log1p(counts.X.toarray())), obs=counts.obs.copy(),
+                       var=counts.var.copy(), layers={"counts": counts.X.copy()})
+    scae.Autoencoder.setup_anndata(adata, layer="counts", labels_key="cell_type")
+    split = adata.obs["split"].astype(str)
+    assert set(split) == {"train", "val", "test"}
+    train = (split == "train").to_numpy()
+    np.testing.assert_allclose(adata.var["train_mean"], adata.X[train].mean(axis=0).A1,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(adata.obs["library_size"], counts.X.sum(axis=1).A1)
+    assert adata.uns["_scae_setup"]["target_sum"] == 1e4
+
+
+def test_duplicate_cell_names_are_made_unique_with_a_count():
+    half = pbmc_subset(200)
+    merged = ad.concat([half, half])  # two samples, same barcodes
+    with pytest.warns(UserWarning, match="dataset 'adata': 200 duplicate cell names made unique"):
+        pre = scae.preprocess(merged, scae.PreprocessParams(n_top_genes=100))
+    assert pre.obs_names.is_unique
+    registered = merged.copy()
+    registered.layers["counts"] = registered.X
+    with pytest.warns(UserWarning, match="200 duplicate cell names"):
+        scae.Autoencoder.setup_anndata(registered)
+    assert registered.obs_names.is_unique
+
+
+def test_api_defaults_are_the_schemas():
+    """One source of defaults: the schema the workflow validates against and the API agree."""
+    import inspect
+
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]
+
+    def defaults(section: str) -> dict:
+        return {k: v["default"] for k, v in schema[section]["properties"].items()
+                if "default" in v}
+
+    init = inspect.signature(scae.Autoencoder).parameters
+    model = defaults("model")
+    assert {k: init[k].default for k in model} == {**model, "hidden": tuple(model["hidden"])}
+    train = inspect.signature(scae.Autoencoder.train).parameters
+    assert {k: train[k].default for k in defaults("train") if k != "threads"} == {
+        k: v for k, v in defaults("train").items() if k != "threads"}
+    assert vars(scae.PreprocessParams()) == defaults("preprocess")
+    mcv = defaults("mcv")
+    assert vars(scae.MCVParams()) == {k: mcv[k] for k in ("train_fraction", "seed")}
+    loss_schema = schema["loss_params"]["properties"]
+    for name, spec in LOSSES.items():
+        declared = loss_schema.get(name, {}).get("properties", {})
+        assert spec.defaults == {k: v["default"] for k, v in declared.items()}, name
+    dataset = schema["datasets"]["additionalProperties"]
+    assert dataset["$ref"] == "#/definitions/dataset"
+    mito = yaml.safe_load((REPO / "config/schema.yaml").read_text())["definitions"]["dataset"]
+    assert inspect.signature(scae.preprocess).parameters["mito_prefix"].default == (
+        mito["properties"]["mito_prefix"]["default"])
+
+
+def test_training_imports_neither_scanpy_nor_sklearn():
+    """The train job's env (envs/torch.yaml) has neither: its imports must not need them."""
+    code = ("import sys; from scae import Autoencoder; import scae.outputs, scae.io, "
+            "scae.train; print([m for m in ('scanpy', 'sklearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+    scripts = (REPO / "scripts/train.py").read_text()
+    assert "scanpy" not in scripts and "sklearn" not in scripts
