@@ -10,6 +10,7 @@ import pandas as pd
 
 from .mcv import HELDOUT_LAYER, mcv_metrics
 from .metrics import (
+    EMBEDDING_DIM,
     breakdowns,
     count_nll,
     embedding_metrics,
@@ -27,7 +28,9 @@ def evaluate_run(
     """All metrics of one run and its per-cell table.
 
     ``data`` is the preprocessed dataset, ``reconstruction`` the run's test cells × genes in
-    the common space, ``embedding`` its cells with ``obsm['X_scae']`` (if it has one).
+    the common space, ``embedding`` its cells with ``obsm['X_scae']`` (if it has one; its
+    width is reported as ``embedding_dim``). Label metrics are judged on test cells
+    (:func:`scae.metrics.embedding_metrics`).
     """
     test = data[reconstruction.obs_names]
     is_train = (data.obs["split"] == "train").to_numpy()
@@ -47,6 +50,8 @@ def evaluate_run(
             test.obs["mcv_library_size"].to_numpy(np.float64), target_sum,
             moment_dispersion(data.layers[HELDOUT_LAYER][is_train]),
         )
+    if EMBEDDING_KEY in embedding.obsm:
+        values[EMBEDDING_DIM] = float(embedding.obsm[EMBEDDING_KEY].shape[1])
     if EMBEDDING_KEY in embedding.obsm and label_key:
         if label_key in data.obs:
             values |= embedding_metrics(

@@ -34,6 +34,8 @@ CHUNK = 4096
 MU_EPS = 1e-8
 #: Reference θ range: near-Poisson genes get 1e4 instead of an infinite θ.
 THETA_RANGE = (1e-2, 1e4)
+#: Metric holding the width of a run's embedding: the latent dim, or a PCA baseline's rank.
+EMBEDDING_DIM = "embedding_dim"
 
 
 def _chunks(truth: sp.spmatrix | np.ndarray, recon: np.ndarray):
@@ -181,13 +183,18 @@ def embedding_metrics(
     n_neighbors: int = 15,
     silhouette_sample: int = 5000,
 ) -> dict[str, float]:
-    """How well an embedding separates the annotated cell types.
+    """How well an embedding separates the annotated cell types, judged on test cells.
 
     * ``knn_accuracy``: a k-nearest-neighbour classifier (k = ``n_neighbors``) fit on training
       cells' embeddings and labels, accuracy on test cells;
-    * ``leiden_ari`` / ``leiden_nmi``: adjusted Rand index / normalized mutual information
-      between Leiden clusters of the kNN graph (all cells) and the labels;
-    * ``label_silhouette``: mean silhouette width of the labels, cosine distance.
+    * ``leiden_ari_test`` / ``leiden_nmi_test``: adjusted Rand index / normalized mutual
+      information between the labels of the test cells and Leiden clusters of the kNN graph
+      of the test cells' embeddings alone (``n_leiden_clusters_test`` clusters);
+    * ``label_silhouette_test``: mean silhouette width of the test cells' labels in their
+      embedding, cosine distance (NaN with fewer than two labels among test cells).
+
+    Training cells enter only as the kNN classifier's reference: the clustering and the
+    silhouette never see them.
     """
     import anndata as ad
     import scanpy as sc
@@ -204,21 +211,26 @@ def embedding_metrics(
     knn.fit(embedding[train], labels[train])
     accuracy = float((knn.predict(embedding[test]) == labels[test]).mean())
 
-    graph = ad.AnnData(obsm={"X_emb": np.asarray(embedding, dtype=np.float32)})
+    test_embedding = np.asarray(embedding[test], dtype=np.float32)
+    test_labels = labels[test]
+    graph = ad.AnnData(obsm={"X_emb": test_embedding})
     # Gaussian-kernel connectivities on sklearn's exact kNN: no numba JIT (≈10 s per process
     # for umap's kernel), which would dominate every evaluate job.
-    sc.pp.neighbors(graph, use_rep="X_emb", n_neighbors=n_neighbors, random_state=seed,
-                    method="gauss", transformer="sklearn")
+    sc.pp.neighbors(graph, use_rep="X_emb", n_neighbors=min(n_neighbors, len(test_labels) - 1),
+                    random_state=seed, method="gauss", transformer="sklearn")
     sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
     clusters = graph.obs["leiden"].to_numpy()
-    silhouette = silhouette_score(
-        embedding, labels, metric="cosine",
-        sample_size=min(silhouette_sample, len(labels)), random_state=seed,
-    )
+    n_labels = len(np.unique(test_labels))
+    silhouette = float("nan")
+    if 2 <= n_labels < len(test_labels):
+        silhouette = float(silhouette_score(
+            test_embedding, test_labels, metric="cosine",
+            sample_size=min(silhouette_sample, len(test_labels)), random_state=seed,
+        ))
     return {
         "knn_accuracy": accuracy,
-        "leiden_ari": float(adjusted_rand_score(labels, clusters)),
-        "leiden_nmi": float(normalized_mutual_info_score(labels, clusters)),
-        "label_silhouette": float(silhouette),
-        "n_leiden_clusters": float(len(np.unique(clusters))),
+        "leiden_ari_test": float(adjusted_rand_score(test_labels, clusters)),
+        "leiden_nmi_test": float(normalized_mutual_info_score(test_labels, clusters)),
+        "label_silhouette_test": silhouette,
+        "n_leiden_clusters_test": float(len(np.unique(clusters))),
     }

@@ -105,9 +105,31 @@ def test_embedding_metrics_separate_clear_clusters():
     split = np.where(np.arange(180) % 5 == 0, "test", "train")
     good = embedding_metrics(emb, pd.Series(labels), split)
     assert good["knn_accuracy"] == 1.0
-    assert good["leiden_ari"] > 0.5 and good["label_silhouette"] > 0.5
+    assert good["leiden_ari_test"] > 0.5 and good["label_silhouette_test"] > 0.5
     noise = embedding_metrics(rng.normal(size=(180, 8)), pd.Series(labels), split)
-    assert noise["knn_accuracy"] < 0.7 and noise["label_silhouette"] < 0.1
+    assert noise["knn_accuracy"] < 0.7 and noise["label_silhouette_test"] < 0.1
+
+
+def test_clustering_metrics_see_test_cells_only():
+    """Scrambling the training cells' embedding changes the kNN classifier (its reference) but
+    not the test-cell clustering, ARI/NMI or silhouette; these match sklearn on test cells."""
+    from sklearn.metrics import silhouette_score
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat(["a", "b", "c"], 80)
+    emb = rng.normal(scale=6, size=(3, 8))[np.repeat([0, 1, 2], 80)] + rng.normal(size=(240, 8))
+    split = np.where(np.arange(240) % 4 == 0, "test", "train")
+    scrambled = emb.copy()
+    scrambled[split == "train"] = rng.permutation(scrambled[split == "train"])
+    before = embedding_metrics(emb, pd.Series(labels), split)
+    after = embedding_metrics(scrambled, pd.Series(labels), split)
+    for metric in ("leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
+                   "n_leiden_clusters_test"):
+        assert after[metric] == before[metric], metric
+    assert after["knn_accuracy"] < before["knn_accuracy"]
+    test = split == "test"
+    assert before["label_silhouette_test"] == pytest.approx(
+        silhouette_score(emb[test], labels[test], metric="cosine"))
 
 
 def test_count_nll_matches_scipy():
