@@ -19,5 +19,6 @@ rule baseline:
     params:
         n_components=config["model"]["latent_dim"],
         seed=config["preprocess"]["split_seed"],
+        max_pca_rank=config["mcv"]["max_pca_rank"],
     script:
         "../scripts/baseline.py"

@@ -4,6 +4,9 @@
   learnt nothing about individual cells scores);
 * ``pca``: x̂ = m̄ + (x − m̄) V_k V_kᵀ with V_k the top-k principal axes of the training cells,
   k = the autoencoder's latent dimension: the best rank-k affine reconstruction under MSE;
+* ``pca_mcv_rank`` (molecular cross-validation only): the same with the rank that denoising
+  itself selects (Batson et al. 2019): k ∈ 1…K minimising ``mcv_mse`` of the *validation*
+  cells' reconstructions against their held-out molecules (:func:`mcv_rank_curve`);
 * ``library_size``: the count model that knows only each cell's library size ℓ: expected
   counts μ_g = ℓ·p̄_g with p̄_g = Σ_train c_g / Σ_train ℓ, i.e. x̂_g = log1p(p̄_g · target_sum);
 * ``no_denoising`` (molecular cross-validation only): the noisy input itself, x̂ = x.
@@ -16,6 +19,8 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
+from .io import logger
+from .mcv import HELDOUT_LAYER, heldout_expression
 from .metrics import CHUNK
 
 
@@ -35,6 +40,42 @@ def pca_embed_and_reconstruct(
     return scores, recon
 
 
+def mcv_rank_curve(pca: PCA, x: sp.spmatrix, target: sp.spmatrix) -> np.ndarray:
+    """``mcv_mse`` at every rank k = 1…K of a fitted PCA: mean over cells and genes of
+    (m̄ + Σ_{j≤k} z_j v_jᵀ − y)², with z the cells' scores, v_j the axes and y = ``target`` (the
+    held-out molecules in log-normalized space). Element k − 1 is rank k."""
+    scores = pca.transform(x)
+    residual = pca.mean_[None, :] - target.toarray()
+    curve = np.empty(pca.n_components_)
+    for j in range(pca.n_components_):
+        residual += np.outer(scores[:, j], pca.components_[j])
+        curve[j] = float(np.mean(residual**2))
+    return curve
+
+
+def pca_mcv_rank(adata: ad.AnnData, max_rank: int, seed: int) -> int:
+    """The PCA rank k ∈ 1…``max_rank`` with the lowest validation-cell ``mcv_mse``: PCA fit on
+    training cells' molecules c', validation cells reconstructed from their c' and scored
+    against their held-out c''. Test cells play no part."""
+    if HELDOUT_LAYER not in adata.layers:
+        raise ValueError(
+            f"baseline pca_mcv_rank needs the held-out molecules layers[{HELDOUT_LAYER!r}]: it "
+            "exists only for the molecular cross-validation variant (<dataset>.mcv)"
+        )
+    split = adata.obs["split"].to_numpy()
+    train, val = split == "train", split == "val"
+    limit = min(max_rank, adata.n_vars - 1, int(train.sum()) - 1)
+    pca = fit_pca(adata.X[train], limit, seed)
+    target = heldout_expression(adata.layers[HELDOUT_LAYER][val],
+                                adata.obs["mcv_library_size"].to_numpy(np.float64)[val],
+                                float(adata.uns["scae"]["target_sum"]))
+    curve = mcv_rank_curve(pca, adata.X[val], target)
+    rank = int(np.argmin(curve)) + 1
+    logger.info("pca_mcv_rank: validation mcv_mse by rank 1..%d: %s; chosen rank %d",
+                limit, np.array2string(curve, precision=5, max_line_width=10**6), rank)
+    return rank
+
+
 def mean_reconstruction(train_mean: np.ndarray, n_cells: int) -> np.ndarray:
     return np.broadcast_to(np.asarray(train_mean, dtype=np.float32), (n_cells, len(train_mean)))
 
@@ -47,15 +88,19 @@ def library_size_reconstruction(
 
 
 def baseline_outputs(
-    name: str, adata: ad.AnnData, n_components: int, seed: int
+    name: str, adata: ad.AnnData, n_components: int, seed: int, max_pca_rank: int
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """(embedding of every cell or None, reconstruction of the test cells) of a baseline."""
+    """(embedding of every cell or None, reconstruction of the test cells) of a baseline;
+    ``max_pca_rank`` bounds the ranks ``pca_mcv_rank`` searches."""
     split = adata.obs["split"].to_numpy()
     train, test_rows = split == "train", np.flatnonzero(split == "test")
     if name == "mean":
         return None, mean_reconstruction(adata.var["train_mean"].to_numpy(), len(test_rows))
     if name == "pca":
         pca = fit_pca(adata.X[train], min(n_components, adata.n_vars - 1), seed)
+        return pca_embed_and_reconstruct(pca, adata.X, test_rows)
+    if name == "pca_mcv_rank":
+        pca = fit_pca(adata.X[train], pca_mcv_rank(adata, max_pca_rank, seed), seed)
         return pca_embed_and_reconstruct(pca, adata.X, test_rows)
     if name == "library_size":
         return None, library_size_reconstruction(

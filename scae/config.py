@@ -113,8 +113,9 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
 
 #: Reference reconstructions evaluated beside every autoencoder (see :mod:`scae.baselines`).
 BASELINES = ("mean", "pca", "library_size")
-#: Added under molecular cross-validation: the noisy training molecules themselves.
-MCV_BASELINES = (*BASELINES, "no_denoising")
+#: Added under molecular cross-validation: the noisy training molecules themselves, and PCA
+#: at the rank molecular cross-validation selects on validation cells.
+MCV_BASELINES = (*BASELINES, "no_denoising", "pca_mcv_rank")
 #: Suffix of the dataset variant trained on binomially thinned molecules (:mod:`scae.mcv`);
 #: dataset names cannot contain a dot, so it never collides with a configured name.
 MCV_SUFFIX = ".mcv"

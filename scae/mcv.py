@@ -39,6 +39,18 @@ def binomial_split(
     return sp.csr_matrix(train), sp.csr_matrix(heldout)
 
 
+def heldout_expression(
+    heldout: sp.spmatrix, heldout_library: np.ndarray, target_sum: float
+) -> sp.csr_matrix:
+    """log1p(c''/ℓ'' · target_sum): the held-out molecules in the space ``mcv_mse`` scores
+    (a cell without held-out molecules is all zeros)."""
+    scale = np.divide(target_sum, heldout_library, out=np.zeros(len(heldout_library)),
+                      where=heldout_library > 0)
+    expression = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(heldout, dtype=np.float64))
+    expression.data = np.log1p(expression.data)
+    return expression
+
+
 def mcv_metrics(
     heldout: sp.spmatrix,
     recon: np.ndarray,
@@ -49,11 +61,8 @@ def mcv_metrics(
 ) -> dict[str, float]:
     """Score common-space reconstructions of test cells against their held-out molecules."""
     heldout = sp.csr_matrix(heldout, dtype=np.float64)
-    scale = np.divide(target_sum, heldout_library, out=np.zeros(len(heldout_library)),
-                      where=heldout_library > 0)
-    heldout_expression = sp.diags(scale) @ heldout
-    heldout_expression.data = np.log1p(heldout_expression.data)
-    mse = per_cell_metrics(heldout_expression, recon, np.zeros(recon.shape[1]))["mse"].mean()
+    target = heldout_expression(heldout, heldout_library, target_sum)
+    mse = per_cell_metrics(target, recon, np.zeros(recon.shape[1]))["mse"].mean()
     ratio = heldout_library.sum() / train_library.sum()
     mu = expected_counts(recon, train_library, target_sum) * ratio
     nll = count_nll(heldout, mu, theta)

@@ -1,9 +1,6 @@
-"""Snakemake entry point: one reference reconstruction (mean, PCA, library size, no denoising)."""
+"""Snakemake entry point: one reference reconstruction (mean, PCA, PCA at the rank MCV picks,
+library size, no denoising)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import anndata as ad
 import numpy as np
 
@@ -15,7 +12,8 @@ sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
     adata = ad.read_h5ad(sm.input[0])
     latent, recon = baseline_outputs(
-        sm.wildcards.baseline, adata, sm.params.n_components, sm.params.seed
+        sm.wildcards.baseline, adata, sm.params.n_components, sm.params.seed,
+        sm.params.max_pca_rank,
     )
     test_rows = np.flatnonzero(adata.obs["split"].to_numpy() == "test")
     write_run_outputs(adata, test_rows, latent, recon, sm.output.embedding,
