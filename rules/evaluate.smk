@@ -29,6 +29,14 @@ rule summarize:
     input:
         metrics=metric_files,
         per_cell=per_cell_files,
+        # every autoencoder run's training history, of the dataset and its MCV variant
+        histories=lambda wildcards: [
+            f"results/{variant}/models/{loss}/{run}/history.tsv"
+            for variant in [wildcards.dataset, wildcards.dataset + MCV_SUFFIX]
+            if variant in DATASETS + MCV_DATASETS
+            for loss, run in run_ids(variant)
+            if loss in LOSS_NAMES
+        ],
     output:
         tidy="results/{dataset}/metrics.tsv",
         summary=report(
@@ -56,5 +64,9 @@ rule summarize:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        summary=config["summary"],
+        max_epochs=config["train"]["max_epochs"],
+        patience=config["train"]["patience"],
     script:
         "../scripts/summarize.py"

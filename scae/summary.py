@@ -1,11 +1,16 @@
-"""Tables that answer "which loss?": runs beside baselines, mean ± sd over seeds, paired tests."""
+"""Tables that answer "which loss?": runs beside baselines, mean ± sd over seeds, paired
+differences with intervals over seeds and cells, and the one-line answer."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 
 from .config import MCV_SUFFIX
+from .metrics import EMBEDDING_DIM
+from .stats import bonferroni, crossed_mean_difference
 
 KEYS = ["dataset", "kind", "model", "seed"]
 #: Metrics in the Markdown summary, with the direction that is better.
@@ -19,39 +24,72 @@ HEADLINE_METRICS = {
     "mcv_mse": "lower",
     "mcv_poisson_nll": "lower",
     "knn_accuracy": "higher",
-    "leiden_ari": "higher",
-    "label_silhouette": "higher",
+    "leiden_ari_test": "higher",
+    "label_silhouette_test": "higher",
 }
-#: Per-cell metrics compared between paired runs, and the direction that is better.
-PAIRED_METRICS = {"cosine": "higher", "centred_cosine": "higher", "mse": "lower"}
+#: Metrics the answer can rank by (``summary.primary_metric``): each is the mean over test
+#: cells of a per-cell score, so its paired differences have intervals.
+PER_CELL_OF = {
+    "centred_cosine_mean": "centred_cosine",
+    "cosine_mean": "cosine",
+    "pearson_mean": "pearson",
+    "mse": "mse",
+}
+#: Per-cell scores and the direction that is better.
+PER_CELL_BETTER = {"centred_cosine": "higher", "cosine": "higher", "pearson": "higher",
+                   "mse": "lower"}
+#: Per-cell scores compared in the "paired" family, each loss against each of REFERENCES.
+PAIRED_METRICS = ("cosine", "centred_cosine", "mse")
 REFERENCES = ("mse", "baseline_pca")
+#: Models that could denoise; the mean profile beating all of them on an MCV metric means the
+#: metric cannot tell denoisers apart at this depth.
+DENOISING_BASELINES = ("baseline_pca", "baseline_pca_mcv_rank")
+#: Columns of comparisons.tsv (:func:`paired_differences`).
+COMPARISON_COLUMNS = ["family", "model", "reference", "metric", "better", "n_seeds", "n_cells",
+                      "mean_difference", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict"]
+#: Prefix of the machine-readable answer comment that :mod:`scae.findings` reads.
+ANSWER_TAG = "scae-answer:"
 
 
 def merge_variants(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Fold a dataset's cross-validation variant into it: keep only its ``mcv_*`` metrics."""
+    """Fold a dataset's cross-validation variant into it: keep only its ``mcv_*`` metrics and
+    the embedding width of runs the main dataset lacks (the rank ``baseline_pca_mcv_rank``
+    chose; every other run has the same width in both variants)."""
     variant = tidy["dataset"].str.endswith(MCV_SUFFIX)
-    keep = ~variant | tidy["metric"].str.startswith("mcv_")
-    merged = tidy[keep].copy()
-    merged["dataset"] = merged["dataset"].str.removesuffix(MCV_SUFFIX)
-    return merged.reset_index(drop=True)
+    keep = ~variant | tidy["metric"].str.startswith("mcv_") | (tidy["metric"] == EMBEDDING_DIM)
+    merged = tidy[keep].assign(dataset=tidy["dataset"].str.removesuffix(MCV_SUFFIX),
+                               _variant=variant[keep])
+    # Where both variants have a value (the embedding width of the same model), the main's.
+    merged = merged.sort_values("_variant", kind="stable")
+    merged = merged.drop_duplicates(subset=[*KEYS, "metric"], keep="first").sort_index()
+    return merged.drop(columns="_variant").reset_index(drop=True)
 
 
-def wide_summary(tidy: pd.DataFrame) -> pd.DataFrame:
+def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) -> pd.DataFrame:
     """Pivot tidy (dataset, kind, model, seed, metric, value) rows to one row per run.
 
-    Baselines (seed missing) come last; the headline metrics lead the columns.
+    Baselines (seed missing) come last; the headline metrics lead the columns. With
+    ``convergence`` (:func:`convergence`), each autoencoder run of the main dataset also gets
+    its ``epochs``, ``best_epoch`` and ``converged``.
     """
     # Baselines have no seed; a placeholder keeps them through the pivot's groupby.
     rows = tidy.assign(seed=tidy["seed"].fillna(-1).astype(int))
     wide = rows.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first")
     wide = wide.reset_index()
     wide.columns.name = None
-    wide["seed"] = wide["seed"].astype("Int64").mask(wide["seed"] < 0)
     leading = [m for m in HEADLINE_METRICS if m in wide]
     others = sorted(c for c in wide.columns if c not in KEYS and c not in leading)
+    training = []
+    if convergence is not None:
+        training = ["epochs", "best_epoch", "converged"]
+        wide = wide.merge(convergence[["dataset", "model", "seed", *training]],
+                          on=["dataset", "model", "seed"], how="left")
+        wide[["epochs", "best_epoch"]] = wide[["epochs", "best_epoch"]].astype("Int64")
+        wide["converged"] = wide["converged"].astype("boolean")
+    wide["seed"] = wide["seed"].astype("Int64").mask(wide["seed"] < 0)
     wide["_order"] = (wide["kind"] == "baseline").astype(int)
     wide = wide.sort_values(["dataset", "_order", "model", "seed"]).drop(columns="_order")
-    return wide[KEYS + leading + others].reset_index(drop=True)
+    return wide[KEYS + leading + others + training].reset_index(drop=True)
 
 
 def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -60,74 +98,305 @@ def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(mean="mean", sd="std", n="count").reset_index()
 
 
+def convergence(
+    histories: dict[tuple[str, str, int], pd.DataFrame], max_epochs: int, patience: int
+) -> pd.DataFrame:
+    """Per (dataset, loss, seed) training history: ``epochs`` run, ``best_epoch`` (first
+    minimum of ``val_loss``, the weights kept) and ``converged``.
+
+    A run is *not converged* when it ran all ``max_epochs`` and its best epoch lies within the
+    last ``patience`` of them (best_epoch > max_epochs − patience): early stopping never fired,
+    the validation loss was still improving, and more epochs might have changed its scores.
+    """
+    rows = []
+    for (dataset, loss, seed), history in sorted(histories.items()):
+        epochs = int(history["epoch"].max())
+        best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+        rows.append({"dataset": dataset, "model": loss, "seed": seed, "epochs": epochs,
+                     "best_epoch": best,
+                     "converged": not (epochs >= max_epochs and best > max_epochs - patience)})
+    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", "best_epoch",
+                                       "converged"])
+
+
+def direction(metric: str) -> str:
+    """'higher' or 'lower': which values of a headline or per-cell metric are better."""
+    return HEADLINE_METRICS.get(metric) or PER_CELL_BETTER[metric]
+
+
+def best_loss(stats: pd.DataFrame, primary_metric: str) -> str:
+    """The loss with the best mean over seeds of ``primary_metric`` (stats of :func:`aggregate`)."""
+    rows = stats[(stats["kind"] == "autoencoder") & (stats["metric"] == primary_metric)]
+    if rows.empty:
+        raise ValueError(f"summary.primary_metric {primary_metric!r} has no autoencoder values; "
+                         f"choose one of {', '.join(PER_CELL_OF)}")
+    means = rows.set_index("model")["mean"]
+    return str(means.idxmax() if direction(primary_metric) == "higher" else means.idxmin())
+
+
+def _run_name(key: tuple[str, int | None]) -> str:
+    model, seed = key
+    return model if seed is None else f"{model} seed {seed}"
+
+
+def difference_table(
+    per_cell: dict[tuple[str, int | None], pd.DataFrame], model: str, reference: str, metric: str
+) -> np.ndarray | None:
+    """Seeds × cells table of ``model`` − ``reference`` per-cell ``metric``, joined on ``cell``.
+
+    A loss reference is paired by seed (same seed, same cells), a baseline (seed None) is
+    compared with every seed of ``model``. None when no pair exists.
+    """
+    seeds = sorted(s for m, s in per_cell if m == model)
+    if reference.startswith("baseline_"):
+        pairs = [((model, s), (reference, None)) for s in seeds if (reference, None) in per_cell]
+    else:
+        pairs = [((model, s), (reference, s)) for s in seeds if (reference, s) in per_cell]
+    if not pairs:
+        return None
+    first = pairs[0][0]
+    cells = pd.Index(per_cell[first]["cell"])
+
+    def aligned(key: tuple[str, int | None]) -> np.ndarray:
+        table = per_cell[key]
+        scores = pd.Series(table[metric].to_numpy(), index=pd.Index(table["cell"]))
+        if not scores.index.is_unique or len(scores) != len(cells) or not cells.isin(
+                scores.index).all():
+            raise ValueError(
+                f"per-cell scores of {_run_name(key)} cover other test cells than those of "
+                f"{_run_name(first)} ({int((~cells.isin(scores.index)).sum())} missing, "
+                f"{len(scores) - int(scores.index.isin(cells).sum())} extra, "
+                f"{int(scores.index.duplicated().sum())} repeated); rerun both runs' evaluate "
+                "jobs (snakemake --forcerun evaluate)"
+            )
+        return scores.reindex(cells).to_numpy(np.float64)
+
+    return np.vstack([aligned(a) - aligned(b) for a, b in pairs])
+
+
+def comparison_plan(losses: list[str], baselines: list[str], best: str, primary_metric: str
+                    ) -> list[tuple[str, str, str, str]]:
+    """(family, model, reference, per-cell metric) of every paired comparison.
+
+    * ``answer``: every other loss against the best one, and the best against PCA and the
+      mean profile, on the primary metric — the comparisons the answer line rests on;
+    * ``paired``: every loss against ``mse`` and against PCA on :data:`PAIRED_METRICS` (and the
+      primary metric's per-cell score).
+    """
+    primary = PER_CELL_OF[primary_metric]
+    plan = [("answer", loss, best, primary) for loss in losses if loss != best]
+    plan += [("answer", best, b, primary) for b in ("baseline_pca", "baseline_mean")
+             if b in baselines]
+    metrics = list(dict.fromkeys([*PAIRED_METRICS, primary]))
+    plan += [("paired", loss, reference, metric)
+             for reference in REFERENCES if reference in losses or reference in baselines
+             for loss in losses if loss != reference for metric in metrics]
+    return plan
+
+
+def _verdict(low: float, high: float, better: str) -> str:
+    if low > 0:
+        return "better" if better == "higher" else "worse"
+    if high < 0:
+        return "worse" if better == "higher" else "better"
+    return "no difference"
+
+
 def paired_differences(
     per_cell: dict[tuple[str, int | None], pd.DataFrame],
-    n_boot: int = 2000,
-    seed: int = 0,
+    best: str,
+    primary_metric: str = "centred_cosine_mean",
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Each model minus each reference on the same test cells, with bootstrap intervals.
+    """Model − reference per-cell differences with simultaneous intervals per family.
 
-    ``per_cell`` maps (model, seed) — seed None for baselines — to its per-cell table. For an
-    autoencoder reference (``mse``) differences are paired by seed (same split, same initial
-    weights) and then averaged over seeds per cell; a baseline is compared with every seed.
-    The interval resamples test cells (percentile bootstrap of the mean difference).
+    ``per_cell`` maps (model, seed) — seed None for baselines — to its per-cell table (a
+    ``cell`` column and one column per score). Each comparison's seeds × cells table
+    (:func:`difference_table`) gets the interval of :mod:`scae.stats`, which includes
+    seed-to-seed and cell-to-cell variation; within a family of m comparisons
+    (:func:`comparison_plan`) each interval has level 1 − (1 − ``level``)/m (Bonferroni), so
+    all of a family's intervals hold together with probability ≥ ``level``, and
+    ``p_adjusted`` = min(1, m·p). Verdict: better / worse when the interval excludes 0,
+    ``no difference`` when it contains 0.
     """
-    rng = np.random.default_rng(seed)
-    models = sorted({model for model, _ in per_cell if not model.startswith("baseline_")})
+    losses = sorted({m for m, _ in per_cell if not m.startswith("baseline_")})
+    baselines = sorted({m for m, _ in per_cell if m.startswith("baseline_")})
     rows = []
-    for reference in REFERENCES:
-        for model in models:
-            if model == reference:
-                continue
-            pairs = []
-            for run_seed in sorted(s for m, s in per_cell if m == model):
-                reference_seed = None if reference.startswith("baseline_") else run_seed
-                if (reference, reference_seed) in per_cell:
-                    pairs.append((per_cell[(model, run_seed)],
-                                  per_cell[(reference, reference_seed)]))
-            if not pairs:
-                continue
-            for metric, better in PAIRED_METRICS.items():
-                diffs = np.mean(
-                    [a[metric].to_numpy() - b[metric].to_numpy() for a, b in pairs], axis=0
-                )
-                boot = rng.choice(diffs, size=(n_boot, len(diffs))).mean(axis=1)
-                low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
-                rows.append({
-                    "model": model, "reference": reference, "metric": metric,
-                    "better": better, "mean_difference": diffs.mean(),
-                    "ci_low": low, "ci_high": high, "n_seeds": len(pairs),
-                    "n_cells": len(diffs),
-                })
-    return pd.DataFrame(rows)
+    for family, model, reference, metric in comparison_plan(losses, baselines, best,
+                                                            primary_metric):
+        table = difference_table(per_cell, model, reference, metric)
+        if table is not None:
+            rows.append({"family": family, "model": model, "reference": reference,
+                         "metric": metric, "better": PER_CELL_BETTER[metric],
+                         "difference": crossed_mean_difference(table)})
+    if not rows:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    frame = pd.DataFrame(rows)
+    for family, members in frame.groupby("family", sort=False):
+        m = len(members)
+        p = np.array([d.p_value() for d in members["difference"]])
+        frame.loc[members.index, "p_value"] = p
+        frame.loc[members.index, "p_adjusted"] = bonferroni(p)
+        bounds = [d.interval(1 - (1 - level) / m) for d in members["difference"]]
+        frame.loc[members.index, "ci_low"] = [low for low, _ in bounds]
+        frame.loc[members.index, "ci_high"] = [high for _, high in bounds]
+    frame["mean_difference"] = [d.mean for d in frame["difference"]]
+    frame["n_seeds"] = [d.n_seeds for d in frame["difference"]]
+    frame["n_cells"] = [d.n_cells for d in frame["difference"]]
+    frame["verdict"] = [_verdict(lo, hi, b) for lo, hi, b in
+                        zip(frame["ci_low"], frame["ci_high"], frame["better"])]
+    return frame[COMPARISON_COLUMNS]
 
 
-def _verdict(row: pd.Series) -> str:
-    if row["ci_low"] > 0:
-        return "better" if row["better"] == "higher" else "worse"
-    if row["ci_high"] < 0:
-        return "worse" if row["better"] == "higher" else "better"
-    return "no clear difference"
+def _seed_counts(stats: pd.DataFrame, metrics: list[str]) -> dict[str, int]:
+    """How many training seeds each metric's autoencoder values rest on (the most any loss has)."""
+    runs = stats[stats["kind"] == "autoencoder"]
+    counts = runs.groupby("metric")["n"].max()
+    return {m: int(counts.get(m, 0)) for m in metrics}
 
 
-def markdown_summary(tidy: pd.DataFrame, comparisons: pd.DataFrame, dataset: str) -> str:
-    """Mean ± sd per model and headline metric (best in bold), then the paired comparisons."""
+def _seed_sentence(seeds: dict[str, int]) -> str:
+    groups: dict[int, list[str]] = {}
+    for metric, n in seeds.items():
+        if n:
+            groups.setdefault(n, []).append(metric)
+    if len(groups) == 1:
+        (n, _), = groups.items()
+        return f"Mean ± sd over {n} training seed{'s' * (n != 1)} on held-out test cells"
+    parts = [f"{n} seed{'s' * (n != 1)} for {', '.join(ms)}" for n, ms in sorted(groups.items(),
+                                                                                 reverse=True)]
+    return ("Mean ± sd over training seeds on held-out test cells — " + "; ".join(parts)
+            + " (columns marked “(n seed)” rest on fewer seeds than the others: a single seed "
+            "has no sd and says nothing about seed-to-seed variation)")
+
+
+def _notes(stats: pd.DataFrame) -> list[str]:
+    """Caveats: MCV metrics the mean profile wins, and the rank MCV chose for PCA."""
+    notes = []
+    means = stats.pivot_table(index="model", columns="metric", values="mean")
+    models = stats.loc[(stats["kind"] == "autoencoder")
+                       | stats["model"].isin(DENOISING_BASELINES), "model"].unique()
+    for metric in [m for m in means if m.startswith("mcv_")]:
+        if "baseline_mean" not in means.index or pd.isna(means.at["baseline_mean", metric]):
+            continue
+        values = means.loc[[m for m in models if m in means.index], metric].dropna()
+        mean_profile = means.at["baseline_mean", metric]
+        if len(values) and (mean_profile < values).all():
+            notes.append(
+                f"`{metric}`: the training-mean profile, which cannot denoise, beats every model "
+                f"({mean_profile:.4g} vs best {values.min():.4g}, `{values.idxmin()}`): at this "
+                "sequencing depth the held-out molecules are too few for this metric to tell "
+                "denoisers apart — do not rank losses by it."
+            )
+    if EMBEDDING_DIM in means and "baseline_pca_mcv_rank" in means.index:
+        rank = means.at["baseline_pca_mcv_rank", EMBEDDING_DIM]
+        pca = means[EMBEDDING_DIM].get("baseline_pca")
+        if pd.notna(rank):
+            notes.append(
+                f"`baseline_pca_mcv_rank`: PCA at the rank k = {int(rank)} that minimises "
+                "`mcv_mse` on validation cells (molecular cross-validation, Batson et al. "
+                "2019)" + (f", beside `baseline_pca` at the latent dim k = {int(pca)}"
+                           if pca is not None and pd.notna(pca) else "") + ".")
+    return notes
+
+
+def _unconverged(runs: pd.DataFrame) -> str:
+    """'d: `mse` seeds 0, 1; `nb` seed 2; d.mcv: …' for the runs that did not converge."""
+    bad = runs[~runs["converged"].astype(bool)]
+    parts = []
+    for dataset, in_dataset in bad.groupby("dataset", sort=True):
+        losses = [f"`{loss}` seed{'s' * (len(group) > 1)} {', '.join(map(str, group['seed']))}"
+                  for loss, group in in_dataset.groupby("model", sort=True)]
+        parts.append(f"{dataset}: {'; '.join(losses)}")
+    return "; ".join(parts)
+
+
+def answer(
+    stats: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    dataset: str,
+    primary_metric: str,
+    runs: pd.DataFrame | None = None,
+    level: float = 0.95,
+) -> tuple[str, dict]:
+    """The answer sentence and its record (best loss, tied losses) for :mod:`scae.findings`.
+
+    The best loss has the best mean of ``primary_metric``; a loss is *tied* with it when their
+    ``answer``-family interval contains 0. PCA and the mean profile are placed by the best
+    loss's comparisons with them, and runs that did not converge are named.
+    """
+    best = best_loss(stats, primary_metric)
+    means = stats[stats["metric"] == primary_metric].set_index("model")["mean"]
+    n_seeds = int(stats.loc[(stats["metric"] == primary_metric) & (stats["model"] == best),
+                            "n"].iloc[0])
+    rule = "higher" if direction(primary_metric) == "higher" else "lower"
+    text = (f"**Answer:** ranked by `{primary_metric}` ({rule} is better; mean over {n_seeds} "
+            f"seed{'s' * (n_seeds != 1)} on test cells), the best loss is `{best}` "
+            f"({means[best]:.4g})")
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    rows = comparisons[comparisons["family"] == "answer"]
+    tied = []
+    if len(rows):
+        against_best = rows[rows["reference"] == best]
+        tied = sorted(against_best.loc[against_best["verdict"] == "no difference", "model"])
+        confidence = f"{level:.0%} simultaneous intervals over seeds and test cells"
+        if n_seeds == 1:
+            confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
+        if tied:
+            text += ("; statistically tied with it (" + confidence + " contain 0): "
+                     + ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied))
+        elif len(against_best):
+            text += f"; every other loss is worse ({confidence})"
+    for baseline, name in (("baseline_pca", "PCA at the same rank"),
+                           ("baseline_mean", "the training-mean profile")):
+        if baseline not in means:
+            continue
+        row = rows[(rows["model"] == best) & (rows["reference"] == baseline)]
+        value = f"{means[baseline]:.4g}"
+        if not len(row):
+            text += f"; {name} scores {value}"
+            continue
+        relation = {"better": f"it beats {name} ({value})",
+                    "worse": f"{name} ({value}) beats it",
+                    "no difference": f"it ties with {name} ({value})"}[row["verdict"].iloc[0]]
+        text += f"; {relation}"
+    text += "."
+    if runs is not None and not runs["converged"].all():
+        text += (" Not converged (all max_epochs run, best epoch among the last `patience`: "
+                 f"more epochs might change their scores): {_unconverged(runs)}.")
+    record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
+    return text, record
+
+
+def markdown_summary(
+    tidy: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    dataset: str,
+    primary_metric: str = "centred_cosine_mean",
+    runs: pd.DataFrame | None = None,
+    level: float = 0.95,
+) -> str:
+    """Mean ± sd per model and headline metric (best in bold), caveats, the answer, then the
+    paired comparisons (the part :mod:`scae.findings` leaves out of the README)."""
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
     metrics = [m for m in HEADLINE_METRICS if m in set(stats["metric"])]
     order = stats.drop_duplicates("model").sort_values(["kind", "model"])["model"].tolist()
     means = stats.pivot(index="model", columns="metric", values="mean")
     sds = stats.pivot(index="model", columns="metric", values="sd")
+    seeds = _seed_counts(stats, metrics)
+    most = max(seeds.values())
     lines = [f"# {dataset}: which loss reconstructs held-out cells best?", ""]
-    n_seeds = int(stats.loc[stats["kind"] == "autoencoder", "n"].max())
     lines.append(
-        f"Mean ± sd over {n_seeds} training seeds on held-out test cells (baselines are "
-        "deterministic). **Bold**: best value per column, baselines included. Higher is "
-        "better except for mse and the negative log-likelihoods (nll)."
+        f"{_seed_sentence(seeds)} (baselines are deterministic). **Bold**: best value per "
+        "column, baselines included. Higher is better except for mse and the negative "
+        f"log-likelihoods (nll). The answer ranks by `{primary_metric}`."
     )
     lines.append("")
-    lines.append("| model | " + " | ".join(metrics) + " |")
+    header = [m if seeds[m] in (0, most) else f"{m} ({seeds[m]} seed{'s' * (seeds[m] != 1)})"
+              for m in metrics]
+    lines.append("| model | " + " | ".join(header) + " |")
     lines.append("|---|" + "---|" * len(metrics))
     best = {
         m: (means[m].max() if HEADLINE_METRICS[m] == "higher" else means[m].min())
@@ -144,30 +413,33 @@ def markdown_summary(tidy: pd.DataFrame, comparisons: pd.DataFrame, dataset: str
             text = f"{mean:.4g}" + (f" ± {sd:.2g}" if pd.notna(sd) else "")
             cells.append(f"**{text}**" if np.isclose(mean, best[m]) else text)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    if not comparisons.empty:
-        lines += ["", "## Paired comparisons (per-cell, 95 % bootstrap interval over test cells)",
-                  "", "| model | vs | metric | mean difference | 95 % CI | verdict |",
-                  "|---|---|---|---|---|---|"]
-        for _, row in comparisons.iterrows():
-            lines.append(
-                f"| {row['model']} | {row['reference']} | {row['metric']} | "
-                f"{row['mean_difference']:+.4f} | [{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] "
-                f"| {_verdict(row)} |"
-            )
-    lines += ["", _answer(stats)]
+    runs_here = None
+    if runs is not None:
+        runs_here = runs[runs["dataset"].str.removesuffix(MCV_SUFFIX) == dataset]
+    notes = _notes(stats)
+    if notes:
+        lines += [""] + [f"- {note}" for note in notes]
+    text, record = answer(stats, comparisons, dataset, primary_metric, runs_here, level)
+    lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->"]
+    if len(comparisons):
+        lines += ["", "## Paired comparisons", "",
+                  "Model minus reference on the same test cells (joined by cell name) and "
+                  "seeds. Intervals include seed-to-seed and cell-to-cell variation "
+                  "(`scae.stats`); within each table they are simultaneous at "
+                  f"{level:.0%} (Bonferroni over the table's m rows), and p is "
+                  "Bonferroni-adjusted. Verdict `no difference`: the interval contains 0. "
+                  "Rows with 1 seed vary test cells only."]
+        titles = {"answer": "Ties with the best loss, and where PCA and the mean profile stand",
+                  "paired": "Each loss against mse and against PCA"}
+        for family, members in comparisons.groupby("family", sort=False):
+            lines += ["", f"### {titles[family]} (m = {len(members)})", "",
+                      "| model | vs | metric | seeds | mean difference | "
+                      f"simultaneous {level:.0%} CI | p (adjusted) | verdict |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for row in members.itertuples():
+                lines.append(
+                    f"| {row.model} | {row.reference} | {row.metric} | {row.n_seeds} | "
+                    f"{row.mean_difference:+.4f} | [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | "
+                    f"{row.p_adjusted:.2g} | {row.verdict} |"
+                )
     return "\n".join(lines) + "\n"
-
-
-def _answer(stats: pd.DataFrame) -> str:
-    """One sentence: the best loss by mean cosine, and whether it beats PCA at the same rank."""
-    cosine = stats[stats["metric"] == "cosine_mean"].set_index("model")["mean"]
-    autoencoders = stats.loc[stats["kind"] == "autoencoder", "model"].unique()
-    best = cosine[autoencoders].idxmax()
-    text = f"**Answer:** by mean test-cell cosine the best loss is `{best}` ({cosine[best]:.3f})"
-    if "baseline_pca" in cosine:
-        pca = cosine["baseline_pca"]
-        relation = "beats" if cosine[best] > pca else "does not beat"
-        text += f"; it {relation} PCA at the same rank ({pca:.3f})"
-    if "baseline_mean" in cosine:
-        text += f"; the training-mean profile alone scores {cosine['baseline_mean']:.3f}"
-    return text + "."

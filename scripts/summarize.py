@@ -1,16 +1,24 @@
-"""Snakemake entry point: gather every run's metrics into the dataset's tables."""
+"""Snakemake entry point: gather every run's metrics into the dataset's tables and answer."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir).parent))  # noqa: F821
 import pandas as pd
 
 from scae.io import atomic_path, rule_logging
-from scae.summary import markdown_summary, merge_variants, paired_differences, wide_summary
+from scae.summary import (
+    aggregate,
+    best_loss,
+    convergence,
+    markdown_summary,
+    merge_variants,
+    paired_differences,
+    wide_summary,
+)
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
+    settings = sm.params.summary
+    primary, level = settings["primary_metric"], settings["confidence_level"]
     tidy = merge_variants(
         pd.concat([pd.read_csv(path, sep="\t") for path in sm.input.metrics], ignore_index=True)
     )
@@ -20,9 +28,17 @@ with rule_logging(sm.log[0]) as log:
         run = pd.read_csv(metrics_path, sep="\t", nrows=1).iloc[0]
         seed = None if pd.isna(run["seed"]) else int(run["seed"])
         per_cell[(run["model"], seed)] = pd.read_csv(cells_path, sep="\t")
-    comparisons = paired_differences(per_cell)
-    summary = wide_summary(tidy)
-    markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset)
+    # results/{dataset}/models/{loss}/seed{seed}/history.tsv
+    histories = {
+        (Path(p).parts[-5], Path(p).parts[-3], int(Path(p).parts[-2].removeprefix("seed"))):
+        pd.read_csv(p, sep="\t")
+        for p in sm.input.histories
+    }
+    runs = convergence(histories, sm.params.max_epochs, sm.params.patience)
+    best = best_loss(aggregate(tidy), primary)
+    comparisons = paired_differences(per_cell, best, primary, level)
+    summary = wide_summary(tidy, runs)
+    markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level)
     log.info("\n%s", markdown)
     for path, frame in [(sm.output.tidy, tidy), (sm.output.summary, summary),
                         (sm.output.comparisons, comparisons)]:

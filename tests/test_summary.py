@@ -1,11 +1,16 @@
-"""Aggregation over seeds, paired comparisons and the Markdown summary."""
+"""Aggregation over seeds, paired comparisons, the answer line and the README findings."""
+
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from scae.findings import answer_record, render
 from scae.summary import (
     aggregate,
+    best_loss,
+    convergence,
     markdown_summary,
     merge_variants,
     paired_differences,
@@ -38,16 +43,22 @@ def _tidy():
              ("d", "baseline", "baseline_pca", np.nan, "mse", 0.1),
              ("d", "baseline", "baseline_mean", np.nan, "cosine_mean", 0.6),
              ("d.mcv", "autoencoder", "mse", 0, "mcv_mse", 0.4),
-             ("d.mcv", "autoencoder", "mse", 0, "cosine_mean", 0.1)]
+             ("d.mcv", "autoencoder", "mse", 0, "cosine_mean", 0.1),
+             ("d.mcv", "baseline", "baseline_pca", np.nan, "embedding_dim", 32),
+             ("d", "baseline", "baseline_pca", np.nan, "embedding_dim", 32),
+             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, "embedding_dim", 7),
+             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, "mcv_mse", 0.45)]
     return pd.DataFrame(rows, columns=["dataset", "kind", "model", "seed", "metric", "value"])
 
 
-def test_merge_variants_keeps_only_mcv_metrics():
+def test_merge_variants_keeps_only_mcv_metrics_and_new_ranks():
     merged = merge_variants(_tidy())
     assert set(merged["dataset"]) == {"d"}
     mcv = merged[merged["metric"] == "mcv_mse"]
-    assert len(mcv) == 1 and mcv["value"].iloc[0] == 0.4
+    assert len(mcv) == 2 and set(mcv["value"]) == {0.4, 0.45}
     assert len(merged[merged["metric"] == "cosine_mean"]) == 6  # the variant's cosine dropped
+    dims = merged[merged["metric"] == "embedding_dim"].set_index("model")["value"]
+    assert dims.to_dict() == {"baseline_pca": 32, "baseline_pca_mcv_rank": 7}  # no duplicate
 
 
 def test_aggregate_mean_and_sd_over_seeds():
@@ -57,30 +68,207 @@ def test_aggregate_mean_and_sd_over_seeds():
     assert stats.loc[("mse", "cosine_mean"), "n"] == 2
 
 
-def test_paired_differences_pair_by_seed_and_bootstrap():
+# --------------------------------------------------------------------------------------------
+# paired comparisons
+
+
+def _cells(n, rng):
+    return [f"cell{i}" for i in rng.permutation(n)]
+
+
+def _table(cells, **scores):
+    return pd.DataFrame({"cell": cells, **scores})
+
+
+def test_seed_offsets_of_opposite_sign_are_no_difference():
+    """Two seeds whose difference to mse is +0.05 and −0.03 on every cell: the old cell-only
+    bootstrap (seeds averaged first) saw +0.01 ± 0.001 and called it better."""
     rng = np.random.default_rng(0)
-    base = rng.uniform(0.5, 0.9, size=300)
+    cells = _cells(300, rng)
+    base = rng.uniform(0.3, 0.6, 300)
     per_cell = {}
+    for seed, offset in [(0, 0.05), (1, -0.03)]:
+        per_cell[("mse", seed)] = _table(cells, cosine=base, centred_cosine=base, mse=1 - base)
+        noisy = base + offset + rng.normal(0, 0.01, 300)
+        per_cell[("cosine", seed)] = _table(cells, cosine=noisy, centred_cosine=noisy,
+                                            mse=1 - base)
+    table = paired_differences(per_cell, best="mse")
+    row = table.set_index(["family", "model", "reference", "metric"]).loc[
+        ("paired", "cosine", "mse", "centred_cosine")]
+    assert row["mean_difference"] == pytest.approx(0.01, abs=2e-3)
+    assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "no difference"
+    assert row["n_seeds"] == 2
+    # the old procedure: mean over seeds per cell, percentile bootstrap over cells
+    diffs = np.mean([per_cell[("cosine", s)]["centred_cosine"] - base for s in (0, 1)], axis=0)
+    boot = rng.choice(diffs, size=(2000, len(diffs))).mean(axis=1)
+    assert np.quantile(boot, 0.025) > 0
+
+
+def test_identical_models_give_no_difference():
+    rng = np.random.default_rng(1)
+    cells = _cells(200, rng)
+    scores = rng.uniform(0.2, 0.8, 200)
+    per_cell = {(m, s): _table(cells, cosine=scores, centred_cosine=scores, mse=1 - scores)
+                for m in ("mse", "mse_cosine") for s in (0, 1, 2)}
+    table = paired_differences(per_cell, best="mse")
+    assert (table["mean_difference"] == 0).all() and (table["verdict"] == "no difference").all()
+    assert (table["p_value"] == 1).all()
+
+
+def test_per_cell_tables_pair_by_cell_name_not_row_order():
+    rng = np.random.default_rng(2)
+    names = [f"c{i}" for i in range(150)]
+    truth = dict(zip(names, rng.uniform(0.2, 0.8, 150)))
+    gain = dict(zip(names, rng.normal(0.05, 0.02, 150)))
+    per_cell, shuffled = {}, {}
     for seed in (0, 1):
-        per_cell[("mse", seed)] = pd.DataFrame(
-            {"cosine": base, "centred_cosine": base, "mse": 1 - base})
-        per_cell[("cosine", seed)] = pd.DataFrame(
-            {"cosine": base + 0.05, "centred_cosine": base, "mse": 1 - base})
-    per_cell[("baseline_pca", None)] = pd.DataFrame(
-        {"cosine": base + 0.1 + rng.normal(0, 0.01, 300), "centred_cosine": base,
-         "mse": 1 - base})
-    table = paired_differences(per_cell).set_index(["model", "reference", "metric"])
-    row = table.loc[("cosine", "mse", "cosine")]
-    assert row["mean_difference"] == pytest.approx(0.05)
-    assert row["ci_low"] == pytest.approx(0.05) and row["n_seeds"] == 2
-    row = table.loc[("mse", "baseline_pca", "cosine")]
-    assert row["ci_high"] < 0 and row["n_cells"] == 300
-    assert table.loc[("cosine", "mse", "centred_cosine"), "mean_difference"] == 0
+        order = list(rng.permutation(names))
+        ref = [truth[c] for c in names]
+        per_cell[("mse", seed)] = _table(names, cosine=ref, centred_cosine=ref, mse=ref)
+        better = [truth[c] + gain[c] for c in order]
+        per_cell[("nb", seed)] = _table(order, cosine=better, centred_cosine=better, mse=better)
+    table = paired_differences(per_cell, best="nb").set_index(["family", "model", "reference",
+                                                               "metric"])
+    row = table.loc[("paired", "nb", "mse", "cosine")]
+    assert row["mean_difference"] == pytest.approx(np.mean(list(gain.values())))
+    assert row["verdict"] == "better"
+    assert table.loc[("paired", "nb", "mse", "mse"), "verdict"] == "worse"  # higher mse
+    shuffled = {k: v.sample(frac=1, random_state=3) for k, v in per_cell.items()}
+    again = paired_differences(shuffled, best="nb").set_index(table.index.names)
+    pd.testing.assert_frame_equal(again, table)
 
 
-def test_markdown_marks_best_and_answers():
+def test_mismatched_test_cells_are_named():
+    cells = ["a", "b", "c"]
+    per_cell = {("mse", 0): _table(cells, cosine=[1, 2, 3], centred_cosine=[1, 2, 3],
+                                   mse=[1, 2, 3]),
+                ("nb", 0): _table(["a", "b", "x"], cosine=[1, 2, 3], centred_cosine=[1, 2, 3],
+                                  mse=[1, 2, 3])}
+    with pytest.raises(ValueError, match=r"per-cell scores of nb seed 0 cover other test "
+                                         r"cells than those of mse seed 0 \(1 missing, 1 extra"):
+        paired_differences(per_cell, best="nb")
+
+
+def test_baselines_are_compared_with_every_seed():
+    rng = np.random.default_rng(4)
+    cells = _cells(200, rng)
+    pca = rng.uniform(0.3, 0.6, 200)
+    per_cell = {("baseline_pca", None): _table(cells, cosine=pca, centred_cosine=pca, mse=pca)}
+    for seed in (0, 1, 2):
+        worse = pca - 0.1 + rng.normal(0, 0.001, 200)
+        per_cell[("mse", seed)] = _table(cells, cosine=worse, centred_cosine=worse, mse=worse)
+    table = paired_differences(per_cell, best="mse")
+    row = table[(table["reference"] == "baseline_pca") & (table["metric"] == "cosine")
+                & (table["family"] == "paired")].iloc[0]
+    assert row["n_seeds"] == 3 and row["n_cells"] == 200 and row["verdict"] == "worse"
+
+
+# --------------------------------------------------------------------------------------------
+# the answer
+
+
+def _scored(means, seeds=(0, 1, 2), n_cells=200, seed_sd=0.002):
+    """Tidy rows and per-cell tables for losses with given (centred cosine, mse) per cell."""
+    rng = np.random.default_rng(5)
+    cells = [f"c{i}" for i in range(n_cells)]
+    spread = rng.normal(0, 0.05, n_cells)
+    rows, per_cell = [], {}
+    for model, (centred, mse) in means.items():
+        baseline = model.startswith("baseline_")
+        for seed in ([None] if baseline else seeds):
+            shift = 0 if baseline else rng.normal(0, seed_sd)
+            c = centred + shift + spread + rng.normal(0, 0.005, n_cells)
+            e = mse - shift + spread + rng.normal(0, 0.005, n_cells)
+            per_cell[(model, seed)] = _table(cells, cosine=c, centred_cosine=c, mse=e)
+            for metric, values in [("centred_cosine_mean", c), ("mse", e), ("cosine_mean", c)]:
+                rows.append(("d", "baseline" if baseline else "autoencoder", model,
+                             np.nan if seed is None else seed, metric, float(values.mean())))
+    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "seed", "metric", "value"])
+    return tidy, per_cell
+
+
+MEANS = {"mse": (0.425, 0.30), "mse_cosine": (0.426, 0.40), "cosine": (0.35, 0.31),
+         "baseline_pca": (0.47, 0.29), "baseline_mean": (0.0, 0.5)}
+
+
+def _markdown(primary, runs=None):
+    tidy, per_cell = _scored(MEANS)
+    best = best_loss(aggregate(tidy), primary)
+    comparisons = paired_differences(per_cell, best, primary)
+    return markdown_summary(tidy, comparisons, "d", primary, runs), comparisons
+
+
+def test_answer_names_ties_and_uses_the_primary_metric():
+    text, _ = _markdown("centred_cosine_mean")
+    answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
+    assert "ranked by `centred_cosine_mean`" in answer
+    assert "the best loss is `mse_cosine`" in answer
+    assert "tied with it" in answer and "`mse` (0.42" in answer
+    assert "`cosine`" not in answer  # 0.075 lower: worse, not tied
+    assert "PCA at the same rank (0.467" in answer and ") beats it" in answer
+    assert "it beats the training-mean profile" in answer
+    record = answer_record("summary.md", text)
+    assert record == {"dataset": "d", "primary_metric": "centred_cosine_mean",
+                      "best": "mse_cosine", "tied": ["mse"]}
+
+    text, _ = _markdown("mse")  # lower is better: mse wins, cosine (0.31) ties, mse_cosine not
+    answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
+    assert "ranked by `mse` (lower is better" in answer and "best loss is `mse`" in answer
+    assert "`cosine` (0.3" in answer and "mse_cosine" not in answer
+
+
+def test_answer_flags_runs_that_did_not_converge():
+    runs = convergence({("d", "mse", 0): pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [3, 2, 1]}),
+                        ("d.mcv", "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
+                                                           "val_loss": [1, 2, 3]})},
+                       max_epochs=3, patience=2)
+    assert runs["converged"].tolist() == [False, True]  # best epoch 3 of 3; 1 of 3 (stopped)
+    text, _ = _markdown("centred_cosine_mean", runs)
+    answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
+    assert "Not converged (" in answer and "d: `mse` seed 0." in answer
+    assert "d.mcv" not in answer
+
+
+def test_convergence_rule():
+    def history(val_loss):
+        return pd.DataFrame({"epoch": range(1, len(val_loss) + 1), "val_loss": val_loss})
+
+    runs = convergence({
+        ("d", "a", 0): history([5, 4, 3, 2, 1]),        # still improving at max_epochs
+        ("d", "b", 0): history([5, 4, 3, 3.5, 3.2]),    # best epoch 3 > 5 − 3: not converged
+        ("d", "c", 0): history([5, 4, 4.1, 4.2, 4.3]),  # best epoch 2 = 5 − 3: patience ran out
+        ("d", "e", 0): history([5, 4, 4.5]),            # stopped early
+    }, max_epochs=5, patience=3).set_index("model")
+    assert runs["converged"].to_dict() == {"a": False, "b": False, "c": True, "e": True}
+    assert runs.loc["b", "best_epoch"] == 3 and runs.loc["e", "epochs"] == 3
+
+
+def test_markdown_marks_best_single_seed_columns_and_mcv_caveat():
     tidy = merge_variants(_tidy())
-    text = markdown_summary(tidy, pd.DataFrame(), "d")
+    extra = pd.DataFrame([("d", "baseline", "baseline_mean", np.nan, "mcv_mse", 0.3)],
+                         columns=tidy.columns)
+    text = markdown_summary(pd.concat([tidy, extra], ignore_index=True), pd.DataFrame(), "d",
+                            "cosine_mean")
     assert "| baseline_pca | **0.85** | **0.1** |" in text
     assert "| mse | 0.81 ± 0.014 |" in text
-    assert "best loss is `mse` (0.810); it does not beat PCA at the same rank (0.850)" in text
+    assert "2 seeds for cosine_mean, mse; 1 seed for mcv_mse" in text
+    assert "| mcv_mse (1 seed) |" in text
+    assert "`mcv_mse`: the training-mean profile, which cannot denoise, beats every model" in text
+    assert "`baseline_pca_mcv_rank`: PCA at the rank k = 7" in text and "k = 32" in text
+    assert "best loss is `mse` (0.81); PCA at the same rank scores 0.85" in text
+
+
+def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
+    text, _ = _markdown("centred_cosine_mean")
+    one, two = tmp_path / "one.md", tmp_path / "two.md"
+    one.write_text(text)
+    record = {"dataset": "e", "primary_metric": "centred_cosine_mean", "best": "mse",
+              "tied": []}
+    two.write_text(text.replace(json.dumps(answer_record(one, text)), json.dumps(record)))
+    rendered = render([one, two])
+    assert "## Paired comparisons" not in rendered and "scae-answer" not in rendered
+    assert "### d: which loss" in rendered and "**Answer:**" in rendered
+    assert rendered.strip().endswith(
+        "**Across 2 datasets** (by `centred_cosine_mean`; best or statistically tied with the "
+        "best): `mse` on 2 (1 best, 1 tied), `mse_cosine` on 1 (1 best, 0 tied); every other "
+        "loss on none.")

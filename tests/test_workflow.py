@@ -1,9 +1,10 @@
 """The real workflow, end to end, on a small real subset of pbmc3k in a temporary directory."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from scae.config import MCV_BASELINES
+from scae.config import BASELINES, MCV_BASELINES
 from scae.losses import LOSSES
 
 from .conftest import SMALL_RUN_SEEDS as SEEDS
@@ -18,8 +19,10 @@ def test_summary_has_every_loss_seed_and_baseline(small_run):
     # the MCV variant's baselines (incl. no_denoising) contribute their mcv_* metrics
     expected |= {(f"baseline_{name}", -1) for name in MCV_BASELINES}
     assert runs == expected
-    # no_denoising exists only under MCV, so it has mcv_* metrics alone
-    scored = summary[summary["model"] != "baseline_no_denoising"]
+    # no_denoising and pca_mcv_rank exist only under MCV, so they have mcv_* metrics alone
+    mcv_only = {f"baseline_{name}" for name in set(MCV_BASELINES) - set(BASELINES)}
+    assert summary.loc[summary["model"].isin(mcv_only), "cosine_mean"].isna().all()
+    scored = summary[~summary["model"].isin(mcv_only)]
     for column in ["cosine_mean", "cosine_median", "centred_cosine_mean", "pearson_mean"]:
         assert scored[column].between(-1, 1).all(), column
     assert scored["mse"].gt(0).all()
@@ -57,3 +60,58 @@ def test_embedding_and_reconstruction_files(small_run):
     history = pd.read_csv(results / "models/nb/seed0/history.tsv", sep="\t")
     assert {"train_loss", "val_loss", "val_cosine", "seconds"} <= set(history.columns)
     assert not (results / "checkpoints/nb/seed0.pt").exists()
+
+
+def test_pca_mcv_rank_records_its_rank(small_run):
+    summary = pd.read_csv(small_run / "results/pbmc_small/summary.tsv", sep="\t")
+    dims = summary.groupby("model")["embedding_dim"].first()
+    assert dims["baseline_pca"] == 8 and dims["mse"] == 8  # latent_dim of the small config
+    assert 1 <= dims["baseline_pca_mcv_rank"] <= 100
+    assert summary.loc[summary["model"] == "baseline_pca_mcv_rank", "mcv_mse"].gt(0).all()
+    log = (small_run / "logs/pbmc_small.mcv/baseline/pca_mcv_rank.log").read_text()
+    assert f"chosen rank {int(dims['baseline_pca_mcv_rank'])}" in log
+
+
+def test_label_metrics_are_computed_on_test_cells_only(small_run):
+    """The evaluate job's label metrics are evaluate_run's; scrambling the training cells'
+    embedding moves only the kNN classifier, whose reference they are."""
+    import anndata as ad
+
+    from scae.evaluate import evaluate_run
+
+    results = small_run / "results/pbmc_small"
+    data = ad.read_h5ad(results / "preprocessed.h5ad")
+    embedding = ad.read_h5ad(results / "embeddings/mse/seed0.h5ad")
+    reconstruction = ad.read_h5ad(results / "reconstructions/mse/seed0.h5ad")
+    written = pd.read_csv(results / "metrics/mse/seed0.tsv", sep="\t").set_index("metric")["value"]
+    values, _ = evaluate_run(data, reconstruction, embedding, "cell_type")
+    held_out = ["leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
+                "n_leiden_clusters_test"]
+    for metric in [*held_out, "knn_accuracy"]:
+        assert values[metric] == pytest.approx(written[metric], rel=1e-5), metric
+    train = (data.obs["split"] == "train").to_numpy()
+    scrambled = embedding.obsm["X_scae"].copy()
+    scrambled[train] = np.random.default_rng(0).permutation(scrambled[train])
+    embedding.obsm["X_scae"] = scrambled
+    moved, _ = evaluate_run(data, reconstruction, embedding, "cell_type")
+    assert all(moved[m] == values[m] for m in held_out)
+    assert moved["knn_accuracy"] < values["knn_accuracy"]
+    assert not {"leiden_ari", "leiden_nmi", "label_silhouette"} & set(written.index)
+
+
+def test_summary_answers_with_intervals_and_seed_counts(small_run):
+    results = small_run / "results/pbmc_small"
+    text = (results / "summary.md").read_text()
+    answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
+    assert "ranked by `centred_cosine_mean`" in answer and "over 2 seeds" in answer
+    assert "PCA at the same rank" in answer and "training-mean profile" in answer
+    assert "| mcv_mse (1 seed) |" in text  # mcv.seeds is [0], the other columns rest on 2
+    comparisons = pd.read_csv(results / "comparisons.tsv", sep="\t")
+    assert set(comparisons["verdict"]) <= {"better", "worse", "no difference"}
+    assert (comparisons["ci_low"] <= comparisons["mean_difference"]).all()
+    assert (comparisons["mean_difference"] <= comparisons["ci_high"]).all()
+    paired = comparisons[comparisons["family"] == "paired"]
+    assert len(paired) == 3 * (2 * len(LOSSES) - 1) and (paired["n_seeds"] == 2).all()
+    summary = pd.read_csv(results / "summary.tsv", sep="\t")
+    runs = summary[summary["kind"] == "autoencoder"]
+    assert runs["best_epoch"].between(1, 15).all() and runs["converged"].notna().all()
