@@ -1,3 +1,6 @@
+import importlib
+
+
 rule preprocess:
     input:
         lambda wildcards: dataset_config(wildcards)["path"],
@@ -11,7 +14,15 @@ rule preprocess:
         "../envs/scanpy.yaml"
     threads: 1
     resources:
-        mem_mb=mem_mb_from_input(2000, 20),
+        # The result (cells × HVGs) and the blocks in flight, not the whole input; scae.data
+        # (anndata) is imported only once a preprocess job is scheduled, not at parse time.
+        mem_mb=lambda wildcards, input, attempt: attempt
+        * importlib.import_module("scae.data").preprocess_mem_mb(
+            input[0],
+            dataset_config(wildcards)["counts"],
+            config["preprocess"]["n_top_genes"],
+            is_mcv(wildcards),
+        ),
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
         dataset=dataset_config,

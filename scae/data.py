@@ -8,17 +8,26 @@ Preprocessing order (every step that *learns* from data sees training cells only
 4. ``normalize_total`` + ``log1p`` – per cell, no leakage;
 5. highly variable genes chosen on training cells, all cells subset to them;
 6. optional z-scoring parameters (gene mean/sd) from training cells, stored in ``var``.
+
+Out of core: every step is a pass over blocks of consecutive cells (:class:`CountRows`,
+at most :data:`CHUNK_NNZ` stored entries each) that keeps only per-cell and per-gene
+vectors, so memory scales with the result (cells × HVGs), not with the input. ``.h5ad`` and
+Cell Ranger ``.h5`` inputs are read a block at a time with h5py (:func:`open_counts`); an
+in-memory AnnData (:func:`preprocess`) takes the same passes over its own matrix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -31,6 +40,9 @@ logger = logging.getLogger("scae")
 # has no scanpy, yet the model API there uses this module's split and moment helpers.
 
 SPLITS = ("train", "val", "test")
+#: Stored entries per block of cells read at once (32 MB of float32 values plus as much for
+#: their column indices): bounds the working memory of every preprocessing pass.
+CHUNK_NNZ = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,34 @@ class MCVParams:
     seed: int = 0
 
 
+def _unreadable(path: Path, kind: str, err: BaseException) -> InputError:
+    """The error for a file its reader cannot parse: corrupt, truncated or of another format."""
+    return InputError(
+        f"{path}: could not be read as {SUPPORTED_FORMATS[kind]} ({type(err).__name__}: "
+        f"{err}); check that the file is complete and of that format"
+    )
+
+
+def _no_raw(path: Path) -> InputError:
+    return InputError(f"{path}: counts: raw was configured but the file has no .raw")
+
+
+def _no_layer(path: Path, counts: str, layers) -> InputError:
+    return InputError(
+        f"{path}: counts: {counts!r} is neither 'X', 'raw' nor a layer "
+        f"(layers: {', '.join(layers) or 'none'}); set datasets.<name>.counts to where raw "
+        "counts live"
+    )
+
+
 def read_counts(
     path: str | Path, counts: str = "X", transpose: bool = False
 ) -> ad.AnnData:
-    """Read a dataset and return an AnnData whose ``X`` holds its raw counts as CSR.
+    """Read a dataset whole and return an AnnData whose ``X`` holds its raw counts as CSR.
 
     ``counts`` names where the counts live in an ``.h5ad``: ``"X"``, ``"raw"`` (``adata.raw.X``)
     or a layer name. ``transpose`` flips genes × cells text tables into cells × genes.
+    :func:`open_counts` reads ``.h5ad`` and 10x ``.h5`` files a block of cells at a time instead.
     """
     import scanpy as sc
 
@@ -79,27 +112,20 @@ def read_counts(
         else:
             adata = sc.read_text(path, delimiter="\t")
     except Exception as err:  # corrupt or truncated files surface as many error types
-        raise InputError(
-            f"{path}: could not be read as {SUPPORTED_FORMATS[kind]} ({type(err).__name__}: "
-            f"{err}); check that the file is complete and of that format"
-        ) from err
+        raise _unreadable(path, kind, err) from err
     if transpose:
         adata = adata.T
     if counts != "X":
         if counts == "raw":
             if adata.raw is None:
-                raise InputError(f"{path}: counts: raw was configured but the file has no .raw")
+                raise _no_raw(path)
             adata = ad.AnnData(
                 X=adata.raw.X, obs=adata.obs, var=adata.raw.var, uns=adata.uns
             )
         elif counts in adata.layers:
             adata.X = adata.layers[counts]
         else:
-            layers = ", ".join(adata.layers.keys()) or "none"
-            raise InputError(
-                f"{path}: counts: {counts!r} is neither 'X', 'raw' nor a layer "
-                f"(layers: {layers}); set datasets.<name>.counts to where raw counts live"
-            )
+            raise _no_layer(path, counts, adata.layers.keys())
     adata = ad.AnnData(
         X=sp.csr_matrix(adata.X, dtype=np.float32),
         obs=adata.obs.copy(),
@@ -109,25 +135,261 @@ def read_counts(
     return adata
 
 
+class CountRows:
+    """A cells × genes count matrix that preprocessing reads one block of cells at a time.
+
+    ``obs``, ``var`` and ``uns`` are the input's annotations (small); the matrix is only
+    reached through :meth:`read` of consecutive rows, as float32 CSR. ``source`` names the
+    input in messages.
+    """
+
+    def __init__(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict, source: str) -> None:
+        self.obs, self.var, self.uns, self.source = obs, var, uns, source
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.obs), len(self.var)
+
+    def row_nnz(self) -> np.ndarray:
+        """Stored entries per row (what the blocks are sized by)."""
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Rows ``start:stop`` as float32 CSR."""
+        raise NotImplementedError
+
+    def blocks(self, max_nnz: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
+        """(first row, its block) over all rows, in order; a block holds at most ``max_nnz``
+        (default :data:`CHUNK_NNZ`) stored entries, or one row if a single row holds more."""
+        max_nnz = max_nnz or CHUNK_NNZ
+        ends = np.cumsum(self.row_nnz(), dtype=np.int64)
+        start, n_rows = 0, self.shape[0]
+        while start < n_rows:
+            before = ends[start - 1] if start else 0
+            stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
+            stop = min(max(stop, start + 1), n_rows)
+            yield start, self.read(start, stop)
+            start = stop
+
+
+class MatrixRows(CountRows):
+    """Rows of a matrix already in memory (an AnnData's ``X`` or layer)."""
+
+    def __init__(self, X: sp.spmatrix | np.ndarray, obs: pd.DataFrame, var: pd.DataFrame,
+                 uns: dict, source: str) -> None:
+        super().__init__(obs, var, uns, source)
+        self.X = sp.csr_matrix(X, dtype=np.float32)
+
+    def row_nnz(self) -> np.ndarray:
+        return np.diff(self.X.indptr)
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        return self.X[start:stop]
+
+
+class HDF5Rows(CountRows):
+    """Rows of a matrix in an open HDF5 file, read with h5py one block at a time.
+
+    ``element`` is a dense dataset, or a group of ``data``/``indices``/``indptr`` over rows:
+    an ``.h5ad`` CSR matrix, or a 10x ``.h5`` matrix, whose genes × cells CSC is the same
+    three arrays as cells × genes CSR. Only ``indptr`` (one integer per cell) is held in
+    memory. ``columns`` keeps a subset of the stored columns (10x: gene-expression features).
+    """
+
+    def __init__(self, element: h5py.Group | h5py.Dataset, n_stored_columns: int,
+                 obs: pd.DataFrame, var: pd.DataFrame, uns: dict, source: str,
+                 columns: np.ndarray | None = None) -> None:
+        super().__init__(obs, var, uns, source)
+        self.element, self.n_stored, self.columns = element, n_stored_columns, columns
+        self.dense = isinstance(element, h5py.Dataset)
+        self.indptr = None if self.dense else element["indptr"][:].astype(np.int64)
+
+    def row_nnz(self) -> np.ndarray:
+        if self.dense:
+            return np.full(self.shape[0], self.n_stored, dtype=np.int64)
+        return np.diff(self.indptr)
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        try:
+            if self.dense:
+                block = sp.csr_matrix(np.asarray(self.element[start:stop], dtype=np.float32))
+            else:
+                first, last = self.indptr[start], self.indptr[stop]
+                block = sp.csr_matrix(
+                    (self.element["data"][first:last].astype(np.float32, copy=False),
+                     self.element["indices"][first:last], self.indptr[start : stop + 1] - first),
+                    shape=(stop - start, self.n_stored),
+                )
+        except (OSError, KeyError, ValueError) as err:  # truncated or corrupt on disk
+            kind = format_of(self.source)
+            raise _unreadable(Path(self.source), kind, err) from err
+        return block if self.columns is None else block[:, self.columns]
+
+
+def rows_of(adata: ad.AnnData, source: str, layer: str | None = None) -> MatrixRows:
+    """An in-memory AnnData's counts (``X``, or ``layers[layer]``) as :class:`CountRows`."""
+    counts = adata.X if layer is None else adata.layers[layer]
+    return MatrixRows(counts, adata.obs.copy(), adata.var.copy(), dict(adata.uns), source)
+
+
+def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> HDF5Rows | None:
+    """The counts of an ``.h5ad`` as :class:`HDF5Rows`; None when they are stored column-wise
+    (CSC) or in a layout this reader does not know (e.g. anndata < 0.7)."""
+    from anndata.io import read_elem
+
+    if counts == "X":
+        element, var = file["X"], read_elem(file["var"])
+    elif counts == "raw":
+        if "raw" not in file:
+            raise _no_raw(path)
+        element, var = file["raw/X"], read_elem(file["raw/var"])
+    else:
+        layers = file["layers"] if "layers" in file else {}
+        if counts not in layers:
+            raise _no_layer(path, counts, layers.keys())
+        element, var = layers[counts], read_elem(file["var"])
+    obs = read_elem(file["obs"])
+    uns = read_elem(file["uns"]) if "uns" in file else {}
+    if isinstance(element, h5py.Dataset) and element.ndim == 2:
+        return HDF5Rows(element, element.shape[1], obs, var, uns, str(path))
+    if element.attrs.get("encoding-type") != "csr_matrix":
+        return None
+    return HDF5Rows(element, len(var), obs, var, uns, str(path))
+
+
+def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
+    """A Cell Ranger ≥ 3 ``.h5`` as :class:`HDF5Rows` with the annotations and the
+    gene-expression features that ``scanpy.read_10x_h5`` gives; None for the legacy
+    (Cell Ranger 2) layout."""
+    if "matrix" not in file:
+        return None
+    matrix = file["matrix"]
+    features = matrix["features"]
+
+    def text(dataset: h5py.Dataset) -> np.ndarray:
+        return dataset[:].astype(str)
+
+    obs = pd.DataFrame(index=pd.Index(text(matrix["barcodes"])))
+    if "filtered_barcodes" in matrix:
+        obs["filtered_barcodes"] = matrix["filtered_barcodes"][:].astype(bool)
+    columns = {"gene_ids": text(features["id"])}
+    if "gene_id" in features:  # a probe-barcode matrix
+        columns = {"gene_ids": text(features["gene_id"]), "probe_ids": text(features["id"])}
+    columns["feature_types"] = text(features["feature_type"])
+    columns |= {
+        name: item[:].astype(bool if item.dtype.kind == "b" else str)
+        for name, item in features.items()
+        if isinstance(item, h5py.Dataset)
+        and name not in ("name", "feature_type", "id", "gene_id", "_all_tag_keys")
+    }
+    var = pd.DataFrame(columns, index=pd.Index(text(features["name"])))
+    expression = (var["feature_types"] == "Gene Expression").to_numpy()
+    keep = None if expression.all() else expression
+    return HDF5Rows(matrix, len(var), obs, var if keep is None else var[keep], {}, str(path),
+                    columns=keep)
+
+
+@contextlib.contextmanager
+def open_counts(
+    path: str | Path, counts: str = "X", transpose: bool = False
+) -> Iterator[CountRows]:
+    """The raw counts of the dataset at ``path`` as :class:`CountRows`, with the annotations
+    :func:`read_counts` gives.
+
+    ``.h5ad`` files (CSR or dense counts in ``X``, a layer or ``raw``) and Cell Ranger ≥ 3
+    ``.h5`` files stay on disk and are read a block of cells at a time with h5py while the
+    context is open. Everything else — text tables, 10x mtx directories, legacy 10x ``.h5``,
+    CSC-stored ``.h5ad`` matrices and transposed inputs — is read whole by :func:`read_counts`.
+    """
+    path = Path(path)
+    kind = format_of(path)
+    streamed = kind in (".h5ad", ".h5") and not transpose and path.suffix.lower() != ".gz"
+    file = rows = None
+    if streamed:
+        try:
+            file = h5py.File(path, "r")
+            rows = _h5ad_rows(file, path, counts) if kind == ".h5ad" else _tenx_rows(file, path)
+        except InputError:
+            raise
+        except Exception as err:  # corrupt or truncated files surface as many error types
+            raise _unreadable(path, kind, err) from err
+    try:
+        if rows is None:
+            if streamed:
+                logger.info("%s: this matrix layout is read whole, not in blocks", path)
+            rows = rows_of(read_counts(path, counts, transpose), str(path))
+        yield rows
+    finally:
+        if file is not None:
+            file.close()
+
+
+def count_input_size(path: str | Path, counts: str = "X") -> tuple[int, int, int] | None:
+    """(cells, genes, stored entries) of an ``.h5ad`` (CSR counts) or Cell Ranger ≥ 3 ``.h5``,
+    from its metadata alone (nothing is read but a few attributes and shapes); None for
+    other formats and layouts, or a file that cannot be read."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as file:
+            if format_of(path) == ".h5":
+                n_genes, n_cells = file["matrix/shape"][:]
+                return int(n_cells), int(n_genes), int(file["matrix/data"].shape[0])
+            element = {"X": "X", "raw": "raw/X"}.get(counts, f"layers/{counts}")
+            element = file[element]
+            if element.attrs.get("encoding-type") != "csr_matrix":
+                return None
+            n_cells, n_genes = element.attrs["shape"]
+            return int(n_cells), int(n_genes), int(element["data"].shape[0])
+    except (OSError, KeyError, ValueError, InputError):
+        return None
+
+
+def preprocess_mem_mb(path: str | Path, counts: str, n_top_genes: int, mcv: bool) -> int:
+    """Memory (MB) to request for preprocessing the dataset at ``path``.
+
+    Streamed inputs (see :func:`count_input_size`): 1.5 GB for the interpreter, scanpy and
+    the blocks being processed, plus the result — X and ``layers['counts']`` (and, with
+    ``mcv``, the held-out molecules): 8 bytes per stored entry each — for an estimated
+    nnz × min(1, 2 · n_top_genes / genes) entries (HVGs hold 0.9–1.4× their share of the
+    entries in pbmc3k and zheng17) and 200 bytes of annotations per cell. Other inputs are
+    read whole: 2 GB + 20 × their size on disk.
+    """
+    size = count_input_size(path, counts)
+    if size is None:
+        return int(2000 + 20 * Path(path).stat().st_size / 2**20)
+    n_cells, n_genes, nnz = size
+    entries = nnz * min(1.0, 2 * n_top_genes / max(n_genes, 1))
+    per_entry = 8 * (3 if mcv else 2)
+    return int(1500 + (entries * per_entry + 200 * n_cells) / 2**20)
+
+
+def _violations(values: np.ndarray) -> np.ndarray:
+    """(NaN or infinite, negative, non-integer) entries among ``values``."""
+    return np.array([np.count_nonzero(~np.isfinite(values)), np.count_nonzero(values < 0),
+                     np.count_nonzero(values != np.round(values))], dtype=np.int64)
+
+
 def validate_counts(
-    X: sp.spmatrix | np.ndarray, source: str, dataset: str, require_integers: bool,
+    X: sp.spmatrix | np.ndarray | CountRows, source: str, dataset: str, require_integers: bool,
     fix: str | None = None,
 ) -> None:
     """Reject matrices that are not counts: NaN/inf, negatives, and (if required) fractions.
 
-    ``fix`` is the advice the errors end with (default: the config key to change).
+    A :class:`CountRows` is checked one block at a time. ``fix`` is the advice the errors
+    end with (default: the config key to change).
     """
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    if isinstance(X, CountRows):
+        found = sum((_violations(block.data) for _, block in X.blocks()), np.zeros(3, np.int64))
+    else:
+        found = _violations(X.data if sp.issparse(X) else np.asarray(X).ravel())
+    n_bad, n_negative, fractional = (int(n) for n in found)
     fix = fix or (f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
                   "('X', 'raw' or a layer name)")
-    n_bad = int(np.count_nonzero(~np.isfinite(values)))
     if n_bad:
         raise InputError(
             f"{source}: dataset {dataset!r} has {n_bad} NaN or infinite entries in its count "
             f"matrix; clean the matrix, or {fix}"
         )
-    n_negative = int(np.count_nonzero(values < 0))
-    fractional = int(np.count_nonzero(values != np.round(values)))
     if n_negative or (require_integers and fractional):
         raise InputError(
             f"{source}: dataset {dataset!r} is not raw counts ({n_negative} negative and "
@@ -173,13 +435,73 @@ def stratified_split(
     return split
 
 
+class GeneMoments:
+    """Per-gene count, mean and sum of squared deviations M2 of sparse rows added block by
+    block, combined as Chan, Golub & LeVeque (1979) do (stable at any number of cells).
+
+    A block b of n_b cells has mean_b = Σx / n_b and M2_b = Σ_stored (x − mean_b)² +
+    (n_b − stored) · mean_b²; merged into (n_a, mean_a, M2_a): n = n_a + n_b,
+    δ = mean_b − mean_a, mean = mean_a + δ·n_b/n, M2 = M2_a + M2_b + δ²·n_a·n_b/n.
+    """
+
+    def __init__(self, n_genes: int) -> None:
+        self.n = 0
+        self.mean = np.zeros(n_genes)
+        self.m2 = np.zeros(n_genes)
+
+    def add(self, X: sp.csr_matrix) -> GeneMoments:
+        n_b = X.shape[0]
+        if n_b == 0:
+            return self
+        n_genes = len(self.mean)
+        values = X.data.astype(np.float64)
+        mean_b = np.bincount(X.indices, values, minlength=n_genes) / n_b
+        stored = np.bincount(X.indices, minlength=n_genes)
+        values -= mean_b[X.indices]
+        m2_b = np.bincount(X.indices, values * values, minlength=n_genes)
+        m2_b += (n_b - stored) * mean_b**2
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.m2 += m2_b + delta**2 * (self.n * n_b / n)
+        self.mean += delta * (n_b / n)
+        self.n = n
+        return self
+
+    def variance(self) -> np.ndarray:
+        """The unbiased variance M2 / (n − 1) (M2 / n for a single cell, as scanpy)."""
+        return self.m2 / (self.n - 1 if self.n > 1 else max(self.n, 1))
+
+
 def gene_mean_std(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     """Per-gene mean and sample standard deviation of a sparse matrix, without densifying."""
-    n = X.shape[0]
-    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-    mean_sq = np.asarray(X.multiply(X).mean(axis=0), dtype=np.float64).ravel()
-    var = np.maximum(mean_sq - mean**2, 0) * n / max(n - 1, 1)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+    moments = GeneMoments(X.shape[1]).add(sp.csr_matrix(X))
+    return moments.mean.astype(np.float32), np.sqrt(moments.variance()).astype(np.float32)
+
+
+def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
+    """The genes ``scanpy.pp.highly_variable_genes(flavor="seurat", n_top_genes=n_top)``
+    selects, from each gene's mean m and unbiased variance v of expm1(X) (the normalized
+    counts), so that the moments can be accumulated out of core.
+
+    Dispersion d = log(v / m) (m = 0 counts as 1e-12; d = log 0 is NaN); genes fall into
+    ``n_bins`` equal-width bins of log1p(m); the normalized dispersion is
+    z = (d − mean of d in the bin) / (sd of d in the bin), or z = d / d for a bin of one
+    gene. The n_top genes of highest z are kept (all genes tied at the cut-off; never NaN).
+    """
+    mean = np.where(mean == 0, 1e-12, mean)
+    dispersion = var / mean
+    dispersion[dispersion == 0] = np.nan
+    dispersion = np.log(dispersion)
+    bins = pd.cut(pd.Series(np.log1p(mean)), bins=n_bins)
+    stats = pd.Series(dispersion).groupby(bins, observed=True).agg(["mean", "std"])
+    single = stats["std"].isnull()
+    stats.loc[single, "std"] = stats.loc[single, "mean"]
+    stats.loc[single, "mean"] = 0.0
+    per_gene = stats.loc[bins]
+    normalized = (dispersion - per_gene["mean"].to_numpy()) / per_gene["std"].to_numpy()
+    ranked = np.sort(normalized[~np.isnan(normalized)])[::-1]
+    cutoff = ranked[min(n_top, len(ranked)) - 1]
+    return np.nan_to_num(normalized, nan=-np.inf) >= cutoff
 
 
 def _mito_mask(var_names: pd.Index, prefix: str) -> np.ndarray:
@@ -234,101 +556,248 @@ def preprocess(
 
     With ``clusters``, ``obs['scae_cluster']`` holds Leiden clusters of the training cells
     (see :func:`training_clusters`).
-    """
-    import scanpy as sc
 
+    The same passes as :func:`preprocess_rows` over an input on disk (:func:`open_counts`).
+    """
     if layer is not None and layer not in adata.layers:
         raise InputError(
             f"dataset {dataset!r}: layer {layer!r} is not in adata.layers (layers: "
             f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw counts, "
             "or layer=None for adata.X"
         )
-    counts = adata.X if layer is None else adata.layers[layer]
-    adata = ad.AnnData(X=sp.csr_matrix(counts, dtype=np.float32), obs=adata.obs.copy(),
-                       var=adata.var.copy(), uns=dict(adata.uns))
-    make_names_unique(adata, "var", dataset)
-    make_names_unique(adata, "obs", dataset)
-    n_input = adata.n_obs
+    return preprocess_rows(rows_of(adata, dataset, layer), params, dataset=dataset,
+                           label_key=label_key, mito_prefix=mito_prefix, mcv=mcv,
+                           clusters=clusters)
 
-    genes_per_cell = np.diff(adata.X.indptr)
-    keep = genes_per_cell >= params.min_genes
+
+def _cell_blocks(
+    rows: CountRows, select: Callable[[int, sp.csr_matrix], np.ndarray], mcv: MCVParams | None
+) -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
+    """(input row numbers, counts, held-out molecules or None) of the rows ``select`` keeps,
+    block by block. With ``mcv`` the counts are the training molecules c' of
+    :func:`scae.mcv.binomial_split`, drawn in row order from one generator per pass, so every
+    pass (and the whole matrix at once) sees the same c' and c''."""
+    generator = np.random.default_rng(mcv.seed) if mcv is not None else None
+    for start, block in rows.blocks():
+        keep = select(start, block)
+        counts, heldout = block[keep], None
+        if mcv is not None:
+            counts, heldout = binomial_split(counts, mcv.train_fraction, generator)
+        yield start + np.flatnonzero(keep), counts, heldout
+
+
+def _row_sums(X: sp.csr_matrix) -> np.ndarray:
+    return np.asarray(X.sum(axis=1)).ravel()
+
+
+class _RowStack:
+    """A CSR matrix filled block of rows by block of rows into arrays allocated once for its
+    known number of stored entries (at most), so the result is never held twice."""
+
+    def __init__(self, n_rows: int, n_cols: int, nnz: int) -> None:
+        self.shape = (n_rows, n_cols)
+        self.data = np.empty(nnz, dtype=np.float32)
+        self.indices = np.empty(nnz, dtype=np.int32)
+        self.indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        self.n_rows = self.nnz = 0
+
+    def append(self, block: sp.csr_matrix) -> None:
+        rows, nnz = self.n_rows, self.nnz
+        self.data[nnz : nnz + block.nnz] = block.data
+        self.indices[nnz : nnz + block.nnz] = block.indices
+        self.indptr[rows + 1 : rows + 1 + block.shape[0]] = block.indptr[1:] + nnz
+        self.n_rows, self.nnz = rows + block.shape[0], nnz + block.nnz
+
+    def matrix(self) -> sp.csr_matrix:
+        assert self.n_rows == self.shape[0]
+        return sp.csr_matrix((self.data[: self.nnz], self.indices[: self.nnz], self.indptr),
+                             shape=self.shape, copy=False)
+
+
+def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_matrix, dict]:
+    """scanpy's normalize_total + log1p of a block of cells (both act cell by cell), and the
+    ``uns`` entry log1p leaves."""
+    import scanpy as sc
+
+    block = ad.AnnData(X=counts.copy())
+    sc.pp.normalize_total(block, target_sum=target_sum)
+    sc.pp.log1p(block)
+    return block.X, dict(block.uns)
+
+
+def preprocess_rows(
+    rows: CountRows,
+    params: PreprocessParams = PreprocessParams(),
+    *,
+    dataset: str = "adata",
+    label_key: str | None = None,
+    mito_prefix: str | None = "MT-",
+    mcv: MCVParams | None = None,
+    clusters: bool = False,
+) -> ad.AnnData:
+    """:func:`preprocess` as four passes over the blocks of ``rows``; only per-cell and
+    per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in memory.
+
+    1. QC per cell (and the molecule split); cells without counts are dropped; then the split.
+    2. ``min_cells``: per gene, the training cells that store it.
+    3. Library sizes over the kept genes (cells left without counts are dropped), and the
+       per-gene moments of expm1(log1p(normalized)) over training cells for
+       :func:`seurat_hvg`, together with each gene's stored entries (to size the result).
+    4. The HVG columns of every cell: log-normalized, raw (and held-out) counts.
+    """
+    names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
+    make_names_unique(names, "var", dataset)
+    make_names_unique(names, "obs", dataset)
+    n_input, n_genes = rows.shape
+    mito = None
     if mito_prefix:
-        mito = _mito_mask(adata.var_names, mito_prefix)
-        if mito.any():
-            totals = np.asarray(adata.X.sum(axis=1)).ravel()
-            mito_counts = np.asarray(adata.X[:, mito].sum(axis=1)).ravel()
-            pct = np.divide(100 * mito_counts, totals, out=np.zeros_like(totals), where=totals > 0)
-            adata.obs["pct_counts_mito"] = pct
-            keep &= pct <= params.max_pct_mito
-        else:
+        mito = _mito_mask(names.var_names, mito_prefix)
+        if not mito.any():
+            mito = None
             warnings.warn(
                 f"dataset {dataset!r}: no gene name starts with mito_prefix {mito_prefix!r} "
                 "(e.g. Ensembl IDs); the mitochondrial filter is skipped",
                 stacklevel=2,
             )
-    adata = adata[keep].copy()
-    if mcv is not None:
-        adata.X, adata.layers[HELDOUT_LAYER] = binomial_split(
-            adata.X, mcv.train_fraction, mcv.seed
-        )
-    zero = np.asarray(adata.X.sum(axis=1)).ravel() == 0
-    if zero.any():
-        logger.info("removed %d cells with zero counts", int(zero.sum()))
-        adata = adata[~zero].copy()
+
+    # 1. per-cell QC: genes detected, % mitochondrial counts; then cells without counts
+    qc = np.zeros(n_input, dtype=bool)
+    pct = np.zeros(n_input, dtype=np.float32) if mito is not None else None
+
+    def cell_qc(start: int, block: sp.csr_matrix) -> np.ndarray:
+        keep = np.diff(block.indptr) >= params.min_genes
+        if pct is not None:
+            totals = _row_sums(block)
+            mito_counts = _row_sums(block[:, mito])
+            share = np.divide(100 * mito_counts, totals, out=np.zeros_like(totals),
+                              where=totals > 0)
+            pct[start : start + block.shape[0]] = share
+            keep &= share <= params.max_pct_mito
+        qc[start : start + block.shape[0]] = keep
+        return keep
+
+    passed, zero = [], 0
+    for ids, counts, _ in _cell_blocks(rows, cell_qc, mcv):
+        nonzero = _row_sums(counts) > 0
+        passed.append(ids[nonzero])
+        zero += int((~nonzero).sum())
+    cells = np.concatenate(passed) if passed else np.zeros(0, dtype=np.int64)
+    if zero:
+        logger.info("removed %d cells with zero counts", zero)
     logger.info(
         "cell QC kept %d of %d cells (min_genes=%d, max_pct_mito=%s)",
-        adata.n_obs, n_input, params.min_genes, params.max_pct_mito,
+        len(cells), n_input, params.min_genes, params.max_pct_mito,
     )
 
     labels = None
     if label_key is not None:
-        if label_key in adata.obs:
-            labels = adata.obs[label_key].astype(str)
+        if label_key in names.obs:
+            labels = names.obs[label_key].iloc[cells].astype(str)
         else:
             warnings.warn(
                 f"dataset {dataset!r}: label_key {label_key!r} is not a column of obs "
-                f"({', '.join(map(str, adata.obs.columns)) or 'no columns'}); the split is not "
-                "stratified and label metrics are skipped",
+                f"({', '.join(map(str, names.obs.columns)) or 'no columns'}); the split is "
+                "not stratified and label metrics are skipped",
                 stacklevel=2,
             )
-    adata.obs["split"] = pd.Categorical(
+    split = pd.Categorical(
         stratified_split(
-            labels, adata.n_obs, params.test_fraction, params.val_fraction, params.split_seed
+            labels, len(cells), params.test_fraction, params.val_fraction, params.split_seed
         ),
         categories=SPLITS,
     )
-    counts_per_split = adata.obs["split"].value_counts()
+    counts_per_split = pd.Series(split).value_counts()
     if (counts_per_split[list(SPLITS)] == 0).any():
         raise InputError(
             f"dataset {dataset!r}: too few cells for a train/val/test split after QC "
-            f"({n_input} cells in, {adata.n_obs} kept with min_genes={params.min_genes}, "
+            f"({n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
             f"max_pct_mito={params.max_pct_mito}; split sizes {counts_per_split.to_dict()}); "
             "lower the QC thresholds in config['preprocess'] or use more cells"
         )
-    is_train = (adata.obs["split"] == "train").to_numpy()
+    # position of every input row among the kept cells (−1: dropped)
+    position = np.full(n_input, -1, dtype=np.int64)
+    position[cells] = np.arange(len(cells))
+    is_train = np.asarray(split == "train")
 
-    cells_per_gene = np.bincount(adata.X[is_train].indices, minlength=adata.n_vars)
-    adata = adata[:, cells_per_gene >= params.min_cells].copy()
+    def kept_by_qc(start: int, block: sp.csr_matrix) -> np.ndarray:
+        return qc[start : start + block.shape[0]]
+
+    # 2. genes detected in at least min_cells training cells
+    cells_per_gene = np.zeros(n_genes, dtype=np.int64)
+    for ids, counts, _ in _cell_blocks(rows, kept_by_qc, mcv):
+        where = position[ids]
+        train = (where >= 0) & is_train[np.maximum(where, 0)]
+        cells_per_gene += np.bincount(counts[train].indices, minlength=n_genes)
+    genes = cells_per_gene >= params.min_cells
+    n_kept = int(genes.sum())
+
+    def kept_blocks() -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
+        """(positions among the kept cells, counts, held-out) over the kept genes."""
+        for ids, counts, heldout in _cell_blocks(rows, kept_by_qc, mcv):
+            where = position[ids]
+            rows_kept = where >= 0
+            yield (where[rows_kept], counts[rows_kept][:, genes],
+                   None if heldout is None else heldout[rows_kept][:, genes])
+
+    # 3. library sizes over the kept genes; HVG moments over training cells
+    library = np.zeros(len(cells), dtype=np.float32)
+    heldout_library = np.zeros(len(cells), dtype=np.float32) if mcv is not None else None
+    moments = GeneMoments(n_kept)
+    stored = np.zeros(n_kept, dtype=np.int64)
+    stored_heldout = np.zeros(n_kept, dtype=np.int64)
+    for where, counts, heldout in kept_blocks():
+        library[where] = _row_sums(counts)
+        full = library[where] > 0
+        if heldout is not None:
+            heldout_library[where] = _row_sums(heldout)
+            stored_heldout += np.bincount(heldout[full].indices, minlength=n_kept)
+        stored += np.bincount(counts[full].indices, minlength=n_kept)
+        train = full & is_train[where]
+        if train.any():
+            x, _ = _log_normalized(counts[train], params.target_sum)
+            moments.add(np.expm1(x))
     # A cell whose counts were all in removed genes has library size 0: no profile to learn.
-    empty = np.asarray(adata.X.sum(axis=1)).ravel() == 0
-    if empty.any():
+    final = library > 0
+    if not final.all():
         logger.info("removed %d cells with zero counts in the genes kept by min_cells=%d",
-                    int(empty.sum()), params.min_cells)
-        adata = adata[~empty].copy()
-        is_train = is_train[~empty]
-    adata.layers["counts"] = adata.X.copy()
-    adata.obs["library_size"] = np.asarray(adata.X.sum(axis=1)).ravel()
-    if mcv is not None:
-        adata.obs["mcv_library_size"] = np.asarray(
-            adata.layers[HELDOUT_LAYER].sum(axis=1)
-        ).ravel()
-    sc.pp.normalize_total(adata, target_sum=params.target_sum)
-    sc.pp.log1p(adata)
+                    int((~final).sum()), params.min_cells)
+    n_top = min(params.n_top_genes, n_kept)
+    hvg = seurat_hvg(moments.mean, moments.variance(), n_top)
 
-    train = adata[is_train]
-    n_top = min(params.n_top_genes, adata.n_vars)
-    hvg = sc.pp.highly_variable_genes(train, n_top_genes=n_top, flavor="seurat", inplace=False)
-    adata = adata[:, hvg["highly_variable"].to_numpy()].copy()
+    # 4. the HVG columns of every remaining cell
+    n_cells, n_hvg = int(final.sum()), int(hvg.sum())
+    x_stack = _RowStack(n_cells, n_hvg, int(stored[hvg].sum()))
+    counts_stack = _RowStack(n_cells, n_hvg, int(stored[hvg].sum()))
+    heldout_stack = _RowStack(n_cells, n_hvg, int(stored_heldout[hvg].sum()))
+    log1p_uns: dict = {}
+    for where, counts, heldout in kept_blocks():
+        full = final[where]
+        counts = counts[full]
+        if counts.shape[0] == 0:
+            continue
+        x, log1p_uns = _log_normalized(counts, params.target_sum)
+        x_stack.append(x[:, hvg])
+        counts_stack.append(counts[:, hvg])
+        if heldout is not None:
+            heldout_stack.append(heldout[full][:, hvg])
+
+    # annotations of the remaining cells and HVGs, subset as anndata subsets (unused
+    # categories dropped)
+    if pct is not None:
+        names.obs["pct_counts_mito"] = pct
+    kept_cells = cells[final]
+    kept_genes = np.flatnonzero(genes)[hvg]
+    adata = names[kept_cells, kept_genes].copy()
+    adata.X = x_stack.matrix()
+    if mcv is not None:
+        adata.layers[HELDOUT_LAYER] = heldout_stack.matrix()
+    adata.layers["counts"] = counts_stack.matrix()
+    adata.obs["split"] = split[final]
+    adata.obs["library_size"] = library[final]
+    if mcv is not None:
+        adata.obs["mcv_library_size"] = heldout_library[final]
+    adata.uns.update(log1p_uns)
+    is_train = is_train[final]
     mean, std = gene_mean_std(adata.X[is_train])
     adata.var["train_mean"] = mean
     adata.var["train_std"] = std
