@@ -13,6 +13,7 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/preprocess.smk"
+include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/embed.smk"
 include: "rules/evaluate.smk"

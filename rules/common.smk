@@ -70,6 +70,14 @@ def loss_params(wildcards):
     return config["loss_params"].get(wildcards.loss, {})
 
 
+def tuned_settings(wildcards):
+    """The best.yaml a training job uses: its dataset's (the .mcv variant shares it)."""
+    if not config["tune"]["enabled"]:
+        return []
+    base = wildcards.dataset.removesuffix(MCV_SUFFIX)
+    return f"results/{base}/tuning/{wildcards.loss}/best.yaml"
+
+
 def run_ids(dataset):
     """Every (model, run) pair evaluated for a dataset: autoencoders, then baselines."""
     mcv = dataset.endswith(MCV_SUFFIX)

@@ -3,7 +3,8 @@
 # per run would pay another process start and data read (a third of its time).
 rule train:
     input:
-        "results/{dataset}/preprocessed.h5ad",
+        data="results/{dataset}/preprocessed.h5ad",
+        tuned=tuned_settings,
     output:
         model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
         history="results/{dataset}/models/{loss}/seed{seed}/history.tsv",

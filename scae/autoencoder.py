@@ -206,18 +206,39 @@ class Autoencoder:
         batch_size: int = _TRAIN_DEFAULTS.batch_size,
         learning_rate: float = _TRAIN_DEFAULTS.learning_rate,
         weight_decay: float = _TRAIN_DEFAULTS.weight_decay,
+        lr_patience: int = _TRAIN_DEFAULTS.lr_patience,
+        lr_factor: float = _TRAIN_DEFAULTS.lr_factor,
         seed: int = 0,
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
     ) -> Autoencoder:
         """Train from fresh weights on the ``train`` cells; early-stop on ``val`` loss.
 
-        The best epoch's weights are kept. ``seed`` fixes the initial weights, minibatch
+        The best epoch's weights are kept. After every ``lr_patience`` epochs without a new
+        best validation loss the learning rate is multiplied by ``lr_factor`` (reduce on
+        plateau; 0 switches it off). ``seed`` fixes the initial weights, minibatch
         order, dropout masks and negative pairs; test cells are never read. ``device``:
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With ``checkpoint``, the state
         after every epoch is saved there and a run of the same settings resumes from it.
         Threads: torch's own setting (``torch.set_num_threads``) is left as it is.
         """
+        self.train_params = TrainParams(batch_size=batch_size, learning_rate=learning_rate,
+                                        weight_decay=weight_decay, max_epochs=max_epochs,
+                                        patience=patience, lr_patience=lr_patience,
+                                        lr_factor=lr_factor)
+        self.device, self.seed = resolve_device(device), int(seed)
+        result: FitResult = fit(
+            self.training_data(), self.loss, self.loss_params, self.module_params,
+            self.train_params, seed=self.seed, device=self.device,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+        )
+        self.module, self.history = result.model, result.history
+        self.best_epoch, self.stopped_by = result.best_epoch, result.stopped_by
+        return self
+
+    def training_data(self) -> CellData:
+        """The registered AnnData as the trainer reads it (minibatches, the split, and the
+        groups cosine_embedding draws negatives against); checks that it can be trained on."""
         split = self.adata.obs[self.setup["split_key"]].astype(str)
         if not {"train", "val"} <= set(split):
             raise InputError(
@@ -225,19 +246,7 @@ class Autoencoder:
                 "and 'val' cells to stop early on; it holds "
                 f"{', '.join(sorted(set(split))) or 'no cells'}"
             )
-        group_key = self._negatives_group_key()
-        self.train_params = TrainParams(batch_size=batch_size, learning_rate=learning_rate,
-                                        weight_decay=weight_decay, max_epochs=max_epochs,
-                                        patience=patience)
-        self.device, self.seed = resolve_device(device), int(seed)
-        result: FitResult = fit(
-            self._cell_data(self.adata, group_key), self.loss, self.loss_params, self.module_params,
-            self.train_params, seed=self.seed, device=self.device,
-            checkpoint=Path(checkpoint) if checkpoint is not None else None,
-        )
-        self.module, self.history = result.model, result.history
-        self.best_epoch, self.stopped_by = result.best_epoch, result.stopped_by
-        return self
+        return self._cell_data(self.adata, self._negatives_group_key())
 
     @property
     def is_trained(self) -> bool:
@@ -281,23 +290,25 @@ class Autoencoder:
 
     def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
         """Write ``model.pt`` (weights and every setting; loadable with ``weights_only``) and
-        ``history.tsv`` (per epoch) to ``dir_path``, each file atomically."""
+        ``history.tsv`` (per epoch) to ``dir_path``, atomically."""
         self._require_trained()
         directory = Path(dir_path)
         if not overwrite and (directory / MODEL_FILE).exists():
             raise FileExistsError(f"{directory / MODEL_FILE} exists; pass overwrite=True")
-        with atomic_path(directory / HISTORY_FILE) as tmp:
-            self.history.to_csv(tmp, sep="\t", index=False)
         result = FitResult(self.module, self.history, self.best_epoch, self.stopped_by)
-        save_model(directory / MODEL_FILE, result, {
-            "loss": self.loss.name, "loss_params": self.loss_params, "seed": self.seed,
-            "input_scaling": self.input_scaling, "var_names": self.var_names,
-            "stopped_by": self.stopped_by, "train_params": asdict(self.train_params),
-            "setup": dict(self.setup), "target_sum": self.target_sum,
-            "train_mean": torch.from_numpy(self.scaling[0]),
-            "train_std": torch.from_numpy(self.scaling[1]),
-            "history": self.history.to_dict(orient="list"),
-        })
+        # Both files appear together or not at all (renamed only once both are written).
+        with atomic_path(directory / HISTORY_FILE) as history, \
+                atomic_path(directory / MODEL_FILE) as model_file:
+            self.history.to_csv(history, sep="\t", index=False)
+            save_model(model_file, result, {
+                "loss": self.loss.name, "loss_params": self.loss_params, "seed": self.seed,
+                "input_scaling": self.input_scaling, "var_names": self.var_names,
+                "stopped_by": self.stopped_by, "train_params": asdict(self.train_params),
+                "setup": dict(self.setup), "target_sum": self.target_sum,
+                "train_mean": torch.from_numpy(self.scaling[0]),
+                "train_std": torch.from_numpy(self.scaling[1]),
+                "history": self.history.to_dict(orient="list"),
+            })
 
     @classmethod
     def load(cls, dir_path: str | Path, adata: ad.AnnData,

@@ -104,3 +104,12 @@ def adam(params: Iterable[Tensor], device: torch.device, lr: float,
     logger.info("torch %s: the private _fused_adam_ op is missing or changed on %s; "
                 "using torch.optim.Adam(fused=%s)", torch.__version__, device.type, fused)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
+
+
+def set_learning_rate(optimizer: FusedAdam | torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of either optimizer :func:`adam` returns (for a schedule)."""
+    if isinstance(optimizer, FusedAdam):
+        optimizer.lr = lr
+    else:
+        for group in optimizer.param_groups:
+            group["lr"] = lr

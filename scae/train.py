@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,7 +28,7 @@ import torch
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import AutoencoderModule, ModelParams
-from .optim import adam
+from .optim import adam, set_learning_rate
 
 logger = logging.getLogger("scae")
 
@@ -51,6 +52,10 @@ class TrainParams:
     weight_decay: float = 0.0
     max_epochs: int = 60
     patience: int = 8
+    #: Reduce-on-plateau: after every ``lr_patience`` epochs without a new best validation
+    #: loss the learning rate is multiplied by ``lr_factor`` (0 switches it off).
+    lr_patience: int = 0
+    lr_factor: float = 0.5
 
 
 class CellData:
@@ -245,11 +250,15 @@ def evaluate_split(
     rows: np.ndarray,
     device: torch.device,
     seed: int,
-) -> tuple[float, float]:
-    """(mean loss, mean cosine in the common space) over ``rows``, in eval mode."""
+) -> dict[str, float]:
+    """Means over ``rows``, in eval mode: ``val_loss`` (the training loss) and, in the common
+    space with x̂ the reconstruction, x the truth and m̄ the training-mean profile,
+    ``val_cosine`` cos(x̂, x), ``val_centred_cosine`` cos(x̂ − m̄, x − m̄) and ``val_mse``
+    mean_g (x̂_g − x_g)²: the scores a tuning criterion can compare across losses."""
     model.eval()
     generator = torch.Generator().manual_seed(_epoch_seed(seed, 0, NEGATIVES))
-    loss_sum = cos_sum = 0.0
+    sums = dict.fromkeys(("val_loss", "val_cosine", "val_centred_cosine", "val_mse"), 0.0)
+    centre = data.mean.to(device)
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_CHUNK):
             idx = rows[start : start + EVAL_CHUNK]
@@ -257,11 +266,14 @@ def evaluate_split(
             batch = _to_device(batch, device)
             batch.generator = generator
             out = model(inputs.to(device), library.to(device))
-            loss_sum += float(spec.fn(out, batch, loss_params).sum())
+            sums["val_loss"] += float(spec.fn(out, batch, loss_params).sum())
             recon = data.to_expression(out, idx)
             truth = data.unscale(batch.x.cpu()).to(device)
-            cos_sum += float(cosine_similarity(recon, truth).sum())
-    return loss_sum / len(rows), cos_sum / len(rows)
+            sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
+            sums["val_centred_cosine"] += float(
+                cosine_similarity(recon - centre, truth - centre).sum())
+            sums["val_mse"] += float(((recon - truth) ** 2).mean(dim=1).sum())
+    return {name: total / len(rows) for name, total in sums.items()}
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -292,11 +304,13 @@ def fit(
     seed: int,
     device: torch.device,
     checkpoint: Path | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
 ) -> FitResult:
     """Train on ``train`` cells, early-stop on ``val`` loss, return the best weights.
 
     Test cells are never touched. With ``checkpoint``, the state after each epoch is saved
     there (atomically) and an existing checkpoint of the same settings is resumed.
+    ``on_epoch`` receives each epoch's history row (a tuner's pruner raises from it).
     """
     torch.manual_seed(seed)
     model = AutoencoderModule(model_params).to(device)
@@ -306,13 +320,14 @@ def fit(
                       {"loss": spec.name, "seed": seed, "scaling": data.input_scaling,
                        "optimizer": type(optimizer).__name__})
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "best_model": None, "history": []}
+             "best_model": None, "history": [], "lr": train_params.learning_rate}
     if checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
         if saved["fingerprint"] == key:
             model.load_state_dict(saved["model"])
             optimizer.load_state_dict(saved["optimizer"])
             state = saved["state"]
+            set_learning_rate(optimizer, state["lr"])
             logger.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
         else:
             logger.info("ignoring checkpoint %s written for other settings", checkpoint)
@@ -344,28 +359,32 @@ def fit(
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             n_seen += len(idx)
-        val_loss, val_cosine = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
+        scores = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
+        val_loss = scores["val_loss"]
         if not math.isfinite(val_loss):
             raise TrainingDiverged(
                 f"validation loss became {val_loss} in epoch {epoch}; lower "
                 f"train.learning_rate (now {train_params.learning_rate})"
             )
         seconds = time.perf_counter() - started
-        state["history"].append(
-            {"epoch": epoch, "train_loss": loss_sum / n_seen, "val_loss": val_loss,
-             "val_cosine": val_cosine, "seconds": seconds}
-        )
+        state["history"].append({"epoch": epoch, "train_loss": loss_sum / n_seen, **scores,
+                                 "learning_rate": state["lr"], "seconds": seconds})
         if val_loss < state["best_val"]:
             state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
                          best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
         else:
             state["bad_epochs"] += 1
+            if train_params.lr_patience and state["bad_epochs"] % train_params.lr_patience == 0:
+                state["lr"] *= train_params.lr_factor
+                set_learning_rate(optimizer, state["lr"])
         state["epoch"] = epoch
         logger.info(
             "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
-            epoch, loss_sum / n_seen, val_loss, val_cosine, seconds,
+            epoch, loss_sum / n_seen, val_loss, scores["val_cosine"], seconds,
             "  *" if state["best_epoch"] == epoch else "",
         )
+        if on_epoch is not None:
+            on_epoch(state["history"][-1])
         if checkpoint is not None:
             with atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": key, "model": model.state_dict(),

@@ -6,23 +6,27 @@ from pathlib import Path
 
 import anndata as ad
 import torch
+import yaml
 
 from scae import Autoencoder
 from scae.io import rule_logging
 from scae.outputs import write_run_outputs
 from scae.train import keep_freed_memory
+from scae.tune import apply_best
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
     torch.set_num_threads(sm.threads)
     keep_freed_memory()  # minibatch buffers reused, not page-faulted in every step
-    adata = ad.read_h5ad(sm.input[0])
+    adata = ad.read_h5ad(sm.input.data)
     label_key = sm.params.label_key if sm.params.label_key in adata.obs else None
     Autoencoder.setup_anndata(adata, layer="counts", labels_key=label_key)
-    settings = dict(sm.params.model)
+    settings, train = dict(sm.params.model), dict(sm.params.train)
+    if sm.input.tuned:  # tune.enabled: this loss's settings chosen on validation cells
+        settings, train = apply_best(settings, train, yaml.safe_load(open(sm.input.tuned)))
     model = Autoencoder(adata, sm.wildcards.loss, sm.params.loss_params,
                         hidden=tuple(settings.pop("hidden")), **settings)
-    train = {k: v for k, v in sm.params.train.items() if k != "threads"}
+    train.pop("threads")
     log.info("training %s seed %s with %d threads: %s", sm.wildcards.loss, sm.wildcards.seed,
              sm.threads, train)
     model.train(**train, seed=int(sm.wildcards.seed), checkpoint=sm.params.checkpoint)

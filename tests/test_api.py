@@ -16,6 +16,7 @@ import yaml
 import scae
 from scae.config import InputError
 from scae.losses import LOSSES
+from scae.tune import apply_best
 
 from .conftest import REPO, SMALL_RUN_SEEDS, pbmc_subset
 
@@ -68,14 +69,16 @@ def test_workflow_train_job_is_the_api(small_run):
     """The train job's embedding equals a notebook run of the API with the same settings."""
     results = small_run / "results/pbmc_small"
     config = yaml.safe_load((small_run / "config.yaml").read_text())
+    best = yaml.safe_load((results / "tuning/mse/best.yaml").read_text())
+    model_settings, train_settings = apply_best(config["model"], config["train"], best)
     adata = ad.read_h5ad(results / "preprocessed.h5ad")
     scae.Autoencoder.setup_anndata(adata, labels_key="cell_type")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workflow's train.threads: float sums depend on it
     try:
-        model = scae.Autoencoder(adata, "mse", hidden=tuple(config["model"]["hidden"]),
-                                 latent_dim=config["model"]["latent_dim"])
-        model.train(**config["train"], seed=SMALL_RUN_SEEDS[0], device="cpu")
+        model = scae.Autoencoder(adata, "mse", hidden=tuple(model_settings.pop("hidden")),
+                                 **model_settings)
+        model.train(**train_settings, seed=SMALL_RUN_SEEDS[0], device="cpu")
         latent = model.get_latent_representation()
     finally:
         torch.set_num_threads(threads)
@@ -118,6 +121,17 @@ def test_save_load_round_trip_and_new_cells(trained, adata, tmp_path):
     np.testing.assert_allclose(trained.get_latent_representation(new),
                                trained.get_latent_representation(indices=rows),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_save_writes_atomically(trained, tmp_path, monkeypatch):
+    """A save that dies half-way leaves neither file (the workflow's outputs rely on it)."""
+    def dies(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dies)
+    with pytest.raises(OSError, match="disk full"):
+        trained.save(tmp_path / "m")
+    assert not any((tmp_path / "m").glob("*"))
 
 
 def test_latent_key_added_writes_obsm(trained, adata):

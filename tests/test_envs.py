@@ -21,7 +21,8 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 #: conda-forge package name → the Python distribution it installs.
-CONDA_TO_PIP = {"pytorch": "torch", "matplotlib-base": "matplotlib", "python-igraph": "igraph"}
+CONDA_TO_PIP = {"pytorch": "torch", "matplotlib-base": "matplotlib", "python-igraph": "igraph",
+                "pyyaml": "PyYAML"}
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 CHECK_INSTALLED = bool(os.environ.get("CI") or os.environ.get("SCAE_CHECK_PINS"))
 

@@ -45,16 +45,25 @@ def test_every_loss_trains_and_restores_best_epoch(small_data, loss):
     params = {"margin": 0.0, "negatives_per_cell": 2, "alpha": 0.5}
     result = fit(data, get_loss(loss), params, _params(small_data, loss), FAST, seed=0, device=CPU)
     history = result.history
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_cosine", "seconds"]
+    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_cosine",
+                                     "val_centred_cosine", "val_mse", "learning_rate", "seconds"]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best = history.loc[history["val_loss"].idxmin()]
     assert result.best_epoch == best["epoch"]
     from scae.train import evaluate_split
 
-    val_loss, val_cos = evaluate_split(result.model, data, get_loss(loss), params,
-                                       data.rows("val"), CPU, seed=0)
-    assert val_loss == pytest.approx(best["val_loss"], rel=1e-5)  # best weights restored
-    assert -1 <= val_cos <= 1
+    scores = evaluate_split(result.model, data, get_loss(loss), params, data.rows("val"), CPU,
+                            seed=0)
+    assert scores["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)  # best restored
+    assert -1 <= scores["val_cosine"] <= 1 and -1 <= scores["val_centred_cosine"] <= 1
+    # the common-space scores against a direct computation on the validation cells
+    recon = reconstruction(result.model, data, data.rows("val"), CPU)
+    truth = small_data.X[data.rows("val")].toarray()
+    assert scores["val_mse"] == pytest.approx(((recon - truth) ** 2).mean(), rel=1e-4)
+    centre = small_data.var["train_mean"].to_numpy()
+    a, b = recon - centre, truth - centre
+    centred = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert scores["val_centred_cosine"] == pytest.approx(centred.mean(), rel=1e-4)
 
 
 def test_zscore_round_trip(small_data):

@@ -1,0 +1,30 @@
+# One tuning job per dataset × loss: every loss gets the same number of trials, trained on
+# training cells and scored on validation cells. The cross-validation variant "<name>.mcv"
+# trains with its dataset's tuned settings (same cells, same split; tuning it again would
+# double the budget for no new question).
+rule tune:
+    input:
+        "results/{dataset}/preprocessed.h5ad",
+    output:
+        trials="results/{dataset}/tuning/{loss}/trials.tsv",
+        best="results/{dataset}/tuning/{loss}/best.yaml",
+    log:
+        "logs/{dataset}/tune/{loss}.log",
+    benchmark:
+        "benchmarks/{dataset}/tune/{loss}.tsv"
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
+    conda:
+        "../envs/torch.yaml"
+    threads: config["train"]["threads"]
+    resources:
+        mem_mb=mem_mb_from_input(1500, 8),
+        runtime=lambda wildcards, attempt: 120 * attempt,
+    params:
+        loss_params=loss_params,
+        model=config["model"],
+        train=config["train"],
+        tune=config["tune"],
+        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+    script:
+        "../scripts/tune.py"
