@@ -549,6 +549,23 @@ def section_workflow(report: Report, args, workdir: Path) -> None:
     for rule, total in sorted(totals.items(), key=lambda kv: -kv[1]["wall_s"]):
         report.add("workflow", f"  {rule}: {total['jobs']} jobs, job-seconds wall / CPU",
                    f"{total['wall_s']:.0f} / {total['cpu_s']:.0f}")
+    runs = workflow_convergence(run_dir)
+    report.details["workflow"]["runs"] = runs.to_dict(orient="records")
+    n_bad = int((~runs["converged"]).sum())
+    report.add("workflow", "training runs stopped at max_epochs while improving",
+               f"{n_bad} of {len(runs)}", "0", n_bad == 0,
+               note=f"epochs run {runs['epochs'].min()}-{runs['epochs'].max()}")
+
+
+def workflow_convergence(run_dir: Path):
+    """scae.summary.convergence over every final training run of a finished workflow."""
+    import yaml
+
+    from scae.summary import convergence, read_histories
+
+    train = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())["train"]
+    histories = read_histories((run_dir / "results").glob("*/models/*/seed*/history.tsv"))
+    return convergence(histories, train["max_epochs"], train["patience"])
 
 
 SECTIONS = {"throughput": section_throughput, "flops": section_flops,

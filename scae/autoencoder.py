@@ -5,7 +5,7 @@
     adata = scae.preprocess(raw, label_key="cell_type")          # QC, split, HVGs on train
     scae.Autoencoder.setup_anndata(adata, layer="counts", labels_key="cell_type")
     model = scae.Autoencoder(adata, loss="nb", latent_dim=32)
-    model.train(max_epochs=60, device="auto")
+    model.train(device="auto")
     adata.obsm["X_scae"] = model.get_latent_representation()
     model.save("my_model/")
     model = scae.Autoencoder.load("my_model/", adata)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -96,6 +98,17 @@ def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample sd and number of seeds per (dataset, kind, model, metric)."""
     grouped = tidy.groupby(["dataset", "kind", "model", "metric"], sort=False)["value"]
     return grouped.agg(mean="mean", sd="std", n="count").reset_index()
+
+
+def read_histories(paths) -> dict[tuple[str, str, int], pd.DataFrame]:
+    """(dataset, loss, seed) → history of every
+    ``results/{dataset}/models/{loss}/seed{seed}/history.tsv`` in ``paths``."""
+    histories = {}
+    for path in map(Path, paths):
+        key = (path.parents[3].name, path.parents[1].name,
+               int(path.parent.name.removeprefix("seed")))
+        histories[key] = pd.read_csv(path, sep="\t")
+    return histories
 
 
 def convergence(

@@ -50,7 +50,7 @@ class TrainParams:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    max_epochs: int = 60
+    max_epochs: int = 300
     patience: int = 8
     #: Reduce-on-plateau: after every ``lr_patience`` epochs without a new best validation
     #: loss the learning rate is multiplied by ``lr_factor`` (0 switches it off).

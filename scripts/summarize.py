@@ -1,7 +1,5 @@
 """Snakemake entry point: gather every run's metrics into the dataset's tables and answer."""
 
-from pathlib import Path
-
 import pandas as pd
 
 from scae.io import atomic_path, rule_logging
@@ -12,6 +10,7 @@ from scae.summary import (
     markdown_summary,
     merge_variants,
     paired_differences,
+    read_histories,
     wide_summary,
 )
 
@@ -28,13 +27,8 @@ with rule_logging(sm.log[0]) as log:
         run = pd.read_csv(metrics_path, sep="\t", nrows=1).iloc[0]
         seed = None if pd.isna(run["seed"]) else int(run["seed"])
         per_cell[(run["model"], seed)] = pd.read_csv(cells_path, sep="\t")
-    # results/{dataset}/models/{loss}/seed{seed}/history.tsv
-    histories = {
-        (Path(p).parts[-5], Path(p).parts[-3], int(Path(p).parts[-2].removeprefix("seed"))):
-        pd.read_csv(p, sep="\t")
-        for p in sm.input.histories
-    }
-    runs = convergence(histories, sm.params.max_epochs, sm.params.patience)
+    runs = convergence(read_histories(sm.input.histories), sm.params.max_epochs,
+                       sm.params.patience)
     best = best_loss(aggregate(tidy), primary)
     comparisons = paired_differences(per_cell, best, primary, level)
     summary = wide_summary(tidy, runs)

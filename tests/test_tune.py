@@ -13,6 +13,7 @@ import yaml
 
 import scae
 from scae.losses import LOSSES
+from scae.summary import convergence, read_histories
 from scae.train import TrainParams
 from scae.tune import SearchSpace, TuneParams, tune
 
@@ -130,16 +131,10 @@ def test_workflow_runs_converge_by_patience(small_run):
     """No final run stopped at max_epochs while its best epoch was among the last
     ``patience`` epochs (the MCV variant's runs included)."""
     config = yaml.safe_load((small_run / "config.yaml").read_text())
-    max_epochs, patience = config["train"]["max_epochs"], config["train"]["patience"]
-    histories = sorted((small_run / "results").glob("*/models/*/seed*/history.tsv"))
+    histories = read_histories((small_run / "results").glob("*/models/*/seed*/history.tsv"))
     assert len(histories) == len(LOSSES) * (2 + 1)  # two seeds, and MCV's one
-    not_converged = []
-    for path in histories:
-        history = pd.read_csv(path, sep="\t")
-        best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        if len(history) >= max_epochs and len(history) - best_epoch < patience:
-            not_converged.append(f"{path.parent}: best {best_epoch} of {len(history)}")
-    assert not not_converged
+    runs = convergence(histories, config["train"]["max_epochs"], config["train"]["patience"])
+    assert runs["converged"].all(), runs[~runs["converged"]]
 
 
 @pytest.mark.workflow
