@@ -27,5 +27,5 @@ rule all:
         expand(
             "results/{dataset}/plots/{figure}.png",
             dataset=DATASETS,
-            figure=["metric_heatmap", "umap"],
+            figure=["metric_heatmap", "umap"] + (["tuning"] if TUNE else []),
         ),

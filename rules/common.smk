@@ -41,6 +41,7 @@ if not DATASETS:
 for _name in DATASETS:
     check_input_path(config["datasets"][_name]["path"], _name)
 LOSS_NAMES = list(config["losses"])
+TUNE = config["tune"]["enabled"]
 MCV = config["mcv"]
 # Every dataset also runs as a molecular cross-validation variant "<name>.mcv".
 MCV_DATASETS = [name + MCV_SUFFIX for name in DATASETS] if MCV["enabled"] else []
@@ -72,7 +73,7 @@ def loss_params(wildcards):
 
 def tuned_settings(wildcards):
     """The best.yaml a training job uses: its dataset's (the .mcv variant shares it)."""
-    if not config["tune"]["enabled"]:
+    if not TUNE:
         return []
     base = wildcards.dataset.removesuffix(MCV_SUFFIX)
     return f"results/{base}/tuning/{wildcards.loss}/best.yaml"

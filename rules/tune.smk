@@ -28,3 +28,34 @@ rule tune:
         label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
     script:
         "../scripts/tune.py"
+
+
+rule plot_tuning:
+    input:
+        trials=lambda wildcards: [
+            f"results/{wildcards.dataset}/tuning/{loss}/trials.tsv"
+            for loss in LOSS_NAMES
+        ],
+    output:
+        figure=report(
+            "results/{dataset}/plots/tuning.png",
+            caption="../report/tuning.rst",
+            category="{dataset}",
+            subcategory="Training",
+        ),
+    log:
+        "logs/{dataset}/plot_tuning.log",
+    benchmark:
+        "benchmarks/{dataset}/plot_tuning.tsv"
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        criterion=config["tune"]["criterion"],
+    script:
+        "../scripts/plot_tuning.py"

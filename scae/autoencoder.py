@@ -249,6 +249,17 @@ class Autoencoder:
         return self._cell_data(self.adata, self._negatives_group_key())
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The architecture and optimisation settings of the last training, flat."""
+        self._require_trained()
+        return {"learning_rate": self.train_params.learning_rate,
+                "weight_decay": self.train_params.weight_decay,
+                "batch_size": self.train_params.batch_size,
+                "dropout": self.module_params.dropout,
+                "hidden": list(self.module_params.hidden),
+                "latent_dim": self.module_params.latent_dim}
+
+    @property
     def is_trained(self) -> bool:
         return self.module is not None
 

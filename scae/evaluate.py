@@ -19,7 +19,7 @@ from .metrics import (
     per_cell_metrics,
     summarize_reconstruction,
 )
-from .outputs import EMBEDDING_KEY
+from .outputs import EMBEDDING_KEY, settings_metrics
 
 
 def evaluate_run(
@@ -52,6 +52,7 @@ def evaluate_run(
         )
     if EMBEDDING_KEY in embedding.obsm:
         values[EMBEDDING_DIM] = float(embedding.obsm[EMBEDDING_KEY].shape[1])
+    values |= settings_metrics(embedding.uns.get("scae_run", {}))
     if EMBEDDING_KEY in embedding.obsm and label_key:
         if label_key in data.obs:
             values |= embedding_metrics(

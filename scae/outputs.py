@@ -13,6 +13,28 @@ from .io import atomic_path
 EMBEDDING_KEY = "X_scae"
 
 
+#: Metric-name prefix of the settings a run trained with (numbers, so they sit in metrics.tsv).
+SETTING_PREFIX = "setting_"
+#: The settings a training job records, in the order tables show them.
+RUN_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "dropout", "hidden", "tuned")
+
+
+def settings_metrics(meta: dict) -> dict[str, float]:
+    """``setting_*`` values of a run's recorded settings (``uns['scae_run']`` of its
+    embedding): one per scalar, ``setting_hidden_1``, ``_2``, … per hidden layer width, and
+    ``setting_tuned`` 1 when tune.enabled chose them on validation cells."""
+    values = {}
+    for name in RUN_SETTINGS:
+        if name not in meta:
+            continue
+        if name == "hidden":
+            for layer, width in enumerate(np.atleast_1d(meta[name]), start=1):
+                values[f"{SETTING_PREFIX}hidden_{layer}"] = float(width)
+        else:
+            values[f"{SETTING_PREFIX}{name}"] = float(meta[name])
+    return values
+
+
 def run_label(path: str | Path) -> str:
     """The run a results file belongs to, as tables and figures name it: ``nb`` for
     results/<dataset>/<kind>/nb/seed0.<ext>, ``baseline_pca`` for …/baseline/pca.<ext>."""

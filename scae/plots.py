@@ -110,3 +110,25 @@ def metric_heatmap(tidy: pd.DataFrame, path) -> None:
                         color="white" if ranks.iloc[i, j] <= len(means) / 2 else "black")
     ax.set_title("mean over seeds (colour: rank per metric, dark = best)")
     _save(fig, path)
+
+
+def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None:
+    """Validation score of every tuning trial, one panel per loss (own-loss scores are on
+    each loss's own scale): filled = complete, hollow = pruned, star = the chosen trial."""
+    losses = sorted(trials)
+    fig, axes = plt.subplots(1, len(losses), figsize=(2.4 * len(losses), 2.8), squeeze=False)
+    for ax, loss in zip(axes[0], losses):
+        frame = trials[loss]
+        complete = frame[frame["state"] == "complete"]
+        pruned = frame[frame["state"] == "pruned"]
+        ax.plot(complete["trial"], complete["score"], "o", color="tab:blue", ms=5)
+        ax.plot(pruned["trial"], pruned["score"], "o", mfc="none", color="tab:blue", ms=5)
+        if len(complete):
+            larger_is_better = criterion == "val_centred_cosine"
+            best = complete.loc[complete["score"].idxmax() if larger_is_better
+                                else complete["score"].idxmin()]
+            ax.plot(best["trial"], best["score"], "*", color="tab:red", ms=12)
+        ax.set_title(loss, fontsize=9)
+        ax.set_xlabel("trial")
+    axes[0][0].set_ylabel(f"validation {criterion}")
+    _save(fig, path)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .config import MCV_SUFFIX
 from .metrics import EMBEDDING_DIM
+from .outputs import SETTING_PREFIX
 from .stats import bonferroni, crossed_mean_difference
 
 KEYS = ["dataset", "kind", "model", "seed"]
@@ -382,6 +383,30 @@ def answer(
     return text, record
 
 
+def settings_table(stats: pd.DataFrame) -> list[str]:
+    """Markdown lines: the settings each loss trained with (``setting_*`` metrics), and
+    whether tuning chose them; no lines when no run recorded any."""
+    settings = stats[stats["metric"].str.startswith(SETTING_PREFIX)]
+    if settings.empty:
+        return []
+    table = settings.pivot(index="model", columns="metric", values="mean")
+    hidden = sorted((c for c in table if c.startswith(f"{SETTING_PREFIX}hidden_")),
+                    key=lambda c: int(c.rsplit("_", 1)[1]))
+    lines = ["", "Settings each loss trained with (every seed alike; `tuned`: chosen on "
+             "validation cells by the tune stage, see `tuning/{loss}/trials.tsv`):", "",
+             "| loss | learning_rate | weight_decay | batch_size | dropout | hidden | tuned |",
+             "|---|---|---|---|---|---|---|"]
+    for model, row in table.iterrows():
+        widths = ", ".join(f"{row[c]:.0f}" for c in hidden if pd.notna(row[c]))
+        tuned = "yes" if row.get(f"{SETTING_PREFIX}tuned", 0) == 1 else "no"
+        lines.append(
+            f"| {model} | {row[SETTING_PREFIX + 'learning_rate']:.3g} | "
+            f"{row[SETTING_PREFIX + 'weight_decay']:.3g} | "
+            f"{row[SETTING_PREFIX + 'batch_size']:.0f} | {row[SETTING_PREFIX + 'dropout']:.3g}"
+            f" | [{widths}] | {tuned} |")
+    return lines
+
+
 def markdown_summary(
     tidy: pd.DataFrame,
     comparisons: pd.DataFrame,
@@ -432,6 +457,7 @@ def markdown_summary(
     notes = _notes(stats)
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
+    lines += settings_table(stats)
     text, record = answer(stats, comparisons, dataset, primary_metric, runs_here, level)
     lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->"]
     if len(comparisons):

@@ -37,5 +37,6 @@ with rule_logging(sm.log[0]) as log:
                       model.get_reconstruction(indices=test_rows), sm.output.embedding,
                       sm.output.reconstruction,
                       {"model": sm.wildcards.loss, "seed": int(sm.wildcards.seed),
-                       "best_epoch": model.best_epoch, "stopped_by": model.stopped_by})
+                       "best_epoch": model.best_epoch, "stopped_by": model.stopped_by,
+                       **model.settings, "tuned": bool(sm.input.tuned)})
     Path(sm.params.checkpoint).unlink(missing_ok=True)

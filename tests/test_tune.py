@@ -124,6 +124,22 @@ def test_workflow_tuned_every_loss_alike_and_training_used_the_choice(small_run)
         assert model["train_params"]["batch_size"] == best["train"]["batch_size"], loss
         assert model["model_params"]["hidden"] == best["model"]["hidden"], loss
         assert model["train_params"]["learning_rate"] == best["train"]["learning_rate"], loss
+    # the outputs say what was used: metrics.tsv's setting_* rows and summary.md's table
+    tidy = pd.read_csv(results / "metrics.tsv", sep="\t")
+    mse = tidy[(tidy["model"] == "mse") & tidy["metric"].str.startswith("setting_")]
+    best = yaml.safe_load((results / "tuning/mse/best.yaml").read_text())
+    values = mse.groupby("metric")["value"].agg(["min", "max"])
+    assert values.loc["setting_learning_rate", "min"] == pytest.approx(
+        best["train"]["learning_rate"])
+    assert (values["min"] == values["max"]).all()  # every seed alike
+    assert values.loc["setting_tuned", "min"] == 1
+    assert values.loc["setting_hidden_1", "min"] == best["model"]["hidden"][0]
+    markdown = (results / "summary.md").read_text()
+    assert "Settings each loss trained with" in markdown
+    settings = markdown[markdown.index("Settings each loss trained with"):]
+    row = next(line for line in settings.splitlines() if line.startswith("| mse | "))
+    assert row.endswith("| yes |") and f"{best['train']['batch_size']}" in row
+    assert (results / "plots/tuning.png").stat().st_size > 10_000
 
 
 @pytest.mark.workflow
