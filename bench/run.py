@@ -9,7 +9,8 @@ Sections (see bench/README.md for what each measures and its acceptance target):
   throughput  our NB training vs scvi-tools SCVI, matched architecture, same data, alternating
   flops       our MSE training's model FLOP/s vs the torch 2048³ GEMM peak, same process
   scaling     the real workflow's preprocess + train (1 epoch) on 10k / 100k / 1M synthetic
-              cells × 2000 genes: wall time and peak RSS from Snakemake's benchmark files
+              cells × 2000 genes: wall time and peak RSS from Snakemake's benchmark files;
+              --atlas adds 1.3 M × 28 k cells at 2,000 UMIs/cell (10x's mouse brain shape)
   workflow    the default workflow (config/config.yaml) end to end with --cores 2
 
 Results: a table on stdout, bench/results/results.{tsv,md}, and per-section details there.
@@ -79,15 +80,19 @@ class Report:
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0) -> Path:
-    """Seeded synthetic counts (scae.synthetic), cached by file name."""
+def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0, n_genes: int = 2000,
+                   depth: float | None = None) -> Path:
+    """Seeded synthetic counts (scae.synthetic, written block by block), cached by file name;
+    ``depth``: median UMIs per cell (default: the generator's, 550 over 2000 genes)."""
     from scae.synthetic import SyntheticParams, write_synthetic
 
     if not path.exists():
         started = time.perf_counter()
-        write_synthetic(path, SyntheticParams(n_cells=n_cells, n_genes=2000, seed=seed))
-        print(f"  (generated {n_cells:,} synthetic cells in {time.perf_counter() - started:.0f} s)",
-              flush=True)
+        shape = {"n_cells": n_cells, "n_genes": n_genes, "seed": seed}
+        write_synthetic(path, SyntheticParams(**shape, **({"median_library": depth}
+                                                           if depth else {})))
+        print(f"  (generated {n_cells:,} × {n_genes:,} synthetic cells in "
+              f"{time.perf_counter() - started:.0f} s)", flush=True)
     return path
 
 
@@ -105,8 +110,10 @@ def preprocessed_synthetic(n_cells: int, workdir: Path):
 
 
 def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
-                      seed: int = 0, validation: bool = True) -> list[float]:
-    """Train with scae.train.fit; the seconds of every epoch (see ``_epoch_rates``).
+                      seed: int = 0, validation: bool = True, device: str = "cpu"
+                      ) -> list[float]:
+    """Train with scae.train.fit on ``device``; the seconds of every epoch (see
+    ``_epoch_rates``).
 
     An epoch's time is the trainer's own (history ``seconds``): the minibatch loop and the
     validation pass it runs after every epoch. ``validation=False`` replaces that pass by a
@@ -123,7 +130,8 @@ def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
         real = scae.train.evaluate_split
         scae.train.evaluate_split = lambda *args, **kwargs: {"val_loss": 0.0, "val_cosine": 0.0}
         try:
-            return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed)
+            return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed,
+                                     device=device)
         finally:
             scae.train.evaluate_split = real
 
@@ -132,7 +140,7 @@ def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
                          dropout=0.1, batch_norm=True, output=spec.output, dispersion="gene")
     train = TrainParams(batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs,
                         patience=epochs + 1)
-    result = fit(data, spec, {}, params, train, seed=seed, device=torch.device("cpu"))
+    result = fit(data, spec, {}, params, train, seed=seed, device=torch.device(device))
     return list(result.history["seconds"])
 
 
@@ -169,9 +177,11 @@ def gemm_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
 # --- 1. throughput vs scvi-tools -------------------------------------------------------------
 
 
-def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0):
+def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0,
+                          accelerator: str = "cpu"):
     """scvi-tools SCVI at the matched architecture: (training cells, seconds of each epoch).
-    No validation pass (scvi-tools' default), unlike ours."""
+    No validation pass (scvi-tools' default), unlike ours. ``accelerator``: Lightning's
+    (``"cpu"`` or ``"gpu"``)."""
     import lightning.pytorch as pl
     import scvi
 
@@ -195,7 +205,7 @@ def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0):
     timer = EpochTimer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.train(max_epochs=epochs, batch_size=batch_size, accelerator="cpu", devices=1,
+        model.train(max_epochs=epochs, batch_size=batch_size, accelerator=accelerator, devices=1,
                     train_size=0.9, early_stopping=False, enable_progress_bar=False,
                     logger=False, callbacks=[timer], enable_model_summary=False)
     return len(model.train_indices), timer.seconds
@@ -477,54 +487,110 @@ def run_workflow(workdir: Path, configfile: Path, targets: list[str], cores: int
     return seconds
 
 
-def section_scaling(report: Report, args, workdir: Path) -> None:
+#: The shape of 10x's 1.3 M mouse brain cells: cells, genes, median UMIs per cell.
+ATLAS = (1_306_127, 27_998, 2000.0)
+#: Atlas-shaped reference rows (cells) the atlas row's cost per cell is compared with.
+ATLAS_REFERENCE = 100_000
+#: Memory targets of the atlas row: the preprocess job, and every job (the 24 GB machine).
+ATLAS_PREPROCESS_GB, MACHINE_GB = 12, 24
+
+
+def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int,
+                label: str) -> dict:
+    """The workflow's preprocess + train (one epoch; the train job also embeds every cell and
+    reconstructs the test cells) on ``data``: rows in the report, and the numbers."""
     import yaml
 
-    sizes = args.sizes or ([10_000, 30_000] if args.quick else [10_000, 100_000, 1_000_000])
-    per_cell = {}
+    run_dir = workdir / f"scaling_{name}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    config = {
+        "datasets": {name: {"path": str(data), "counts": "X", "label_key": "cell_type",
+                            "mito_prefix": ""}},
+        "preprocess": {"min_genes": 50, "n_top_genes": 2000},
+        "losses": ["mse"],
+        "seeds": [0],
+        "mcv": {"enabled": False},
+        "tune": {"enabled": False},  # the final training job only
+        # one thread per job, the workflow's default (and robust to a shared machine)
+        "train": {"max_epochs": 1, "threads": 1},
+    }
+    configfile = run_dir / "config.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    target = f"results/{name}/models/mse/seed0/model.pt"
+    wall = run_workflow(run_dir, configfile, [target], cores=2)
+    rules = {"preprocess": read_benchmark(run_dir / "benchmarks" / name / "preprocess.tsv"),
+             "train": read_benchmark(run_dir / "benchmarks" / name / "train" / "mse" /
+                                     "seed0.tsv")}
+    total = sum(r["s"] for r in rules.values())
+    for rule, r in rules.items():
+        report.add("scaling", f"{label}: {rule} s / peak RSS GB",
+                   f"{r['s']:.1f} / {r['max_rss_mb'] / 1024:.2f}", f"< {MACHINE_GB} GB",
+                   r["max_rss_mb"] < MACHINE_GB * 1024)
+    report.add("scaling", f"{label}: preprocess + train, µs/cell", f"{total / n * 1e6:.0f}")
+    shutil.rmtree(run_dir / "results", ignore_errors=True)  # GBs at 1M cells
+    return {"cells": n, "snakemake_wall_s": wall, "per_cell_s": total / n,
+            **{f"{rule}_{k}": v for rule, r in rules.items() for k, v in r.items()}}
+
+
+def section_scaling(report: Report, args, workdir: Path) -> None:
+    sizes = args.sizes if args.sizes is not None else (
+        [10_000, 30_000] if args.quick else [10_000, 100_000, 1_000_000])
     details = {}
     for n in sizes:
-        name = f"syn{n // 1000}k"
-        run_dir = workdir / f"scaling_{name}"
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        started = time.perf_counter()
         data = synthetic_h5ad(workdir / f"synthetic_{n}.h5ad", n)
-        generate_s = time.perf_counter() - started
-        config = {
-            "datasets": {name: {"path": str(data), "counts": "X", "label_key": "cell_type",
-                                "mito_prefix": ""}},
-            "preprocess": {"min_genes": 50, "n_top_genes": 2000},
-            "losses": ["mse"],
-            "seeds": [0],
-            "mcv": {"enabled": False},
-            # one thread per job, the workflow's default (and robust to a shared machine)
-            "train": {"max_epochs": 1, "threads": 1},
-        }
-        configfile = run_dir / "config.yaml"
-        configfile.write_text(yaml.safe_dump(config))
-        target = f"results/{name}/models/mse/seed0/model.pt"
-        wall = run_workflow(run_dir, configfile, [target], cores=2)
-        rules = {rule: read_benchmark(run_dir / "benchmarks" / name / f"{rule}.tsv")
-                 for rule in ("preprocess",)}
-        rules["train"] = read_benchmark(run_dir / "benchmarks" / name / "train" / "mse" /
-                                        "seed0.tsv")
-        total = sum(r["s"] for r in rules.values())
-        per_cell[n] = total / n
-        details[name] = {"cells": n, "generate_s": generate_s, "snakemake_wall_s": wall,
-                         **{f"{rule}_{k}": v for rule, r in rules.items() for k, v in r.items()}}
-        for rule, r in rules.items():
-            report.add("scaling", f"{n:>9,} cells: {rule} s / peak RSS GB",
-                       f"{r['s']:.1f} / {r['max_rss_mb'] / 1024:.2f}", "< 24 GB",
-                       r["max_rss_mb"] < 24 * 1024)
-        report.add("scaling", f"{n:>9,} cells: preprocess + train, µs/cell",
-                   f"{per_cell[n] * 1e6:.0f}")
-        shutil.rmtree(run_dir / "results", ignore_errors=True)  # GBs at 1M cells
+        details[f"syn{n // 1000}k"] = scaling_run(report, workdir, f"syn{n // 1000}k", data, n,
+                                                  f"{n:>9,} cells")
+    per_cell = {d["cells"]: d["per_cell_s"] for d in details.values()}
+    if len(sizes) > 1:
+        big, ref = sizes[-1], sizes[-2]
+        ratio = per_cell[big] / per_cell[ref]
+        report.add("scaling", f"cost per cell {big // 1000}k / {ref // 1000}k", f"{ratio:.2f}×",
+                   "≤ 1.5×", ratio <= 1.5)
+    if args.atlas:
+        details["atlas"] = section_atlas(report, args, workdir, per_cell.get(ATLAS_REFERENCE))
     report.details["scaling"] = details
-    big, ref = sizes[-1], sizes[-2]
-    ratio = per_cell[big] / per_cell[ref]
-    report.add("scaling", f"cost per cell {big // 1000}k / {ref // 1000}k", f"{ratio:.2f}×",
-               "≤ 1.5×", ratio <= 1.5)
+
+
+def section_atlas(report: Report, args, workdir: Path, per_cell_2000: float | None) -> dict:
+    """The atlas row: preprocess + one epoch + embedding at the shape of 10x's 1.3 M mouse
+    brain cells (``--quick``: 10k and 50k cells of that shape), beside a 100k-cell reference
+    of the same shape; the cost per cell is compared with it, and with the 100k × 2000-gene
+    row when that ran too."""
+    import h5py
+
+    n_atlas, n_genes, depth = ATLAS
+    sizes = args.atlas_sizes or ([10_000, 50_000] if args.quick else [ATLAS_REFERENCE, n_atlas])
+    runs = {}
+    for n in sizes:
+        data = synthetic_h5ad(workdir / f"synthetic_{n}x{n_genes}_d{depth:.0f}.h5ad", n,
+                              n_genes=n_genes, depth=depth)
+        with h5py.File(data, "r") as f:
+            nnz = f["X/data"].shape[0]
+        report.add("scaling", f"atlas {n:>9,} × {n_genes:,}: non-zeros, per cell",
+                   f"{nnz:.3g}, {nnz / n:,.0f}", note=f"{data.stat().st_size / 2**30:.1f} GB file")
+        run = scaling_run(report, workdir, f"atlas{n // 1000}k", data, n,
+                          f"atlas {n:>9,} × {n_genes:,}")
+        run["nnz"] = nnz
+        runs[n] = run
+    big, ref = sizes[-1], sizes[0]
+    pre_gb = runs[big]["preprocess_max_rss_mb"] / 1024
+    row_gb = max(runs[big]["preprocess_max_rss_mb"], runs[big]["train_max_rss_mb"]) / 1024
+    report.add("scaling", f"atlas {big:,}: preprocess peak RSS GB", f"{pre_gb:.2f}",
+               f"≤ {ATLAS_PREPROCESS_GB} GB", pre_gb <= ATLAS_PREPROCESS_GB)
+    report.add("scaling", f"atlas {big:,}: largest job of the row, peak RSS GB", f"{row_gb:.2f}",
+               f"< {MACHINE_GB} GB", row_gb < MACHINE_GB)
+    report.add("scaling", f"atlas {big:,}: preprocess + 1 epoch + embedding, wall s",
+               f"{runs[big]['preprocess_s'] + runs[big]['train_s']:.0f}",
+               note=f"snakemake wall {runs[big]['snakemake_wall_s']:.0f} s")
+    ratio = runs[big]["per_cell_s"] / runs[ref]["per_cell_s"]
+    report.add("scaling", f"atlas cost per cell {big // 1000}k / {ref // 1000}k (same shape)",
+               f"{ratio:.2f}×", "≤ 1.5×", ratio <= 1.5)
+    if per_cell_2000:
+        report.add("scaling", f"atlas cost per cell {big // 1000}k / the 100k × 2000-gene row",
+                   f"{runs[big]['per_cell_s'] / per_cell_2000:.2f}×",
+                   note="~5× the non-zeros per cell of that row")
+    return {str(n): run for n, run in runs.items()}
 
 
 # --- 4. the default workflow end to end -------------------------------------------------------
@@ -578,8 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
                         help="torch thread counts for throughput and flops (default 2 1)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=None,
-                        help="cell counts for the scaling section (default 10k 100k 1M)")
+    parser.add_argument("--sizes", type=int, nargs="*", default=None,
+                        help="cell counts of the scaling section's 2000-gene rows (default 10k "
+                             "100k 1M; none: --sizes alone, e.g. for the atlas rows only)")
+    parser.add_argument("--atlas", action="store_true",
+                        help="scaling: add the atlas row, 1,306,127 × 27,998 at 2,000 UMIs/cell "
+                             "beside a 100k reference of that shape (--quick: 10k and 50k)")
+    parser.add_argument("--atlas-sizes", type=int, nargs="+", default=None,
+                        help="cell counts of the atlas-shaped rows (reference first)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where data and workflow runs go (default: a temporary folder)")
     args = parser.parse_args(argv)
