@@ -123,3 +123,6 @@ MCV_SUFFIX = ".mcv"
 COUNT_LOSSES = ("poisson", "nb", "zinb")
 #: obs column of the training-cell clusters used for cosine_embedding's cluster negatives.
 CLUSTER_KEY = "scae_cluster"
+#: Genes whose training sd is below this are only centred when z-scored (input_scaling and
+#: the zscored_cosine metric), not blown up.
+MIN_STD = 1e-3

@@ -39,7 +39,8 @@ def evaluate_run(
     target_sum = float(data.uns["scae"]["target_sum"])
     library = test.obs["library_size"].to_numpy(np.float64)
 
-    per_cell = per_cell_metrics(truth, recon, data.var["train_mean"].to_numpy())
+    per_cell = per_cell_metrics(truth, recon, data.var["train_mean"].to_numpy(),
+                                data.var["train_std"].to_numpy())
     values = summarize_reconstruction(per_cell, truth, recon)
     values |= breakdowns(truth, recon, per_cell, data.var["train_mean"].to_numpy(), library)
     theta = moment_dispersion(data.layers["counts"][is_train])

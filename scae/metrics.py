@@ -27,6 +27,8 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import gammaln
 
+from .config import MIN_STD
+
 #: Cells per densified chunk when scoring: bounds memory for large test sets.
 CHUNK = 4096
 #: Added to μ inside log μ (as torch's poisson_nll_loss does): a model predicting exactly
@@ -58,21 +60,28 @@ def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def per_cell_metrics(
-    truth: sp.spmatrix | np.ndarray, recon: np.ndarray, train_mean: np.ndarray
+    truth: sp.spmatrix | np.ndarray, recon: np.ndarray, train_mean: np.ndarray,
+    train_std: np.ndarray | None = None,
 ) -> pd.DataFrame:
-    """One row per cell: cosine, centred_cosine, pearson, mse (truth densified in chunks)."""
+    """One row per cell: cosine, centred_cosine, pearson, mse (truth densified in chunks).
+
+    With ``train_std`` also ``zscored_cosine`` = cos((x̂ − m̄)/s, (x − m̄)/s), s the training
+    sd per gene (at least MIN_STD): the cosine in the space of ``sc.pp.scale``, where genes
+    weigh alike and the mean profile scores 0.
+    """
     parts = []
+    scale = None if train_std is None else np.maximum(train_std, MIN_STD)
     for _, x, x_hat in _chunks(truth, recon):
-        parts.append(
-            pd.DataFrame(
-                {
-                    "cosine": rowwise_cosine(x_hat, x),
-                    "centred_cosine": rowwise_cosine(x_hat - train_mean, x - train_mean),
-                    "pearson": rowwise_pearson(x_hat, x),
-                    "mse": ((x_hat - x) ** 2).mean(axis=1),
-                }
-            )
-        )
+        part = {
+            "cosine": rowwise_cosine(x_hat, x),
+            "centred_cosine": rowwise_cosine(x_hat - train_mean, x - train_mean),
+            "pearson": rowwise_pearson(x_hat, x),
+            "mse": ((x_hat - x) ** 2).mean(axis=1),
+        }
+        if scale is not None:
+            part["zscored_cosine"] = rowwise_cosine((x_hat - train_mean) / scale,
+                                                    (x - train_mean) / scale)
+        parts.append(pd.DataFrame(part))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -109,7 +118,8 @@ def summarize_reconstruction(
         "pearson_mean": float(per_cell["pearson"].mean()),
         "mse": float(per_cell["mse"].mean()),
         "gene_pearson_median": median_gene_pearson(truth, recon),
-    }
+    } | ({"zscored_cosine_mean": float(per_cell["zscored_cosine"].mean())}
+         if "zscored_cosine" in per_cell else {})
 
 
 def expected_counts(recon: np.ndarray, library_size: np.ndarray, target_sum: float) -> np.ndarray:

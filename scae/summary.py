@@ -20,6 +20,7 @@ KEYS = ["dataset", "kind", "model", "seed"]
 HEADLINE_METRICS = {
     "cosine_mean": "higher",
     "centred_cosine_mean": "higher",
+    "zscored_cosine_mean": "higher",
     "pearson_mean": "higher",
     "mse": "lower",
     "gene_pearson_median": "higher",
@@ -34,13 +35,14 @@ HEADLINE_METRICS = {
 #: cells of a per-cell score, so its paired differences have intervals.
 PER_CELL_OF = {
     "centred_cosine_mean": "centred_cosine",
+    "zscored_cosine_mean": "zscored_cosine",
     "cosine_mean": "cosine",
     "pearson_mean": "pearson",
     "mse": "mse",
 }
 #: Per-cell scores and the direction that is better.
-PER_CELL_BETTER = {"centred_cosine": "higher", "cosine": "higher", "pearson": "higher",
-                   "mse": "lower"}
+PER_CELL_BETTER = {"centred_cosine": "higher", "zscored_cosine": "higher", "cosine": "higher",
+                   "pearson": "higher", "mse": "lower"}
 #: Per-cell scores compared in the "paired" family, each loss against each of REFERENCES.
 PAIRED_METRICS = ("cosine", "centred_cosine", "mse")
 REFERENCES = ("mse", "baseline_pca")

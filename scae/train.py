@@ -25,6 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
+from .config import MIN_STD
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import AutoencoderModule, ModelParams
@@ -33,8 +34,6 @@ from .optim import adam, set_learning_rate
 logger = logging.getLogger("scae")
 
 InputScaling = Literal["none", "zscore"]
-#: Genes whose training sd is below this are only centred under z-scoring, not blown up.
-MIN_STD = 1e-3
 #: Cells per chunk at inference: bounds the dense memory of validation and embedding.
 EVAL_CHUNK = 2048
 

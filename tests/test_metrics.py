@@ -309,3 +309,21 @@ def test_mcv_mse_rewards_the_mean_profile_at_low_depth(median_umis, mean_wins):
     rank = pca_mcv_rank(data, 60, 0)
     assert rank < 32  # MCV picks a smaller rank than the latent dim on these data
     assert (scores["mean"] < min(scores["pca"], scores["pca_mcv_rank"])) == mean_wins, scores
+
+
+def test_zscored_cosine_is_the_cosine_after_standard_scaling():
+    """Against sklearn: StandardScaler fit on training cells, then the paired cosine. (Its sd
+    has ddof 0, ours ddof 1: one factor for every gene, which the cosine ignores.)"""
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(3)
+    train = rng.gamma(2.0, 1.0, size=(300, 40)) * rng.uniform(0.1, 3, size=40)
+    truth, recon = train[:50] + rng.normal(0, 0.3, (50, 40)), train[:50]
+    mean, std = train.mean(axis=0), train.std(axis=0, ddof=1)
+    ours = per_cell_metrics(sp.csr_matrix(truth), recon, mean, std)["zscored_cosine"]
+    scaler = StandardScaler().fit(train)
+    reference = 1 - paired_cosine_distances(scaler.transform(recon), scaler.transform(truth))
+    np.testing.assert_allclose(ours, reference, rtol=1e-6, atol=1e-9)
+    # the training-mean profile carries no direction there: it scores 0
+    flat = per_cell_metrics(sp.csr_matrix(truth), np.tile(mean, (50, 1)), mean, std)
+    np.testing.assert_allclose(flat["zscored_cosine"], 0, atol=1e-12)
