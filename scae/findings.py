@@ -1,10 +1,13 @@
 """Copy the workflow's generated ``summary.md`` files into the README's "What we found".
 
-Usage: ``python -m scae.findings README.md results/pbmc3k/summary.md results/zheng17/summary.md``
+Usage: ``python -m scae.findings README.md results/pbmc3k/summary.md results/zheng17/summary.md
+[--also results/pbmc3k_zscore/summary.md]``
 
 The section between the two markers below is replaced; nothing in it is typed by hand. Each
 summary contributes its table, notes and answer (its paired comparisons stay in the file);
-with several summaries a last line counts, per loss, the datasets it wins or ties on.
+with several summaries a line counts, per loss, the datasets it wins or ties on. Summaries
+after ``--also`` (another regime of a dataset already counted, e.g. z-scored inputs) are shown
+after that line and not counted in it.
 """
 
 from __future__ import annotations
@@ -49,30 +52,38 @@ def across_datasets(records: list[dict]) -> str:
             f"tied with the best): {', '.join(parts)}; every other loss on none.")
 
 
-def render(summaries: list[Path]) -> str:
-    """Each summary without its paired comparisons, headings demoted below the README's
-    "What we found", then the across-datasets line when there are several."""
-    parts, records = [], []
-    for path in summaries:
-        text = path.read_text()
-        records.append(answer_record(path, text))
-        text = ANSWER_RECORD.sub("", text.split(COMPARISONS, 1)[0]).strip()
-        parts.append("\n".join("##" + line if line.startswith("#") else line
-                               for line in text.splitlines()))
-        parts.append(f"_Source: `{path}`; paired per-cell comparisons in the same file._")
-    if len(records) > 1:
-        parts.append(across_datasets(records))
+def _section(path: Path) -> tuple[str, dict]:
+    """A summary without its paired comparisons, headings demoted below the README's
+    "What we found", with its source line; and its answer record."""
+    text = path.read_text()
+    record = answer_record(path, text)
+    text = ANSWER_RECORD.sub("", text.split(COMPARISONS, 1)[0]).strip()
+    body = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
+    return f"{body}\n\n_Source: `{path}`; paired per-cell comparisons in the same file._", record
+
+
+def render(summaries: list[Path], also: tuple[Path, ...] = ()) -> str:
+    """Each summary's section, the across-datasets line when there are several, then the
+    sections of ``also`` (not counted in that line)."""
+    sections = [_section(path) for path in summaries]
+    parts = [text for text, _ in sections]
+    if len(sections) > 1:
+        parts.append(across_datasets([record for _, record in sections]))
+    parts += [_section(path)[0] for path in also]
     return "\n\n".join(parts)
 
 
-def update_readme(readme: Path, summaries: list[Path]) -> None:
+def update_readme(readme: Path, summaries: list[Path], also: tuple[Path, ...] = ()) -> None:
     text = readme.read_text()
     if START not in text or END not in text:
         raise ValueError(f"{readme}: add the markers {START!r} and {END!r} first")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n\n{render(summaries)}\n\n{END}{tail}")
+    readme.write_text(f"{head}{START}\n\n{render(summaries, also)}\n\n{END}{tail}")
 
 
 if __name__ == "__main__":
-    update_readme(Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]])
+    arguments = sys.argv[2:]
+    split = arguments.index("--also") if "--also" in arguments else len(arguments)
+    update_readme(Path(sys.argv[1]), [Path(p) for p in arguments[:split]],
+                  tuple(Path(p) for p in arguments[split + 1:]))

@@ -272,3 +272,15 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
         "**Across 2 datasets** (by `centred_cosine_mean`; best or statistically tied with the "
         "best): `mse` on 2 (1 best, 1 tied), `mse_cosine` on 1 (1 best, 0 tied); every other "
         "loss on none.")
+
+
+def test_findings_show_another_regime_without_counting_it(tmp_path):
+    text, _ = _markdown("centred_cosine_mean")
+    one, regime = tmp_path / "one.md", tmp_path / "regime.md"
+    one.write_text(text)
+    regime.write_text(text.replace('"primary_metric": "centred_cosine_mean"',
+                                   '"primary_metric": "zscored_cosine_mean"'))
+    rendered = render([one, tmp_path / "one.md"], also=(regime,))
+    across = rendered.index("**Across 2 datasets**")
+    assert rendered.index("_Source: `" + str(regime)) > across  # shown after the count
+    assert "Across 3" not in rendered  # and not counted, though it ranks by another metric
