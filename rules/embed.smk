@@ -20,5 +20,6 @@ rule baseline:
         n_components=config["model"]["latent_dim"],
         seed=config["preprocess"]["split_seed"],
         max_pca_rank=config["mcv"]["max_pca_rank"],
+        input_scaling=config["model"]["input_scaling"],
     script:
         "../scripts/baseline.py"

@@ -13,7 +13,7 @@ with rule_logging(sm.log[0]):
     adata = ad.read_h5ad(sm.input[0])
     latent, recon = baseline_outputs(
         sm.wildcards.baseline, adata, sm.params.n_components, sm.params.seed,
-        sm.params.max_pca_rank,
+        sm.params.max_pca_rank, sm.params.input_scaling,
     )
     test_rows = np.flatnonzero(adata.obs["split"].to_numpy() == "test")
     write_run_outputs(adata, test_rows, latent, recon, sm.output.embedding,
