@@ -144,14 +144,15 @@ def tune(
         }
         outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "", "score": np.nan}
         outcomes[trial.number] = outcome
-        best = {"val_loss": np.inf, "score": np.nan}
+        best_val_loss = np.inf
 
         def report(row: dict) -> None:
+            nonlocal best_val_loss
             outcome["epochs"] = row["epoch"]
-            if row["val_loss"] < best["val_loss"]:  # the epoch early stopping would keep
-                best.update(val_loss=row["val_loss"], score=row[column])
+            if row["val_loss"] < best_val_loss:  # the epoch early stopping would keep
+                best_val_loss = row["val_loss"]
                 outcome.update(best_epoch=row["epoch"], score=row[column])
-            trial.report(best["score"], row["epoch"])
+            trial.report(outcome["score"], row["epoch"])
             if trial.should_prune():
                 outcome["stopped_by"] = "pruned"
                 raise optuna.TrialPruned()
@@ -166,7 +167,7 @@ def tune(
             seed=params.seed, device=device, on_epoch=report,
         )
         outcome["stopped_by"] = result.stopped_by
-        return float(best["score"])
+        return float(outcome["score"])
 
     study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
     rows = []
