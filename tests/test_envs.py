@@ -128,3 +128,23 @@ def test_every_rule_names_an_existing_env():
     envs = re.findall(r'conda:\s*\n\s*"\.\./(envs/[\w.]+)"', rules)
     assert len(envs) == n_rules
     assert all((REPO / env).exists() for env in envs)
+
+
+def test_the_gpu_kit_pins_what_the_envs_and_the_bench_extra_pin():
+    """bench/device_requirements.txt installs the GPU check's stack on the device machine: the
+    same versions as the envs (conda names mapped to pip's) and pyproject's `bench` extra."""
+    kit = {}
+    for line in (REPO / "bench" / "device_requirements.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, _, pinned = line.partition("==")
+            assert pinned, f"bench/device_requirements.txt: {name} is not pinned"
+            kit[name.lower()] = pinned
+    expected = {CONDA_TO_PIP.get(name, name).lower(): value
+                for env in ENV_FILES for name, value in pins(env).items()}
+    extra = re.search(r"^bench = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.M)
+    for entry in re.findall(r'"([^"]+)"', extra.group(1)):
+        name, _, pinned = entry.partition("==")
+        expected[name.lower()] = pinned
+    assert "scvi-tools" in kit and "anndata" in kit
+    assert {name: (value, expected.get(name)) for name, value in kit.items()
+            if expected.get(name) != value} == {}
