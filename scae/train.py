@@ -267,7 +267,7 @@ def evaluate_split(
             out = model(inputs.to(device), library.to(device))
             sums["val_loss"] += float(spec.fn(out, batch, loss_params).sum())
             recon = data.to_expression(out, idx)
-            truth = data.unscale(batch.x.cpu()).to(device)
+            truth = data.unscale(batch.x)
             sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
             sums["val_centred_cosine"] += float(
                 cosine_similarity(recon - centre, truth - centre).sum())
