@@ -25,9 +25,12 @@ HELDOUT_LAYER = "mcv_heldout"
 
 
 def binomial_split(
-    counts: sp.csr_matrix, train_fraction: float, seed: int
+    counts: sp.csr_matrix, train_fraction: float, seed: int | np.random.Generator
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-    """(c', c'') with c' ~ Binomial(c, p) per entry and c'' = c − c' (totals kept exactly)."""
+    """(c', c'') with c' ~ Binomial(c, p) per entry and c'' = c − c' (totals kept exactly).
+
+    ``seed`` is a seed or a generator: the out-of-core path passes one generator through
+    its blocks of cells, so a block's draws continue where the previous block's ended."""
     rng = np.random.default_rng(seed)
     train = counts.copy().astype(np.float32)
     train.data = rng.binomial(np.rint(counts.data).astype(np.int64), train_fraction).astype(
