@@ -60,19 +60,10 @@ ABSOLUTE = ("val_cosine", "val_centred_cosine")
 
 
 def configurations() -> list[tuple[str, dict]]:
-    """(loss, loss_params) of every run: each loss with its defaults, each dispersion of the
-    count losses that have one, each negative sampling of cosine_embedding."""
+    """(loss, loss_params) of every run: each loss, each of its categorical choices."""
     from scae.losses import LOSSES
 
-    runs = []
-    for name, spec in LOSSES.items():
-        if "dispersion" in spec.defaults:
-            runs += [(name, {"dispersion": d}) for d in ("gene", "gene-cell")]
-        elif "negative_sampling" in spec.defaults:
-            runs += [(name, {"negative_sampling": s}) for s in ("random", "label", "cluster")]
-        else:
-            runs.append((name, {}))
-    return runs
+    return [(name, params) for name, spec in LOSSES.items() for params in spec.variants()]
 
 
 def pbmc3k():

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,9 @@ from torch import Tensor
 
 #: What the decoder must produce for a loss: a real-valued profile, or a count distribution.
 OutputKind = Literal["expression", "poisson", "nb", "zinb"]
+#: θ per gene (a learnt vector) or per gene and cell (a head of the decoder).
+Dispersion = Literal["gene", "gene-cell"]
+DISPERSIONS: tuple[str, ...] = get_args(Dispersion)
 EPS = 1e-8
 
 
@@ -115,35 +118,70 @@ class LossSpec:
     fn: LossFn
     output: OutputKind
     formula: str
-    #: The loss's parameters and their defaults (``config/schema.yaml`` repeats them; a test
-    #: keeps the two equal).
+    #: The loss's parameters and their defaults, the values a categorical one may take and
+    #: the closed range (None: open) of a numeric one. ``config/schema.yaml`` repeats all
+    #: three for the workflow; tests keep them equal.
     defaults: dict[str, Any] = field(default_factory=dict)
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def uses_counts(self) -> bool:
         return self.output != "expression"
 
     def parameters(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The defaults updated by ``overrides``; an unknown name is an error listing the
-        valid ones."""
+        """The defaults updated by ``overrides``. An unknown name, a value outside its
+        choices or range, or one of the wrong type is an error naming what is valid."""
         overrides = dict(overrides or {})
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "none"
             raise ValueError(f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
                              f"its parameters are: {valid}")
+        for key, value in overrides.items():
+            self._check(key, value)
         return {**self.defaults, **overrides}
+
+    def _check(self, key: str, value: Any) -> None:
+        where = f"loss {self.name!r} parameter {key}={value!r}"
+        if key in self.choices:
+            if value not in self.choices[key]:
+                raise ValueError(f"{where}; choose one of: {', '.join(self.choices[key])}")
+            return
+        default = self.defaults[key]
+        number = (int,) if isinstance(default, int) else (int, float)
+        if isinstance(value, bool) or not isinstance(value, number):
+            raise ValueError(f"{where}; it takes {'an integer' if number == (int,) else 'a number'}"
+                             f" like the default {default!r}")
+        low, high = self.bounds.get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            span = f"[{'-∞' if low is None else low}, {'∞' if high is None else high}]"
+            raise ValueError(f"{where} is outside {span}")
+
+    def variants(self) -> list[dict[str, str]]:
+        """Overrides reaching every categorical choice once: ``[{}]`` for a loss without
+        one, else one dict per choice (the default's included) — the configurations a
+        check of every code path trains."""
+        if not self.choices:
+            return [{}]
+        return [{key: value} for key, values in self.choices.items() for value in values]
 
 
 LOSSES: dict[str, LossSpec] = {}
 
 
 def register_loss(
-    name: str, output: OutputKind, formula: str, defaults: dict[str, Any] | None = None
+    name: str,
+    output: OutputKind,
+    formula: str,
+    defaults: dict[str, Any] | None = None,
+    choices: dict[str, tuple[str, ...]] | None = None,
+    bounds: dict[str, tuple[float | None, float | None]] | None = None,
 ) -> Callable[[LossFn], LossFn]:
     def decorate(fn: LossFn) -> LossFn:
         LOSSES[name] = LossSpec(name=name, fn=fn, output=output, formula=formula,
-                                defaults=dict(defaults or {}))
+                                defaults=dict(defaults or {}), choices=dict(choices or {}),
+                                bounds=dict(bounds or {}))
         return fn
 
     return decorate
@@ -442,6 +480,8 @@ def cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "expression",
     "[ (1 − cos(x̂_i, x_i)) + Σ_k max(0, cos(x̂_i, x_j_k) − m) ] / (1 + K)",
     defaults={"margin": 0.0, "negatives_per_cell": 1, "negative_sampling": "random"},
+    choices={"negative_sampling": ("random", "label", "cluster")},
+    bounds={"margin": (-1.0, 1.0), "negatives_per_cell": (1, None)},
 )
 def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """torch.nn.CosineEmbeddingLoss over pairs: y = +1 for (x̂_i, x_i), y = −1 for K negatives
@@ -458,7 +498,7 @@ def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
 
 
 @register_loss("mse_cosine", "expression", "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
-               defaults={"alpha": 0.5})
+               defaults={"alpha": 0.5}, bounds={"alpha": (0.0, 1.0)})
 def mse_cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     alpha = params["alpha"]
     return alpha * mse(out, batch, params) + (1 - alpha) * cosine(out, batch, params)
@@ -475,12 +515,12 @@ def poisson(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
 
 
 @register_loss("nb", "nb", "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ",
-               defaults={"dispersion": "gene"})
+               defaults={"dispersion": "gene"}, choices={"dispersion": DISPERSIONS})
 def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return nb_nll(batch.count_targets, out.mu, out.theta)
 
 
 @register_loss("zinb", "zinb", "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]",
-               defaults={"dispersion": "gene"})
+               defaults={"dispersion": "gene"}, choices={"dispersion": DISPERSIONS})
 def zero_inflated_negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return zinb_nll(batch.count_targets, out.mu, out.theta, out.dropout_logits)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .losses import DecoderOutput, OutputKind
+from .losses import DecoderOutput, Dispersion, OutputKind
 
 #: log θ is clipped to this range: θ = e^15 is Poisson for all practical purposes and
 #: θ = e^-10 an extreme overdispersion; outside it lgamma loses precision.
@@ -26,7 +25,7 @@ class ModelParams:
     dropout: float = 0.1
     batch_norm: bool = True
     output: OutputKind = "expression"
-    dispersion: Literal["gene", "gene-cell"] = "gene"
+    dispersion: Dispersion = "gene"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}

@@ -158,6 +158,29 @@ def test_unknown_loss_and_parameter_list_the_valid_ones(adata):
         scae.Autoencoder(adata, "cosine_embedding", {"margn": 0.5})
 
 
+@pytest.mark.parametrize("loss, params, message", [
+    ("nb", {"dispersion": "cell"}, "dispersion='cell'; choose one of: gene, gene-cell"),
+    ("cosine_embedding", {"negative_sampling": "labels"},
+     "negative_sampling='labels'; choose one of: random, label, cluster"),
+    ("cosine_embedding", {"margin": 1.5}, r"margin=1.5 is outside \[-1.0, 1.0\]"),
+    ("cosine_embedding", {"negatives_per_cell": 0}, r"negatives_per_cell=0 is outside \[1, ∞\]"),
+    ("cosine_embedding", {"negatives_per_cell": 2.5}, "it takes an integer like the default 1"),
+    ("mse_cosine", {"alpha": "0.5"}, "alpha='0.5'; it takes a number like the default 0.5"),
+    ("mse_cosine", {"alpha": True}, "it takes a number"),
+])
+def test_out_of_range_parameters_name_what_is_valid(adata, loss, params, message):
+    """As the workflow's schema would: a mistyped choice no longer trains silently as another
+    (dispersion 'cell' was the per-cell head, sampling 'labels' random negatives)."""
+    with pytest.raises(ValueError, match=message):
+        scae.Autoencoder(adata, loss, params)
+
+
+def test_parameters_on_their_bounds_are_valid(adata):
+    for loss, params in [("cosine_embedding", {"margin": -1.0, "negatives_per_cell": 1}),
+                         ("mse_cosine", {"alpha": 1}), ("nb", {"dispersion": "gene-cell"})]:
+        assert scae.Autoencoder(adata, loss, params).loss_params.items() >= params.items()
+
+
 def test_wrong_layers_are_named(adata):
     logged = adata.copy()
     logged.layers["lognorm"] = logged.X.copy()
@@ -249,6 +272,10 @@ def test_api_defaults_are_the_schemas():
     for name, spec in LOSSES.items():
         declared = loss_schema.get(name, {}).get("properties", {})
         assert spec.defaults == {k: v["default"] for k, v in declared.items()}, name
+        assert spec.choices == {k: tuple(v["enum"]) for k, v in declared.items()
+                                if "enum" in v}, name
+        assert spec.bounds == {k: (v.get("minimum"), v.get("maximum")) for k, v in
+                               declared.items() if "minimum" in v or "maximum" in v}, name
     dataset = schema["datasets"]["additionalProperties"]
     assert dataset["$ref"] == "#/definitions/dataset"
     mito = yaml.safe_load((REPO / "config/schema.yaml").read_text())["definitions"]["dataset"]

@@ -78,15 +78,10 @@ def test_meta_mixes_devices_as_cuda_does():
 
 
 def _configs():
-    """Every registered loss with its defaults, each dispersion of the NB losses and each
-    negative sampling of cosine_embedding."""
+    """Every registered loss with each of its categorical choices (dispersion, negative
+    sampling)."""
     for name, spec in LOSSES.items():
-        variants = [{}]
-        if "dispersion" in spec.defaults:
-            variants = [{"dispersion": d} for d in ("gene", "gene-cell")]
-        if "negative_sampling" in spec.defaults:
-            variants = [{"negative_sampling": s} for s in ("random", "label", "cluster")]
-        for overrides in variants:
+        for overrides in spec.variants():
             yield pytest.param(name, overrides, id="-".join([name, *overrides.values()]))
 
 
