@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .config import MIN_STD
+from .config import MIN_STD, InputError
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import AutoencoderModule, ModelParams
@@ -205,10 +205,22 @@ def keep_freed_memory() -> bool:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when torch sees a GPU, else the CPU; anything else as torch reads it."""
+    """``"auto"`` is CUDA when torch sees a GPU, else the CPU; anything else as torch reads it.
+
+    A CUDA device this process cannot use is an error here, before any work, rather than
+    torch's "Torch not compiled with CUDA enabled" at the first tensor moved."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (resolved.index or 0) >= visible:
+            raise InputError(
+                f"train.device is {str(device)!r} but this job sees {visible} CUDA device(s) "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
+                "device: auto (CUDA when present, else the CPU), or give the job a GPU "
+                "(on SLURM: set-resources: {train: {gpu: 1}} in the profile)")
+    return resolved
 
 
 # Independent random streams per (seed, epoch); validation uses epoch 0, which training never does.

@@ -7,6 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from scae.config import InputError
 from scae.data import PreprocessParams, preprocess
 from scae.losses import LOSSES, LossSpec, get_loss
 from scae.model import ModelParams
@@ -20,6 +21,7 @@ from scae.train import (
     latent_representation,
     load_model,
     reconstruction,
+    resolve_device,
     save_model,
 )
 
@@ -168,3 +170,18 @@ def test_keep_freed_memory_reuses_step_sized_buffers():
     page_faults_of_a_step()  # the heap grows once
     pages = 8 * 2**21 * 4 // resource.getpagesize()
     assert page_faults_of_a_step() < 0.02 * pages
+
+
+@pytest.mark.parametrize("gpus", [0, 1])
+def test_a_cuda_device_the_job_cannot_see_is_named_before_any_work(monkeypatch, gpus):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert resolve_device("auto") == torch.device("cuda" if gpus else "cpu")
+    assert resolve_device("cpu") == CPU
+    missing = "cuda:1" if gpus else "cuda"
+    with pytest.raises(InputError, match=rf"train.device is '{missing}' but this job sees "
+                                         rf"{gpus} CUDA device.*use device: auto.*gpu: 1"):
+        resolve_device(missing)
+    if gpus:
+        assert resolve_device("cuda") == torch.device("cuda")
+        assert resolve_device(torch.device("cuda:0")) == torch.device("cuda:0")
