@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 import os
 from pathlib import Path
 
@@ -18,6 +20,23 @@ SUPPORTED_FORMATS = {
 
 class InputError(ValueError):
     """Bad user input: the message names the file, the field and the fix."""
+
+
+#: JSON Schema's range keywords, as config/schema.yaml states a number's limits.
+RANGE_KEYWORDS = {"minimum": (operator.ge, ">="), "exclusiveMinimum": (operator.gt, ">"),
+                  "maximum": (operator.le, "<="), "exclusiveMaximum": (operator.lt, "<")}
+
+
+def check_number(where: str, value: object, limits: dict[str, float], integer: bool) -> None:
+    """Raise InputError unless ``value`` is a number (an integer if ``integer``; never a bool)
+    within ``limits``, given in :data:`RANGE_KEYWORDS` as the schema gives them, so the API
+    refuses what the workflow's schema refuses. ``where`` names the setting."""
+    kind = numbers.Integral if integer else numbers.Real  # NumPy's scalars included
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise InputError(f"{where}={value!r}; it takes {'an integer' if integer else 'a number'}")
+    if not all(RANGE_KEYWORDS[k][0](value, bound) for k, bound in limits.items()):
+        rule = " and ".join(f"{RANGE_KEYWORDS[k][1]} {bound}" for k, bound in limits.items())
+        raise InputError(f"{where}={value!r}; it must be {rule}")
 
 
 def format_of(path: str | Path) -> str:

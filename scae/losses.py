@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import check_number
+
 #: What the decoder must produce for a loss: a real-valued profile, or a count distribution.
 OutputKind = Literal["expression", "poisson", "nb", "zinb"]
 #: θ per gene (a learnt vector) or per gene and cell (a head of the decoder).
@@ -119,11 +121,11 @@ class LossSpec:
     output: OutputKind
     formula: str
     #: The loss's parameters and their defaults, the values a categorical one may take and
-    #: the closed range (None: open) of a numeric one. ``config/schema.yaml`` repeats all
-    #: three for the workflow; tests keep them equal.
+    #: the limits of a numeric one (JSON Schema's ``minimum``/``maximum`` keywords).
+    #: ``config/schema.yaml`` repeats all three for the workflow; tests keep them equal.
     defaults: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    bounds: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    limits: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def uses_counts(self) -> bool:
@@ -143,20 +145,14 @@ class LossSpec:
         return {**self.defaults, **overrides}
 
     def _check(self, key: str, value: Any) -> None:
-        where = f"loss {self.name!r} parameter {key}={value!r}"
+        where = f"loss {self.name!r} parameter {key}"
         if key in self.choices:
             if value not in self.choices[key]:
-                raise ValueError(f"{where}; choose one of: {', '.join(self.choices[key])}")
+                raise ValueError(f"{where}={value!r}; choose one of: "
+                                 f"{', '.join(self.choices[key])}")
             return
-        default = self.defaults[key]
-        number = (int,) if isinstance(default, int) else (int, float)
-        if isinstance(value, bool) or not isinstance(value, number):
-            raise ValueError(f"{where}; it takes {'an integer' if number == (int,) else 'a number'}"
-                             f" like the default {default!r}")
-        low, high = self.bounds.get(key, (None, None))
-        if (low is not None and value < low) or (high is not None and value > high):
-            span = f"[{'-∞' if low is None else low}, {'∞' if high is None else high}]"
-            raise ValueError(f"{where} is outside {span}")
+        check_number(where, value, self.limits.get(key, {}),
+                     integer=isinstance(self.defaults[key], int))
 
     def variants(self) -> list[dict[str, str]]:
         """Overrides reaching every categorical choice once: ``[{}]`` for a loss without
@@ -176,12 +172,12 @@ def register_loss(
     formula: str,
     defaults: dict[str, Any] | None = None,
     choices: dict[str, tuple[str, ...]] | None = None,
-    bounds: dict[str, tuple[float | None, float | None]] | None = None,
+    limits: dict[str, dict[str, float]] | None = None,
 ) -> Callable[[LossFn], LossFn]:
     def decorate(fn: LossFn) -> LossFn:
         LOSSES[name] = LossSpec(name=name, fn=fn, output=output, formula=formula,
                                 defaults=dict(defaults or {}), choices=dict(choices or {}),
-                                bounds=dict(bounds or {}))
+                                limits=dict(limits or {}))
         return fn
 
     return decorate
@@ -481,7 +477,7 @@ def cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "[ (1 − cos(x̂_i, x_i)) + Σ_k max(0, cos(x̂_i, x_j_k) − m) ] / (1 + K)",
     defaults={"margin": 0.0, "negatives_per_cell": 1, "negative_sampling": "random"},
     choices={"negative_sampling": ("random", "label", "cluster")},
-    bounds={"margin": (-1.0, 1.0), "negatives_per_cell": (1, None)},
+    limits={"margin": {"minimum": -1, "maximum": 1}, "negatives_per_cell": {"minimum": 1}},
 )
 def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """torch.nn.CosineEmbeddingLoss over pairs: y = +1 for (x̂_i, x_i), y = −1 for K negatives
@@ -498,7 +494,8 @@ def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
 
 
 @register_loss("mse_cosine", "expression", "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
-               defaults={"alpha": 0.5}, bounds={"alpha": (0.0, 1.0)})
+               defaults={"alpha": 0.5},
+               limits={"alpha": {"minimum": 0, "maximum": 1}})
 def mse_cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     alpha = params["alpha"]
     return alpha * mse(out, batch, params) + (1 - alpha) * cosine(out, batch, params)

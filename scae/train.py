@@ -15,9 +15,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import anndata as ad
 import numpy as np
@@ -25,7 +25,7 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .config import MIN_STD, InputError
+from .config import MIN_STD, InputError, check_number
 from .io import atomic_path
 from .losses import Batch, DecoderOutput, LossSpec, SparseCounts, cosine_similarity
 from .model import AutoencoderModule, ModelParams
@@ -55,6 +55,19 @@ class TrainParams:
     #: loss the learning rate is multiplied by ``lr_factor`` (0 switches it off).
     lr_patience: int = 0
     lr_factor: float = 0.5
+
+    #: Each setting's limits as ``config/schema.yaml``'s train section states them (a test
+    #: keeps the two equal): the API refuses what the workflow refuses.
+    LIMITS: ClassVar[dict[str, dict[str, float]]] = {
+        "batch_size": {"minimum": 2}, "learning_rate": {"exclusiveMinimum": 0},
+        "weight_decay": {"minimum": 0}, "max_epochs": {"minimum": 1}, "patience": {"minimum": 1},
+        "lr_patience": {"minimum": 0}, "lr_factor": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    }
+
+    def __post_init__(self):
+        for f in fields(self):
+            check_number(f"train.{f.name}", getattr(self, f.name), self.LIMITS[f.name],
+                         integer=isinstance(f.default, int))
 
 
 class CellData:

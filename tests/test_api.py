@@ -14,8 +14,9 @@ import torch
 import yaml
 
 import scae
-from scae.config import InputError
+from scae.config import RANGE_KEYWORDS, InputError, check_number
 from scae.losses import LOSSES
+from scae.train import TrainParams
 from scae.tune import apply_best
 
 from .conftest import REPO, SMALL_RUN_SEEDS, pbmc_subset
@@ -162,10 +163,11 @@ def test_unknown_loss_and_parameter_list_the_valid_ones(adata):
     ("nb", {"dispersion": "cell"}, "dispersion='cell'; choose one of: gene, gene-cell"),
     ("cosine_embedding", {"negative_sampling": "labels"},
      "negative_sampling='labels'; choose one of: random, label, cluster"),
-    ("cosine_embedding", {"margin": 1.5}, r"margin=1.5 is outside \[-1.0, 1.0\]"),
-    ("cosine_embedding", {"negatives_per_cell": 0}, r"negatives_per_cell=0 is outside \[1, ∞\]"),
-    ("cosine_embedding", {"negatives_per_cell": 2.5}, "it takes an integer like the default 1"),
-    ("mse_cosine", {"alpha": "0.5"}, "alpha='0.5'; it takes a number like the default 0.5"),
+    ("cosine_embedding", {"margin": 1.5}, "margin=1.5; it must be >= -1 and <= 1"),
+    ("cosine_embedding", {"negatives_per_cell": 0}, "negatives_per_cell=0; it must be >= 1"),
+    ("cosine_embedding", {"negatives_per_cell": 2.5},
+     "negatives_per_cell=2.5; it takes an integer"),
+    ("mse_cosine", {"alpha": "0.5"}, "alpha='0.5'; it takes a number"),
     ("mse_cosine", {"alpha": True}, "it takes a number"),
 ])
 def test_out_of_range_parameters_name_what_is_valid(adata, loss, params, message):
@@ -173,6 +175,39 @@ def test_out_of_range_parameters_name_what_is_valid(adata, loss, params, message
     (dispersion 'cell' was the per-cell head, sampling 'labels' random negatives)."""
     with pytest.raises(ValueError, match=message):
         scae.Autoencoder(adata, loss, params)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "train.batch_size=0; it must be >= 2"),
+    ({"batch_size": 1}, "train.batch_size=1; it must be >= 2"),  # batch norm needs 2 cells
+    ({"max_epochs": 0}, "train.max_epochs=0; it must be >= 1"),
+    ({"patience": 0}, "train.patience=0; it must be >= 1"),
+    ({"learning_rate": 0}, "train.learning_rate=0; it must be > 0"),
+    ({"learning_rate": -1e-3}, "train.learning_rate=-0.001; it must be > 0"),
+    ({"lr_factor": 1.0}, "train.lr_factor=1.0; it must be > 0 and < 1"),
+    ({"batch_size": 12.5}, "train.batch_size=12.5; it takes an integer"),
+    ({"max_epochs": True}, "train.max_epochs=True; it takes an integer"),
+])
+def test_training_settings_the_schema_refuses_are_refused_before_any_work(trained, settings,
+                                                                          message):
+    """They failed deep in training (ZeroDivisionError, a None state dict, batch norm's
+    "more than 1 value per channel") or, a negative learning rate, trained uphill silently."""
+    before = trained.get_latent_representation()
+    with pytest.raises(InputError, match=re.escape(message)):
+        trained.train(**settings)
+    np.testing.assert_array_equal(trained.get_latent_representation(), before)  # untouched
+
+
+def test_range_check_reads_the_schema_keywords_as_json_schema_does():
+    for value, limits, ok in [(0, {"minimum": 0}, True), (0, {"exclusiveMinimum": 0}, False),
+                              (1, {"maximum": 1}, True), (1, {"exclusiveMaximum": 1}, False),
+                              (0.5, {"exclusiveMinimum": 0, "exclusiveMaximum": 1}, True),
+                              (np.int64(3), {"minimum": 2}, True), (2, {"minimum": 2.5}, False)]:
+        if ok:
+            check_number("x", value, limits, integer=False)
+        else:
+            with pytest.raises(InputError, match="it must be"):
+                check_number("x", value, limits, integer=False)
 
 
 def test_parameters_on_their_bounds_are_valid(adata):
@@ -255,6 +290,10 @@ def test_api_defaults_are_the_schemas():
 
     schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]
 
+    def limits(properties: dict) -> dict:
+        found = {k: {kw: v[kw] for kw in RANGE_KEYWORDS if kw in v} for k, v in properties.items()}
+        return {k: v for k, v in found.items() if v}
+
     def defaults(section: str) -> dict:
         return {k: v["default"] for k, v in schema[section]["properties"].items()
                 if "default" in v}
@@ -274,8 +313,10 @@ def test_api_defaults_are_the_schemas():
         assert spec.defaults == {k: v["default"] for k, v in declared.items()}, name
         assert spec.choices == {k: tuple(v["enum"]) for k, v in declared.items()
                                 if "enum" in v}, name
-        assert spec.bounds == {k: (v.get("minimum"), v.get("maximum")) for k, v in
-                               declared.items() if "minimum" in v or "maximum" in v}, name
+        assert spec.limits == limits(declared), name
+    train_limits = limits(schema["train"]["properties"])
+    assert train_limits.pop("threads") == {"minimum": 1}  # the job's, not the optimiser's
+    assert TrainParams.LIMITS == train_limits
     dataset = schema["datasets"]["additionalProperties"]
     assert dataset["$ref"] == "#/definitions/dataset"
     mito = yaml.safe_load((REPO / "config/schema.yaml").read_text())["definitions"]["dataset"]
