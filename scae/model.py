@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .config import check_number
 from .losses import DecoderOutput, Dispersion, OutputKind
 
 #: log θ is clipped to this range: θ = e^15 is Poisson for all practical purposes and
@@ -26,6 +28,19 @@ class ModelParams:
     batch_norm: bool = True
     output: OutputKind = "expression"
     dispersion: Dispersion = "gene"
+
+    #: The limits of ``config/schema.yaml``'s model section (a test keeps them equal); a
+    #: limit on ``hidden`` holds for each of its layer widths.
+    LIMITS: ClassVar[dict[str, dict[str, float]]] = {
+        "hidden": {"minimum": 1}, "latent_dim": {"minimum": 1},
+        "dropout": {"minimum": 0, "exclusiveMaximum": 1},
+    }
+
+    def __post_init__(self):
+        for width in self.hidden:
+            check_number("model.hidden[]", width, self.LIMITS["hidden"], integer=True)
+        check_number("model.latent_dim", self.latent_dim, self.LIMITS["latent_dim"], integer=True)
+        check_number("model.dropout", self.dropout, self.LIMITS["dropout"], integer=False)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hidden": list(self.hidden)}

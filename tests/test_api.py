@@ -16,6 +16,7 @@ import yaml
 import scae
 from scae.config import RANGE_KEYWORDS, InputError, check_number
 from scae.losses import LOSSES
+from scae.model import ModelParams
 from scae.train import TrainParams
 from scae.tune import apply_best
 
@@ -198,6 +199,16 @@ def test_training_settings_the_schema_refuses_are_refused_before_any_work(traine
     np.testing.assert_array_equal(trained.get_latent_representation(), before)  # untouched
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"hidden": (256, 0)}, "model.hidden[]=0; it must be >= 1"),
+    ({"latent_dim": 0}, "model.latent_dim=0; it must be >= 1"),
+    ({"dropout": 1.0}, "model.dropout=1.0; it must be >= 0 and < 1"),
+])
+def test_architectures_the_schema_refuses_are_refused(adata, settings, message):
+    with pytest.raises(InputError, match=re.escape(message)):
+        scae.Autoencoder(adata, "mse", **settings)
+
+
 def test_range_check_reads_the_schema_keywords_as_json_schema_does():
     for value, limits, ok in [(0, {"minimum": 0}, True), (0, {"exclusiveMinimum": 0}, False),
                               (1, {"maximum": 1}, True), (1, {"exclusiveMaximum": 1}, False),
@@ -317,6 +328,8 @@ def test_api_defaults_are_the_schemas():
     train_limits = limits(schema["train"]["properties"])
     assert train_limits.pop("threads") == {"minimum": 1}  # the job's, not the optimiser's
     assert TrainParams.LIMITS == train_limits
+    model = schema["model"]["properties"]  # hidden's limits are its items'
+    assert ModelParams.LIMITS == {**limits(model), **limits({"hidden": model["hidden"]["items"]})}
     dataset = schema["datasets"]["additionalProperties"]
     assert dataset["$ref"] == "#/definitions/dataset"
     mito = yaml.safe_load((REPO / "config/schema.yaml").read_text())["definitions"]["dataset"]
