@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import check_number
+from .config import InputError, check_number
 
 #: What the decoder must produce for a loss: a real-valued profile, or a count distribution.
 OutputKind = Literal["expression", "poisson", "nb", "zinb"]
@@ -138,7 +138,7 @@ class LossSpec:
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "none"
-            raise ValueError(f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
+            raise InputError(f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
                              f"its parameters are: {valid}")
         for key, value in overrides.items():
             self._check(key, value)
@@ -148,7 +148,7 @@ class LossSpec:
         where = f"loss {self.name!r} parameter {key}"
         if key in self.choices:
             if value not in self.choices[key]:
-                raise ValueError(f"{where}={value!r}; choose one of: "
+                raise InputError(f"{where}={value!r}; choose one of: "
                                  f"{', '.join(self.choices[key])}")
             return
         check_number(where, value, self.limits.get(key, {}),
