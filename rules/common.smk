@@ -21,6 +21,7 @@ from scae.config import (
     check_input_path,
     describe_schema_error,
 )
+from scae.sizes import SizeNeeds, input_shape
 
 try:
     validate(config, "../config/schema.yaml")
@@ -38,9 +39,21 @@ if not DATASETS:
     raise InputError(
         "config/config.yaml: no dataset has enabled: true under datasets; enable one"
     )
-for _name in DATASETS:
-    check_input_path(config["datasets"][_name]["path"], _name)
 LOSS_NAMES = list(config["losses"])
+# Training-cell Leiden clusters are built only for cosine_embedding's cluster negatives.
+CLUSTERS = (
+    "cosine_embedding" in LOSS_NAMES
+    and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster"
+)
+# What the later stages need of each dataset: checked here from the input's metadata (so
+# `snakemake -n` refuses a dataset too small for them), then exactly by preprocess.
+NEEDS = {"latent_dim": config["model"]["latent_dim"], "clusters": CLUSTERS}
+for _name in DATASETS:
+    _spec = config["datasets"][_name]
+    check_input_path(_spec["path"], _name)
+    _shape = input_shape(_spec["path"], _spec["counts"])
+    if _shape is not None:
+        SizeNeeds(**NEEDS).check_input(*_shape, _spec["path"], _name)
 TUNE = config["tune"]["enabled"]
 MCV = config["mcv"]
 # Every dataset also runs as a molecular cross-validation variant "<name>.mcv".
@@ -65,6 +78,11 @@ def is_mcv(wildcards):
 
 def dataset_config(wildcards):
     return config["datasets"][wildcards.dataset.removesuffix(MCV_SUFFIX)]
+
+
+def preprocess_config(wildcards):
+    """config['preprocess'] with the dataset's own values (datasets.<name>.preprocess) over it."""
+    return config["preprocess"] | dataset_config(wildcards).get("preprocess", {})
 
 
 def loss_params(wildcards):

@@ -18,7 +18,7 @@ rule baseline:
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
         n_components=config["model"]["latent_dim"],
-        seed=config["preprocess"]["split_seed"],
+        seed=lambda wildcards: preprocess_config(wildcards)["split_seed"],
         max_pca_rank=config["mcv"]["max_pca_rank"],
         input_scaling=config["model"]["input_scaling"],
     script:

@@ -66,6 +66,7 @@ rule summarize:
         runtime=10,
     params:
         summary=config["summary"],
+        preprocess=preprocess_config,
         max_epochs=config["train"]["max_epochs"],
         patience=config["train"]["patience"],
     script:

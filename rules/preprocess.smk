@@ -20,16 +20,16 @@ rule preprocess:
         * importlib.import_module("scae.data").preprocess_mem_mb(
             input[0],
             dataset_config(wildcards)["counts"],
-            config["preprocess"]["n_top_genes"],
+            preprocess_config(wildcards)["n_top_genes"],
             is_mcv(wildcards),
         ),
         runtime=lambda wildcards, attempt: 30 * attempt,
     params:
         dataset=dataset_config,
-        preprocess=config["preprocess"],
+        preprocess=preprocess_config,
         mcv=lambda wildcards: MCV if is_mcv(wildcards) else None,
-        clusters="cosine_embedding" in LOSS_NAMES
-        and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster",
+        clusters=CLUSTERS,
+        needs=NEEDS,
         # Count losses and molecule splitting both need integer counts.
         require_integers=lambda wildcards: is_mcv(wildcards)
         or any(loss in COUNT_LOSSES for loss in LOSS_NAMES),

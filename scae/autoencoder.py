@@ -34,6 +34,7 @@ from .data import (
     PreprocessParams,
     gene_mean_std,
     make_names_unique,
+    round_counts,
     stratified_split,
     validate_counts,
 )
@@ -152,7 +153,8 @@ class Autoencoder:
         """Check and register, in place, the fields an :class:`Autoencoder` reads.
 
         ``adata.X`` holds log1p(normalized expression), ``adata.layers[layer]`` raw counts of
-        the same genes (checked: non-negative integers). Fields :func:`scae.preprocess`
+        the same genes (checked: non-negative integers; values within
+        :data:`scae.data.COUNT_TOLERANCE` of integers are rounded in place). Fields :func:`scae.preprocess`
         writes are used as they are; missing ones are added, from training cells only:
         ``obs[split_key]`` (a stratified train/val/test split, by ``labels_key`` when given),
         ``obs[library_size_key]`` (the counts' row sums), ``var['train_mean'/'train_std']``.
@@ -165,8 +167,9 @@ class Autoencoder:
                 f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw "
                 "counts, or run scae.preprocess on the raw-count AnnData first"
             )
-        validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
-                        require_integers=False, fix=LAYER_FIX)
+        if validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
+                           require_integers=False, fix=LAYER_FIX):
+            adata.layers[layer] = round_counts(adata.layers[layer])  # conversion noise
         if labels_key is not None and labels_key not in adata.obs:
             raise InputError(
                 f"labels_key {labels_key!r} is not a column of adata.obs "
@@ -176,7 +179,10 @@ class Autoencoder:
         make_names_unique(adata, "obs", "adata")
         params = PreprocessParams()
         if split_key not in adata.obs:
-            labels = adata.obs[labels_key].astype(str) if labels_key else None
+            labels = None
+            if labels_key:  # a missing label stays missing: one stratum of its own
+                column = adata.obs[labels_key]
+                labels = column.astype(str).where(column.notna(), None)
             adata.obs[split_key] = pd.Categorical(
                 stratified_split(labels, adata.n_obs, params.test_fraction,
                                  params.val_fraction, split_seed), categories=SPLITS)

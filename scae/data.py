@@ -22,7 +22,7 @@ import contextlib
 import logging
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from .config import CLUSTER_KEY, SUPPORTED_FORMATS, InputError, format_of
 from .mcv import HELDOUT_LAYER, binomial_split
+from .sizes import SizeNeeds
 
 logger = logging.getLogger("scae")
 # scanpy is imported inside the functions that use it: the training env (envs/torch.yaml)
@@ -158,6 +159,10 @@ class CountRows:
         """Rows ``start:stop`` as float32 CSR."""
         raise NotImplementedError
 
+    #: Whether :meth:`blocks` rounds every value to the nearest integer (and drops the zeros
+    #: that makes): set by :func:`validate_counts` for counts with conversion noise.
+    rounded: bool = False
+
     def blocks(self, max_nnz: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
         """(first row, its block) over all rows, in order; a block holds at most ``max_nnz``
         (default :data:`CHUNK_NNZ`) stored entries, or one row if a single row holds more."""
@@ -168,7 +173,10 @@ class CountRows:
             before = ends[start - 1] if start else 0
             stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
             stop = min(max(stop, start + 1), n_rows)
-            yield start, self.read(start, stop)
+            block = self.read(start, stop)
+            if self.rounded:
+                block = round_counts(block)
+            yield start, block
             start = stop
 
 
@@ -285,6 +293,11 @@ def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
     var = pd.DataFrame(columns, index=pd.Index(text(features["name"])))
     expression = (var["feature_types"] == "Gene Expression").to_numpy()
     keep = None if expression.all() else expression
+    if keep is not None:
+        found = var["feature_types"].value_counts()
+        logger.info("%s: features by type: %s; only the %d Gene Expression features are used",
+                    path, ", ".join(f"{n} {kind}" for kind, n in found.items()),
+                    int(expression.sum()))
     return HDF5Rows(matrix, len(var), obs, var if keep is None else var[keep], {}, str(path),
                     columns=keep)
 
@@ -363,45 +376,117 @@ def preprocess_mem_mb(path: str | Path, counts: str, n_top_genes: int, mcv: bool
     return int(1500 + (entries * per_entry + 200 * n_cells) / 2**20)
 
 
-def _violations(values: np.ndarray) -> np.ndarray:
-    """(NaN or infinite, negative, non-integer) entries among ``values``."""
-    return np.array([np.count_nonzero(~np.isfinite(values)), np.count_nonzero(values < 0),
-                     np.count_nonzero(values != np.round(values))], dtype=np.int64)
+#: Stored values within this distance of an integer are counts that picked up conversion
+#: noise (a float32 round trip, R, a CSV export): they are rounded, with a warning. Further
+#: from an integer, a value is not a count (normalized or transformed data).
+COUNT_TOLERANCE = 1e-3
+#: Bins of the distances to the nearest integer (0 to 0.5) whose median an error reports.
+_DISTANCE_BINS = np.linspace(0.0, 0.5, 501)
+
+
+def round_counts(X: sp.spmatrix | np.ndarray) -> sp.spmatrix | np.ndarray:
+    """A copy of ``X`` with every value rounded to the nearest integer (sparse: the zeros that
+    makes are dropped, since noise around 0 would otherwise count as a detected gene)."""
+    if not sp.issparse(X):
+        return np.round(X)
+    X = X.copy()
+    np.round(X.data, out=X.data)
+    X.eliminate_zeros()
+    return X
+
+
+@dataclass
+class _CountCheck:
+    """What :func:`validate_counts` found, summed over blocks of stored values."""
+
+    nonfinite: int = 0
+    negative: int = 0
+    fractional: int = 0  # further than COUNT_TOLERANCE from an integer
+    noisy: int = 0  # non-integer, but within COUNT_TOLERANCE of one
+    largest_noise: float = 0.0
+    distances: np.ndarray | None = None  # histogram over _DISTANCE_BINS of the fractional
+
+    def add(self, values: np.ndarray) -> None:
+        finite = np.isfinite(values)
+        self.nonfinite += int(np.count_nonzero(~finite))
+        values = values[finite]
+        nearest = np.round(values)
+        distance = np.abs(values - nearest)
+        # negative: nearer to a negative integer, or below 0 by more than noise
+        self.negative += int(np.count_nonzero(nearest < 0) + np.count_nonzero(
+            (values < 0) & (nearest == 0) & (distance > COUNT_TOLERANCE)))
+        noisy = (distance > 0) & (distance <= COUNT_TOLERANCE)
+        self.noisy += int(np.count_nonzero(noisy))
+        if noisy.any():
+            self.largest_noise = max(self.largest_noise, float(distance[noisy].max()))
+        far = distance[distance > COUNT_TOLERANCE]
+        self.fractional += len(far)
+        histogram = np.histogram(far, bins=_DISTANCE_BINS)[0]
+        self.distances = histogram if self.distances is None else self.distances + histogram
+
+    def median_distance(self) -> float:
+        """The median distance of the fractional values to the nearest integer (to 0.001)."""
+        cumulative = np.cumsum(self.distances)
+        return float(_DISTANCE_BINS[1:][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def validate_counts(
     X: sp.spmatrix | np.ndarray | CountRows, source: str, dataset: str, require_integers: bool,
     fix: str | None = None,
-) -> None:
+) -> bool:
     """Reject matrices that are not counts: NaN/inf, negatives, and (if required) fractions.
 
-    A :class:`CountRows` is checked one block at a time. ``fix`` is the advice the errors
-    end with (default: the config key to change).
+    A value within :data:`COUNT_TOLERANCE` of an integer counts as that integer. When some
+    values are such noisy integers and no value is further from one, returns True and warns
+    how many and by how much: the caller rounds them (a :class:`CountRows` is marked
+    ``rounded`` here, so its blocks come rounded). Values further from integers are an error
+    with ``require_integers`` (count losses, molecule splitting), else a warning; either
+    reports their median distance to the nearest integer, so noise can be told from
+    normalized data. A :class:`CountRows` is checked one block at a time. ``fix`` is the
+    advice the errors end with (default: the config key to change).
     """
+    found = _CountCheck()
     if isinstance(X, CountRows):
-        found = sum((_violations(block.data) for _, block in X.blocks()), np.zeros(3, np.int64))
+        for _, block in X.blocks():
+            found.add(block.data)
     else:
-        found = _violations(X.data if sp.issparse(X) else np.asarray(X).ravel())
-    n_bad, n_negative, fractional = (int(n) for n in found)
+        found.add(np.asarray(X.data if sp.issparse(X) else X).ravel())
     fix = fix or (f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
                   "('X', 'raw' or a layer name)")
-    if n_bad:
+    if found.nonfinite:
         raise InputError(
-            f"{source}: dataset {dataset!r} has {n_bad} NaN or infinite entries in its count "
-            f"matrix; clean the matrix, or {fix}"
+            f"{source}: dataset {dataset!r} has {found.nonfinite} NaN or infinite entries in "
+            f"its count matrix; clean the matrix, or {fix}"
         )
-    if n_negative or (require_integers and fractional):
+    distance = ""
+    if found.fractional:
+        distance = (f"; their median distance to the nearest integer is "
+                    f"{found.median_distance():.3g}, beyond the {COUNT_TOLERANCE:g} of "
+                    "conversion noise: these look normalized or transformed, not counts")
+    if found.negative or (require_integers and found.fractional):
         raise InputError(
-            f"{source}: dataset {dataset!r} is not raw counts ({n_negative} negative and "
-            f"{fractional} non-integer entries); {fix}"
+            f"{source}: dataset {dataset!r} is not raw counts ({found.negative} negative and "
+            f"{found.fractional} non-integer entries{distance}); {fix}"
             + ("; count losses (poisson, nb, zinb) need integers" if require_integers else "")
         )
-    if fractional:
+    if found.fractional:
         warnings.warn(
-            f"{source}: dataset {dataset!r} has {fractional} non-integer values; they are "
-            "normalized as if they were counts",
+            f"{source}: dataset {dataset!r} has {found.fractional} non-integer values"
+            f"{distance}; they are normalized as if they were counts",
             stacklevel=2,
         )
+        return False
+    if found.noisy:
+        warnings.warn(
+            f"{source}: dataset {dataset!r}: {found.noisy} stored values are integers with "
+            f"conversion noise (largest deviation {found.largest_noise:.2g}, within the "
+            f"tolerance {COUNT_TOLERANCE:g}); they are rounded to the nearest integer",
+            stacklevel=2,
+        )
+        if isinstance(X, CountRows):
+            X.rounded = True
+        return True
+    return False
 
 
 def stratified_split(
@@ -537,12 +622,18 @@ def preprocess(
     mito_prefix: str | None = "MT-",
     mcv: MCVParams | None = None,
     clusters: bool = False,
+    require_integers: bool = False,
+    needs: SizeNeeds | None = None,
 ) -> ad.AnnData:
     """QC, split, normalize, log1p and HVG-subset a raw-count AnnData (see module docstring).
 
     The raw counts are read from ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is
     None; ``adata`` itself is left unchanged. ``dataset`` only names the data in messages.
-    Duplicate cell or gene names are made unique, with a warning that counts them.
+    Duplicate cell or gene names are made unique, with a warning that counts them. The counts
+    are checked by :func:`validate_counts` (fractions refused with ``require_integers``, as a
+    count loss needs; values within :data:`COUNT_TOLERANCE` of integers are rounded).
+    Cells whose ``obs[label_key]`` is missing are kept, and stay missing in the result.
+    ``needs`` refuses a result too small for the later stages (:class:`scae.sizes.SizeNeeds`).
 
     Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR), ``layers['counts']`` =
     raw counts, ``obs['split']``, ``obs['library_size']`` (total counts over all genes kept
@@ -565,9 +656,41 @@ def preprocess(
             f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw counts, "
             "or layer=None for adata.X"
         )
-    return preprocess_rows(rows_of(adata, dataset, layer), params, dataset=dataset,
+    fix = ("pass layer= the layer holding raw UMI counts (layer=None: adata.X), or give "
+           "scae.preprocess the raw-count AnnData")
+    source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    return preprocess_rows(rows_of(adata, source, layer), params, dataset=dataset,
                            label_key=label_key, mito_prefix=mito_prefix, mcv=mcv,
-                           clusters=clusters)
+                           clusters=clusters, require_integers=require_integers, needs=needs,
+                           counts_fix=fix)
+
+
+def preprocess_file(
+    path: str | Path,
+    params: PreprocessParams = PreprocessParams(),
+    *,
+    dataset: str,
+    counts: str = "X",
+    transpose: bool = False,
+    label_key: str | None = None,
+    mito_prefix: str | None = "MT-",
+    mcv: MCVParams | None = None,
+    clusters: bool = False,
+    require_integers: bool = False,
+    needs: SizeNeeds | None = None,
+) -> ad.AnnData:
+    """:func:`preprocess_rows` of the dataset at ``path`` (read as :func:`open_counts` does,
+    ``.h5ad`` and 10x ``.h5`` a block of cells at a time): what the workflow's preprocess
+    job runs. Every :class:`InputError` names ``dataset``."""
+    try:
+        with open_counts(path, counts=counts, transpose=transpose) as rows:
+            return preprocess_rows(rows, params, dataset=dataset, label_key=label_key,
+                                   mito_prefix=mito_prefix, mcv=mcv, clusters=clusters,
+                                   require_integers=require_integers, needs=needs)
+    except InputError as err:
+        if f"dataset {dataset!r}" in str(err):
+            raise
+        raise InputError(f"dataset {dataset!r}: {err}") from err
 
 
 def _cell_blocks(
@@ -625,6 +748,42 @@ def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_ma
     return block.X, dict(block.uns)
 
 
+def _labels_of(
+    obs: pd.DataFrame, cells: np.ndarray, label_key: str | None, dataset: str
+) -> pd.Series | None:
+    """The labels of the QC-passing ``cells`` as strings, missing ones kept missing (NaN), or
+    None (with a warning) when ``obs`` has no such column or no cell a label."""
+    if label_key is None:
+        return None
+    if label_key not in obs:
+        warnings.warn(
+            f"dataset {dataset!r}: label_key {label_key!r} is not a column of obs "
+            f"({', '.join(map(str, obs.columns)) or 'no columns'}); the split is "
+            "not stratified and label metrics are skipped",
+            stacklevel=3,
+        )
+        return None
+    column = obs[label_key].iloc[cells]
+    missing = column.isna().to_numpy()
+    if missing.all():
+        warnings.warn(
+            f"dataset {dataset!r}: obs[{label_key!r}] has no labels (missing for all "
+            f"{len(cells)} cells that passed QC); as without a label_key, the split is not "
+            "stratified and label metrics are skipped",
+            stacklevel=3,
+        )
+        return None
+    if missing.any():
+        warnings.warn(
+            f"dataset {dataset!r}: {int(missing.sum())} of {len(cells)} cells that passed QC "
+            f"have no label in obs[{label_key!r}]; they are trained on and reconstructed, "
+            "the split stratifies them as one group of their own, and label metrics are "
+            "computed on labelled cells only",
+            stacklevel=3,
+        )
+    return column.astype(str).where(~missing, None).rename(label_key)
+
+
 def preprocess_rows(
     rows: CountRows,
     params: PreprocessParams = PreprocessParams(),
@@ -634,17 +793,26 @@ def preprocess_rows(
     mito_prefix: str | None = "MT-",
     mcv: MCVParams | None = None,
     clusters: bool = False,
+    require_integers: bool = False,
+    needs: SizeNeeds | None = None,
+    counts_fix: str | None = None,
 ) -> ad.AnnData:
     """:func:`preprocess` as four passes over the blocks of ``rows``; only per-cell and
     per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in memory.
 
+    0. :func:`validate_counts` (``require_integers``: refuse fractions; ``counts_fix``: the
+       advice its errors end with); counts with conversion noise are read rounded.
     1. QC per cell (and the molecule split); cells without counts are dropped; then the split.
     2. ``min_cells``: per gene, the training cells that store it.
     3. Library sizes over the kept genes (cells left without counts are dropped), and the
        per-gene moments of expm1(log1p(normalized)) over training cells for
        :func:`seurat_hvg`, together with each gene's stored entries (to size the result).
     4. The HVG columns of every cell: log-normalized, raw (and held-out) counts.
+
+    With ``needs``, the split and the HVGs are checked against what the later stages need
+    (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built.
     """
+    validate_counts(rows, rows.source, dataset, require_integers, counts_fix)
     names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
     make_names_unique(names, "var", dataset)
     make_names_unique(names, "obs", dataset)
@@ -689,29 +857,20 @@ def preprocess_rows(
         len(cells), n_input, params.min_genes, params.max_pct_mito,
     )
 
-    labels = None
-    if label_key is not None:
-        if label_key in names.obs:
-            labels = names.obs[label_key].iloc[cells].astype(str)
-        else:
-            warnings.warn(
-                f"dataset {dataset!r}: label_key {label_key!r} is not a column of obs "
-                f"({', '.join(map(str, names.obs.columns)) or 'no columns'}); the split is "
-                "not stratified and label metrics are skipped",
-                stacklevel=2,
-            )
+    labels = _labels_of(names.obs, cells, label_key, dataset)
     split = pd.Categorical(
         stratified_split(
             labels, len(cells), params.test_fraction, params.val_fraction, params.split_seed
         ),
         categories=SPLITS,
     )
+    qc_text = (f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
+               f"max_pct_mito={params.max_pct_mito}")
     counts_per_split = pd.Series(split).value_counts()
     if (counts_per_split[list(SPLITS)] == 0).any():
         raise InputError(
             f"dataset {dataset!r}: too few cells for a train/val/test split after QC "
-            f"({n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
-            f"max_pct_mito={params.max_pct_mito}; split sizes {counts_per_split.to_dict()}); "
+            f"({qc_text}; split sizes {counts_per_split.to_dict()}); "
             "lower the QC thresholds in config['preprocess'] or use more cells"
         )
     # position of every input row among the kept cells (−1: dropped)
@@ -762,7 +921,14 @@ def preprocess_rows(
         logger.info("removed %d cells with zero counts in the genes kept by min_cells=%d",
                     int((~final).sum()), params.min_cells)
     n_top = min(params.n_top_genes, n_kept)
+    if params.n_top_genes > n_kept:
+        logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
+                    "them are used", params.n_top_genes, n_kept, params.min_cells)
     hvg = seurat_hvg(moments.mean, moments.variance(), n_top)
+    if needs is not None:
+        sizes = pd.Series(split[final]).value_counts().to_dict()
+        needs.check_split(sizes, int(hvg.sum()), dataset, qc_text, params.test_fraction,
+                          params.val_fraction)
 
     # 4. the HVG columns of every remaining cell
     n_cells, n_hvg = int(final.sum()), int(hvg.sum())
@@ -803,12 +969,14 @@ def preprocess_rows(
     adata.var["train_std"] = std
     adata.uns["scae"] = {
         "dataset": dataset,
-        "label_key": labels.name if labels is not None else "",
+        "label_key": label_key if labels is not None else "",
         "target_sum": float(params.target_sum),
         "n_cells_input": int(n_input),
+        "preprocess": asdict(params),
     }
     if labels is not None:
-        adata.obs[label_key] = pd.Categorical(adata.obs[label_key].astype(str))
+        column = adata.obs[label_key]
+        adata.obs[label_key] = pd.Categorical(column.astype(str).where(column.notna(), None))
     if clusters:
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
         logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())

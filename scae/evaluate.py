@@ -55,11 +55,11 @@ def evaluate_run(
         values[EMBEDDING_DIM] = float(embedding.obsm[EMBEDDING_KEY].shape[1])
     values |= settings_metrics(embedding.uns.get("scae_run", {}))
     if EMBEDDING_KEY in embedding.obsm and label_key:
-        if label_key in data.obs:
+        if label_key in data.obs and data.obs[label_key].notna().any():
             values |= embedding_metrics(
                 embedding.obsm[EMBEDDING_KEY], data.obs[label_key], data.obs["split"].to_numpy()
             )
-        else:
+        elif label_key not in data.obs:  # (a column without labels: preprocess warned)
             warnings.warn(
                 f"label_key {label_key!r} is not a column of obs; label metrics skipped",
                 stacklevel=2,

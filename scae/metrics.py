@@ -38,6 +38,12 @@ MU_EPS = 1e-8
 THETA_RANGE = (1e-2, 1e4)
 #: Metric holding the width of a run's embedding: the latent dim, or a PCA baseline's rank.
 EMBEDDING_DIM = "embedding_dim"
+#: What :func:`embedding_metrics` scores from labels (NaN when too few cells are labelled).
+LABEL_METRICS = ("knn_accuracy", "leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
+                 "n_leiden_clusters_test")
+#: Labelled test cells below which the label metrics are not computed (a kNN graph and a
+#: silhouette of fewer cells say nothing).
+MIN_LABELLED_TEST = 4
 
 
 def _chunks(truth: sp.spmatrix | np.ndarray, recon: np.ndarray):
@@ -204,7 +210,11 @@ def embedding_metrics(
       embedding, cosine distance (NaN with fewer than two labels among test cells).
 
     Training cells enter only as the kNN classifier's reference: the clustering and the
-    silhouette never see them.
+    silhouette never see them. Cells whose label is missing take part in none of these: all
+    four use labelled cells only, and ``label_cells_test`` / ``label_cells_train`` record how
+    many test cells were scored and how many training cells the classifier saw. With fewer
+    than :data:`MIN_LABELLED_TEST` labelled test cells (or no labelled training cell) the
+    four metrics are NaN.
     """
     import anndata as ad
     import scanpy as sc
@@ -215,8 +225,13 @@ def embedding_metrics(
     )
     from sklearn.neighbors import KNeighborsClassifier
 
-    labels = pd.Series(labels).astype(str).to_numpy()
-    train, test = split == "train", split == "test"
+    labels = pd.Series(labels)
+    labelled = labels.notna().to_numpy()
+    labels = labels.astype(str).to_numpy()
+    train, test = (split == "train") & labelled, (split == "test") & labelled
+    counts = {"label_cells_test": float(test.sum()), "label_cells_train": float(train.sum())}
+    if test.sum() < MIN_LABELLED_TEST or not train.any():
+        return {name: float("nan") for name in LABEL_METRICS} | counts
     knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
     knn.fit(embedding[train], labels[train])
     accuracy = float((knn.predict(embedding[test]) == labels[test]).mean())
@@ -243,4 +258,4 @@ def embedding_metrics(
         "leiden_nmi_test": float(normalized_mutual_info_score(test_labels, clusters)),
         "label_silhouette_test": silhouette,
         "n_leiden_clusters_test": float(len(np.unique(clusters))),
-    }
+    } | counts

@@ -409,6 +409,14 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _preprocess_sentence(settings: dict) -> str:
+    return (f"Preprocessed with QC min_genes = {settings['min_genes']}, max_pct_mito = "
+            f"{settings['max_pct_mito']}, min_cells = {settings['min_cells']} (genes), "
+            f"{settings['n_top_genes']} HVGs, target_sum = {settings['target_sum']:g}; split "
+            f"test_fraction = {settings['test_fraction']}, val_fraction = "
+            f"{settings['val_fraction']}, split_seed = {settings['split_seed']}.")
+
+
 def markdown_summary(
     tidy: pd.DataFrame,
     comparisons: pd.DataFrame,
@@ -416,9 +424,11 @@ def markdown_summary(
     primary_metric: str = "centred_cosine_mean",
     runs: pd.DataFrame | None = None,
     level: float = 0.95,
+    preprocess: dict | None = None,
 ) -> str:
     """Mean ± sd per model and headline metric (best in bold), caveats, the answer, then the
-    paired comparisons (the part :mod:`scae.findings` leaves out of the README)."""
+    paired comparisons (the part :mod:`scae.findings` leaves out of the README).
+    ``preprocess``: the dataset's preprocessing settings, stated under the title."""
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
     metrics = [m for m in HEADLINE_METRICS if m in set(stats["metric"])]
@@ -434,6 +444,8 @@ def markdown_summary(
         f"log-likelihoods (nll). The answer ranks by `{primary_metric}`."
     )
     lines.append("")
+    if preprocess:
+        lines += [_preprocess_sentence(preprocess), ""]
     header = [m if seeds[m] in (0, most) else f"{m} ({seeds[m]} seed{'s' * (seeds[m] != 1)})"
               for m in metrics]
     lines.append("| model | " + " | ".join(header) + " |")

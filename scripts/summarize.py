@@ -32,7 +32,8 @@ with rule_logging(sm.log[0]) as log:
     best = best_loss(aggregate(tidy), primary)
     comparisons = paired_differences(per_cell, best, primary, level)
     summary = wide_summary(tidy, runs)
-    markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level)
+    markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level,
+                                preprocess=sm.params.preprocess)
     log.info("\n%s", markdown)
     for path, frame in [(sm.output.tidy, tidy), (sm.output.summary, summary),
                         (sm.output.comparisons, comparisons)]:
