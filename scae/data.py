@@ -585,8 +585,12 @@ def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) 
     per_gene = stats.loc[bins]
     normalized = (dispersion - per_gene["mean"].to_numpy()) / per_gene["std"].to_numpy()
     ranked = np.sort(normalized[~np.isnan(normalized)])[::-1]
+    if len(ranked) == 0 or n_top < 1:  # no gene varies: nothing to select
+        return np.zeros(len(mean), dtype=bool)
     cutoff = ranked[min(n_top, len(ranked)) - 1]
-    return np.nan_to_num(normalized, nan=-np.inf) >= cutoff
+    # NaN (no dispersion) never selected; ±inf (a bin of equal dispersions, up to rounding)
+    # compared as they are, so a cut-off of +inf still selects its own genes
+    return np.where(np.isnan(normalized), -np.inf, normalized) >= cutoff
 
 
 def _mito_mask(var_names: pd.Index, prefix: str) -> np.ndarray:
@@ -889,6 +893,12 @@ def preprocess_rows(
         cells_per_gene += np.bincount(counts[train].indices, minlength=n_genes)
     genes = cells_per_gene >= params.min_cells
     n_kept = int(genes.sum())
+    if n_kept == 0:
+        raise InputError(
+            f"dataset {dataset!r}: no gene is detected in min_cells={params.min_cells} "
+            f"training cells ({qc_text}; {int(is_train.sum())} training cells); lower "
+            "preprocess.min_cells or use more cells"
+        )
 
     def kept_blocks() -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
         """(positions among the kept cells, counts, held-out) over the kept genes."""
@@ -925,10 +935,17 @@ def preprocess_rows(
         logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
                     "them are used", params.n_top_genes, n_kept, params.min_cells)
     hvg = seurat_hvg(moments.mean, moments.variance(), n_top)
+    sizes = pd.Series(split[final]).value_counts()
+    if (sizes[list(SPLITS)] == 0).any() or not hvg.any():
+        raise InputError(
+            f"dataset {dataset!r}: too few cells or genes after QC and the min_cells filter "
+            f"({qc_text}; split sizes {sizes.to_dict()} of cells with counts in the "
+            f"{n_kept} genes kept; {int(hvg.sum())} of them vary over training cells); "
+            "lower the QC thresholds in config['preprocess'] or use more cells"
+        )
     if needs is not None:
-        sizes = pd.Series(split[final]).value_counts().to_dict()
-        needs.check_split(sizes, int(hvg.sum()), dataset, qc_text, params.test_fraction,
-                          params.val_fraction)
+        needs.check_split(sizes.to_dict(), int(hvg.sum()), dataset, qc_text,
+                          params.test_fraction, params.val_fraction)
 
     # 4. the HVG columns of every remaining cell
     n_cells, n_hvg = int(final.sum()), int(hvg.sum())

@@ -58,8 +58,7 @@ class SizeNeeds:
     def reasons(self) -> str:
         """Why each floor is what it is, for error messages."""
         need = self.minimums()
-        train = [f"model.latent_dim = {self.latent_dim} needs latent_dim + 1 for PCA at that "
-                 "rank"]
+        train = [f"model.latent_dim = {self.latent_dim} needs latent_dim + 1 for PCA at that rank"]
         if self.clusters:
             train.append(f"negative_sampling: cluster needs {CLUSTER_NEIGHBOURS + 1} for "
                          "the training-cell neighbour graph")

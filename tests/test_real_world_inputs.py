@@ -27,8 +27,15 @@ from scae.summary import markdown_summary
 
 from .conftest import PBMC3K, pbmc_subset
 from .test_out_of_core import _write_10x_v3
-from .test_robustness import DATASET, RESULTS, SUMMARY, small_config, snakemake, succeeded, \
-    write_config
+from .test_robustness import (
+    DATASET,
+    RESULTS,
+    SUMMARY,
+    small_config,
+    snakemake,
+    succeeded,
+    write_config,
+)
 
 # --------------------------------------------------------------------------------------------
 # cells without a label
@@ -189,10 +196,10 @@ def test_one_cell_below_the_minimum_fails_clearly_at_preprocess(tmp_path):
     assert proc.returncode != 0
     log = (tmp_path / f"logs/{DATASET}/preprocess.log").read_text()
     for message in [
-        rf"dataset '{DATASET}': too few cells for the later stages after QC and the split: "
-        r"15 training cells \(need 16\)",
-        r"21 cells in, 21 kept with min_genes=200, max_pct_mito=5\.0; split train 15 / val 2 "
-        r"/ test 4",
+        (rf"dataset '{DATASET}': too few cells for the later stages after QC and the split: "
+         r"15 training cells \(need 16\)"),
+        (r"21 cells in, 21 kept with min_genes=200, max_pct_mito=5\.0; split train 15 / val 2 / "
+         r"test 4"),
         r"model\.latent_dim = 4 needs latent_dim \+ 1 for PCA at that rank",
         r"Fix: use more cells \(about 23 after QC",
     ]:
