@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
+from torch.profiler import record_function
 
 from .config import MIN_STD, InputError, check_number
 from .io import atomic_path
@@ -319,6 +320,65 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     )
 
 
+def train_epoch(
+    model: AutoencoderModule,
+    optimizer,
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    train_rows: np.ndarray,
+    train_params: TrainParams,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+) -> float:
+    """One pass over ``train_rows`` in minibatches (order, dropout masks and negatives drawn
+    from (seed, epoch)); returns the mean training loss per cell.
+
+    The loss stays on the device until the epoch ends: its sum over minibatches is read once,
+    so no step waits for the device (a NaN or infinite loss of any step makes the sum NaN or
+    infinite, and the epoch then raises :class:`TrainingDiverged`). The sum is accumulated in
+    float64 as Python floats were, so the history is unchanged by where it is summed.
+
+    Each step's phases are labelled for ``torch.profiler`` (``scae.batch``, ``scae.forward``,
+    ``scae.loss``, ``scae.backward``, ``scae.optimizer``; ``scae.sync`` the epoch's one host
+    read), so ``bench/run.py --only profile`` can say where a step's time goes.
+    """
+    model.train()
+    torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
+    model.use_dropout_generator(np.random.default_rng(_epoch_seed(seed, epoch, DROPOUT)))
+    rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n_seen = 0
+    for idx in _minibatches(train_rows, train_params.batch_size, rng):
+        with record_function("scae.batch"):
+            inputs, batch, library = data.batch(idx, spec.uses_counts)
+            batch = _to_device(batch, device)
+            batch.generator = generator
+            inputs, library = inputs.to(device), library.to(device)
+        with record_function("scae.forward"):
+            out = model(inputs, library)
+        with record_function("scae.loss"):
+            loss = spec.fn(out, batch, loss_params).mean()
+        with record_function("scae.backward"):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("scae.optimizer"):
+            optimizer.step()
+        loss_sum += loss.detach().double() * len(idx)
+        n_seen += len(idx)
+    with record_function("scae.sync"):
+        train_loss = loss_sum.item() / n_seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(
+            f"loss {spec.name} became {train_loss} in epoch {epoch}; lower "
+            f"train.learning_rate (now {train_params.learning_rate}) in config/config.yaml or "
+            "check the input for extreme values"
+        )
+    return train_loss
+
+
 def fit(
     data: CellData,
     spec: LossSpec,
@@ -360,29 +420,8 @@ def fit(
     while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        model.train()
-        torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
-        model.use_dropout_generator(np.random.default_rng(_epoch_seed(seed, epoch, DROPOUT)))
-        rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
-        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
-        loss_sum, n_seen = 0.0, 0
-        for step, idx in enumerate(_minibatches(train_rows, train_params.batch_size, rng)):
-            inputs, batch, library = data.batch(idx, spec.uses_counts)
-            batch = _to_device(batch, device)
-            batch.generator = generator
-            out = model(inputs.to(device), library.to(device))
-            loss = spec.fn(out, batch, loss_params).mean()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss {spec.name} became {loss.item()} in epoch {epoch}, minibatch {step}; "
-                    f"lower train.learning_rate (now {train_params.learning_rate}) in "
-                    "config/config.yaml or check the input for extreme values"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += loss.item() * len(idx)
-            n_seen += len(idx)
+        train_loss = train_epoch(model, optimizer, data, spec, loss_params, train_rows,
+                                 train_params, seed, epoch, device)
         scores = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
         val_loss = scores["val_loss"]
         if not math.isfinite(val_loss):
@@ -391,7 +430,7 @@ def fit(
                 f"train.learning_rate (now {train_params.learning_rate})"
             )
         seconds = time.perf_counter() - started
-        state["history"].append({"epoch": epoch, "train_loss": loss_sum / n_seen, **scores,
+        state["history"].append({"epoch": epoch, "train_loss": train_loss, **scores,
                                  "learning_rate": state["lr"], "seconds": seconds})
         if val_loss < state["best_val"]:
             state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
@@ -404,7 +443,7 @@ def fit(
         state["epoch"] = epoch
         logger.info(
             "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
-            epoch, loss_sum / n_seen, val_loss, scores["val_cosine"], seconds,
+            epoch, train_loss, val_loss, scores["val_cosine"], seconds,
             "  *" if state["best_epoch"] == epoch else "",
         )
         if on_epoch is not None:

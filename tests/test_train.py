@@ -121,6 +121,36 @@ def test_divergence_stops_with_learning_rate_hint(small_data):
         fit(data, exploding, {}, _params(small_data, "mse"), FAST, 0, CPU)
 
 
+def test_an_epoch_reads_its_loss_back_to_the_host_once(small_data, monkeypatch):
+    """No step waits for the device: the epoch's loss sum is read once, at its end (on a GPU
+    a per-step .item() or isfinite check stalls the queue), and still equals the mean of the
+    steps' losses that per-step reads gave."""
+    from scae.model import AutoencoderModule
+    from scae.optim import adam
+    from scae.train import train_epoch
+
+    data, spec = CellData(small_data, "none"), get_loss("mse")
+    model = AutoencoderModule(_params(small_data, "mse"))
+    optimizer = adam(model.parameters(), CPU, lr=1e-3, weight_decay=0.0)
+    rows = data.rows("train")
+    reads, losses = [], []
+    real_item, real_bool, real_fn = torch.Tensor.item, torch.Tensor.__bool__, spec.fn
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or real_item(t))
+    monkeypatch.setattr(torch.Tensor, "__bool__",
+                        lambda t: reads.append("bool") or real_bool(t))
+
+    def recorded(out, batch, params):
+        value = real_fn(out, batch, params)
+        losses.append((real_item(value.mean().detach()), len(batch.x)))
+        return value
+
+    spec = LossSpec(spec.name, recorded, spec.output, spec.formula)
+    mean = train_epoch(model, optimizer, data, spec, {}, rows, FAST, 0, 1, CPU)
+    assert reads == ["item"]
+    assert len(losses) == -(-len(rows) // FAST.batch_size) > 1
+    assert mean == sum(loss * n for loss, n in losses) / len(rows)
+
+
 def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
     n_cells = small_data.n_obs
     largest = {"rows": 0}
