@@ -408,8 +408,9 @@ class _CountCheck:
 
     def add(self, values: np.ndarray) -> None:
         finite = np.isfinite(values)
-        self.nonfinite += int(np.count_nonzero(~finite))
-        values = values[finite]
+        if not finite.all():  # (a copy only then: blocks of an atlas are large)
+            self.nonfinite += int(np.count_nonzero(~finite))
+            values = values[finite]
         nearest = np.round(values)
         distance = np.abs(values - nearest)
         # negative: nearer to a negative integer, or below 0 by more than noise
