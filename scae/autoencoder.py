@@ -33,6 +33,7 @@ from .data import (
     SPLITS,
     PreprocessParams,
     gene_mean_std,
+    label_strings,
     make_names_unique,
     round_counts,
     stratified_split,
@@ -179,10 +180,8 @@ class Autoencoder:
         make_names_unique(adata, "obs", "adata")
         params = PreprocessParams()
         if split_key not in adata.obs:
-            labels = None
-            if labels_key:  # a missing label stays missing: one stratum of its own
-                column = adata.obs[labels_key]
-                labels = column.astype(str).where(column.notna(), None)
+            # a missing label stays missing: one stratum of its own
+            labels = label_strings(adata.obs[labels_key]) if labels_key else None
             adata.obs[split_key] = pd.Categorical(
                 stratified_split(labels, adata.n_obs, params.test_fraction,
                                  params.val_fraction, split_seed), categories=SPLITS)

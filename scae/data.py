@@ -753,11 +753,28 @@ def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_ma
     return block.X, dict(block.uns)
 
 
+def _require_every_split(split: pd.Categorical, dataset: str, qc_text: str) -> pd.Series:
+    """Cells per split; an InputError quoting the QC when a split is empty."""
+    sizes = pd.Series(split).value_counts()
+    if (sizes[list(SPLITS)] == 0).any():
+        raise InputError(
+            f"dataset {dataset!r}: too few cells for a train/val/test split after QC "
+            f"({qc_text}; split sizes {sizes.to_dict()}); "
+            "lower the QC thresholds in config['preprocess'] or use more cells"
+        )
+    return sizes
+
+
+def label_strings(column: pd.Series) -> pd.Series:
+    """Labels as strings, a missing one (NaN, None, pd.NA) kept missing (None), never "nan"."""
+    return column.astype(str).where(column.notna(), None)
+
+
 def _labels_of(
     obs: pd.DataFrame, cells: np.ndarray, label_key: str | None, dataset: str
 ) -> pd.Series | None:
-    """The labels of the QC-passing ``cells`` as strings, missing ones kept missing (NaN), or
-    None (with a warning) when ``obs`` has no such column or no cell a label."""
+    """The labels of the QC-passing ``cells`` (:func:`label_strings`), or None (with a
+    warning) when ``obs`` has no such column or no cell a label."""
     if label_key is None:
         return None
     if label_key not in obs:
@@ -786,7 +803,7 @@ def _labels_of(
             "computed on labelled cells only",
             stacklevel=3,
         )
-    return column.astype(str).where(~missing, None).rename(label_key)
+    return label_strings(column).rename(label_key)
 
 
 def preprocess_rows(
@@ -871,13 +888,7 @@ def preprocess_rows(
     )
     qc_text = (f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
                f"max_pct_mito={params.max_pct_mito}")
-    counts_per_split = pd.Series(split).value_counts()
-    if (counts_per_split[list(SPLITS)] == 0).any():
-        raise InputError(
-            f"dataset {dataset!r}: too few cells for a train/val/test split after QC "
-            f"({qc_text}; split sizes {counts_per_split.to_dict()}); "
-            "lower the QC thresholds in config['preprocess'] or use more cells"
-        )
+    _require_every_split(split, dataset, qc_text)  # before passes 2 and 3 over the input
     # position of every input row among the kept cells (−1: dropped)
     position = np.full(n_input, -1, dtype=np.int64)
     position[cells] = np.arange(len(cells))
@@ -936,13 +947,13 @@ def preprocess_rows(
         logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
                     "them are used", params.n_top_genes, n_kept, params.min_cells)
     hvg = seurat_hvg(moments.mean, moments.variance(), n_top)
-    sizes = pd.Series(split[final]).value_counts()
-    if (sizes[list(SPLITS)] == 0).any() or not hvg.any():
+    # cells left without counts in the kept genes are gone: check the split again
+    sizes = _require_every_split(split[final], dataset, qc_text)
+    if not hvg.any():
         raise InputError(
-            f"dataset {dataset!r}: too few cells or genes after QC and the min_cells filter "
-            f"({qc_text}; split sizes {sizes.to_dict()} of cells with counts in the "
-            f"{n_kept} genes kept; {int(hvg.sum())} of them vary over training cells); "
-            "lower the QC thresholds in config['preprocess'] or use more cells"
+            f"dataset {dataset!r}: none of the {n_kept} genes kept by min_cells="
+            f"{params.min_cells} varies over the training cells ({qc_text}); lower the QC "
+            "thresholds in config['preprocess'] or use more cells"
         )
     if needs is not None:
         needs.check_split(sizes.to_dict(), int(hvg.sum()), dataset, qc_text,
@@ -993,8 +1004,7 @@ def preprocess_rows(
         "preprocess": asdict(params),
     }
     if labels is not None:
-        column = adata.obs[label_key]
-        adata.obs[label_key] = pd.Categorical(column.astype(str).where(column.notna(), None))
+        adata.obs[label_key] = pd.Categorical(labels.to_numpy()[final])
     if clusters:
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
         logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())
