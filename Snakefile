@@ -1,5 +1,5 @@
-# scae: train one autoencoder per loss × seed on real single-cell data and measure which
-# loss reconstructs cells best, beside the training-mean and PCA baselines.
+# scae: train one autoencoder per loss × rank × seed on real single-cell data and measure
+# which loss reconstructs cells best, and at which rank it beats PCA at that rank.
 from snakemake.utils import min_version
 
 min_version("8.0")
@@ -27,5 +27,6 @@ rule all:
         expand(
             "results/{dataset}/plots/{figure}.png",
             dataset=DATASETS,
-            figure=["metric_heatmap", "umap"] + (["tuning"] if TUNE else []),
+            figure=["rank_curve", "forest", "metric_heatmap", "umap"]
+            + (["tuning"] if TUNE else []),
         ),

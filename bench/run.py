@@ -524,10 +524,10 @@ def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int,
     }
     configfile = run_dir / "config.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    target = f"results/{name}/models/mse/seed0/model.pt"
+    target = f"results/{name}/k32/models/mse/seed0/model.pt"
     wall = run_workflow(run_dir, configfile, [target], cores=2)
     rules = {"preprocess": read_benchmark(run_dir / "benchmarks" / name / "preprocess.tsv"),
-             "train": read_benchmark(run_dir / "benchmarks" / name / "train" / "mse" /
+             "train": read_benchmark(run_dir / "benchmarks" / name / "k32" / "train" / "mse" /
                                      "seed0.tsv")}
     total = sum(r["s"] for r in rules.values())
     for rule, r in rules.items():
@@ -637,7 +637,7 @@ def workflow_convergence(run_dir: Path):
     from scae.summary import convergence, read_histories
 
     train = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())["train"]
-    histories = read_histories((run_dir / "results").glob("*/models/*/seed*/history.tsv"))
+    histories = read_histories((run_dir / "results").glob("*/k*/models/*/seed*/history.tsv"))
     return convergence(histories, train["max_epochs"], train["patience"])
 
 

@@ -17,6 +17,7 @@ from scae.config import (
     COUNT_LOSSES,
     MCV_BASELINES,
     MCV_SUFFIX,
+    RANKED_BASELINES,
     InputError,
     check_input_path,
     describe_schema_error,
@@ -45,9 +46,19 @@ CLUSTERS = (
     "cosine_embedding" in LOSS_NAMES
     and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster"
 )
+# Latent ranks: every loss × seed trains at each, PCA is fit at each. Tuning, molecular
+# cross-validation and the per-run figures run at the reference rank.
+_latent = config["model"]["latent_dim"]
+RANKS = sorted(set(_latent if isinstance(_latent, list) else [_latent]))
+REFERENCE_RANK = config["model"]["reference_rank"] or RANKS[-1]
+if REFERENCE_RANK not in RANKS:
+    raise InputError(
+        f"config/config.yaml: model.reference_rank = {REFERENCE_RANK} is not one of "
+        f"model.latent_dim {RANKS}; set it to one of them (or null for the largest)"
+    )
 # What the later stages need of each dataset: checked here from the input's metadata (so
 # `snakemake -n` refuses a dataset too small for them), then exactly by preprocess.
-NEEDS = {"latent_dim": config["model"]["latent_dim"], "clusters": CLUSTERS}
+NEEDS = {"latent_dim": RANKS[-1], "clusters": CLUSTERS}
 for _name in DATASETS:
     _spec = config["datasets"][_name]
     check_input_path(_spec["path"], _name)
@@ -60,6 +71,11 @@ MCV = config["mcv"]
 MCV_DATASETS = [name + MCV_SUFFIX for name in DATASETS] if MCV["enabled"] else []
 
 
+# Runs live under results/{dataset}/k{rank}/ (autoencoders, PCA at that rank) or, for the
+# baselines that have no rank (the mean profile, library size, MCV's), under .../shared/.
+SHARED_SCOPE = "shared"
+
+
 def alternatives(names):
     """A wildcard regex matching exactly these names (no path separators, no traversal)."""
     return "|".join(re.escape(name) for name in names)
@@ -69,6 +85,8 @@ wildcard_constraints:
     dataset=alternatives(DATASETS + MCV_DATASETS),
     loss=alternatives(LOSS_NAMES),
     seed=r"\d+",
+    rank=alternatives(map(str, RANKS)),
+    scope=alternatives([f"k{rank}" for rank in RANKS] + [SHARED_SCOPE]),
     baseline=alternatives(MCV_BASELINES),
 
 
@@ -97,32 +115,109 @@ def tuned_settings(wildcards):
     return f"results/{base}/tuning/{wildcards.loss}/best.yaml"
 
 
-def run_ids(dataset):
-    """Every (model, run) pair evaluated for a dataset: autoencoders, then baselines."""
+def seeds_of(dataset):
+    """A dataset's training seeds: its own (datasets.<name>.seeds), else config['seeds']."""
+    return config["datasets"][dataset.removesuffix(MCV_SUFFIX)].get(
+        "seeds", config["seeds"]
+    )
+
+
+def ranks_of(dataset):
+    """The ranks a dataset trains at: all of them; its MCV variant only the reference rank."""
+    return [REFERENCE_RANK] if dataset.endswith(MCV_SUFFIX) else RANKS
+
+
+def run_ids(dataset, ranks=None):
+    """Every (scope, model, run) evaluated for a dataset (at ``ranks``, default all of its
+    ranks): autoencoders and PCA at each rank, then the baselines without a rank."""
     mcv = dataset.endswith(MCV_SUFFIX)
-    seeds = MCV["seeds"] if mcv else config["seeds"]
-    runs = [(loss, f"seed{seed}") for loss in LOSS_NAMES for seed in seeds]
-    return runs + [("baseline", name) for name in (MCV_BASELINES if mcv else BASELINES)]
+    seeds = MCV["seeds"] if mcv else seeds_of(dataset)
+    baselines = MCV_BASELINES if mcv else BASELINES
+    runs = []
+    for rank in ranks or ranks_of(dataset):
+        runs += [
+            (f"k{rank}", loss, f"seed{seed}") for loss in LOSS_NAMES for seed in seeds
+        ]
+        runs += [
+            (f"k{rank}", "baseline", name)
+            for name in baselines
+            if name in RANKED_BASELINES
+        ]
+    shared = [name for name in baselines if name not in RANKED_BASELINES]
+    return runs + [(SHARED_SCOPE, "baseline", name) for name in shared]
+
+
+def variants_of(wildcards):
+    """A dataset and, with mcv.enabled, its cross-validation variant."""
+    return [wildcards.dataset] + (
+        [wildcards.dataset + MCV_SUFFIX] if MCV["enabled"] else []
+    )
 
 
 def metric_files(wildcards):
     """Metrics of every run of a dataset and of its cross-validation variant."""
-    variants = [wildcards.dataset]
-    if MCV["enabled"]:
-        variants.append(wildcards.dataset + MCV_SUFFIX)
     return [
-        f"results/{variant}/metrics/{model}/{run}.tsv"
+        f"results/{variant}/{scope}/metrics/{model}/{run}.tsv"
+        for variant in variants_of(wildcards)
+        for scope, model, run in run_ids(variant)
+    ]
+
+
+def per_cell_files(wildcards, ranks=None):
+    """Per-cell scores of every run of a dataset (at ``ranks``), for the paired comparisons."""
+    return [
+        f"results/{wildcards.dataset}/{scope}/metrics/{model}/{run}.per_cell.tsv.gz"
+        for scope, model, run in run_ids(wildcards.dataset, ranks)
+    ]
+
+
+def reference_per_cell_files(wildcards):
+    return per_cell_files(wildcards, [REFERENCE_RANK])
+
+
+def history_files(wildcards, ranks=None):
+    """Training histories of every autoencoder run of a dataset (at ``ranks``) and, with
+    ``ranks`` None, of its cross-validation variant."""
+    variants = variants_of(wildcards) if ranks is None else [wildcards.dataset]
+    return [
+        f"results/{variant}/{scope}/models/{model}/{run}/history.tsv"
         for variant in variants
-        for model, run in run_ids(variant)
+        for scope, model, run in run_ids(variant, ranks)
+        if model in LOSS_NAMES
     ]
 
 
-def per_cell_files(wildcards):
-    """Per-cell scores of every run of a dataset, for the paired comparisons."""
-    return [
-        f"results/{wildcards.dataset}/metrics/{model}/{run}.per_cell.tsv.gz"
-        for model, run in run_ids(wildcards.dataset)
+def reference_history_files(wildcards):
+    return history_files(wildcards, [REFERENCE_RANK])
+
+
+def model_at_rank(wildcards):
+    """config['model'] for one latent rank (the job's, or the reference rank for tuning)."""
+    rank = int(wildcards.get("rank", REFERENCE_RANK))
+    settings = {k: v for k, v in config["model"].items() if k != "reference_rank"}
+    return settings | {"latent_dim": rank}
+
+
+def scope_rank(wildcards):
+    """The latent rank of a run's scope (k32 → 32), None for the shared baselines."""
+    return (
+        None
+        if wildcards.scope == SHARED_SCOPE
+        else int(wildcards.scope.removeprefix("k"))
+    )
+
+
+def umap_embeddings(wildcards):
+    """The first seed's embedding of every loss and PCA's, at the reference rank."""
+    scope = f"results/{wildcards.dataset}/k{REFERENCE_RANK}/embeddings"
+    seed = seeds_of(wildcards.dataset)[0]
+    return [f"{scope}/{loss}/seed{seed}.h5ad" for loss in LOSS_NAMES] + [
+        f"{scope}/baseline/pca.h5ad"
     ]
+
+
+def label_key(wildcards):
+    return dataset_config(wildcards)["label_key"]
 
 
 def mem_mb_from_input(base_mb, per_input_mb):

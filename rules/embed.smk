@@ -1,15 +1,16 @@
 # Baselines' embeddings and test reconstructions, in the same files as an autoencoder's
-# (whose own are written by its train job, rules/train.smk).
+# (whose own are written by its train job, rules/train.smk): PCA under each rank's scope
+# k{rank}, the baselines without a rank under shared/.
 rule baseline:
     input:
         "results/{dataset}/preprocessed.h5ad",
     output:
-        embedding="results/{dataset}/embeddings/baseline/{baseline}.h5ad",
-        reconstruction="results/{dataset}/reconstructions/baseline/{baseline}.h5ad",
+        embedding="results/{dataset}/{scope}/embeddings/baseline/{baseline}.h5ad",
+        reconstruction="results/{dataset}/{scope}/reconstructions/baseline/{baseline}.h5ad",
     log:
-        "logs/{dataset}/baseline/{baseline}.log",
+        "logs/{dataset}/{scope}/baseline/{baseline}.log",
     benchmark:
-        "benchmarks/{dataset}/baseline/{baseline}.tsv"
+        "benchmarks/{dataset}/{scope}/baseline/{baseline}.tsv"
     conda:
         "../envs/scanpy.yaml"
     threads: 1
@@ -17,7 +18,7 @@ rule baseline:
         mem_mb=mem_mb_from_input(1500, 8),
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
-        n_components=config["model"]["latent_dim"],
+        n_components=scope_rank,
         seed=lambda wildcards: preprocess_config(wildcards)["split_seed"],
         max_pca_rank=config["mcv"]["max_pca_rank"],
         input_scaling=config["model"]["input_scaling"],

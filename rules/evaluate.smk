@@ -1,18 +1,23 @@
+# One job per baseline run, and one per dataset × rank × seed for all the losses together:
+# an evaluate job spends most of its time starting (imports) and reading the dataset, so
+# scoring the losses of a seed in one process saves that for all but one of them.
 rule evaluate:
     input:
         data="results/{dataset}/preprocessed.h5ad",
-        embedding="results/{dataset}/embeddings/{model}/{run}.h5ad",
-        reconstruction="results/{dataset}/reconstructions/{model}/{run}.h5ad",
+        # lists of one, as evaluate_losses' (the script scores each run of its lists)
+        embeddings=["results/{dataset}/{scope}/embeddings/baseline/{baseline}.h5ad"],
+        reconstructions=[
+            "results/{dataset}/{scope}/reconstructions/baseline/{baseline}.h5ad"
+        ],
     output:
-        metrics="results/{dataset}/metrics/{model}/{run}.tsv",
-        per_cell="results/{dataset}/metrics/{model}/{run}.per_cell.tsv.gz",
+        metrics=["results/{dataset}/{scope}/metrics/baseline/{baseline}.tsv"],
+        per_cell=[
+            "results/{dataset}/{scope}/metrics/baseline/{baseline}.per_cell.tsv.gz"
+        ],
     log:
-        "logs/{dataset}/evaluate/{model}/{run}.log",
+        "logs/{dataset}/{scope}/evaluate/baseline/{baseline}.log",
     benchmark:
-        "benchmarks/{dataset}/evaluate/{model}/{run}.tsv"
-    wildcard_constraints:
-        model="|".join([*LOSS_NAMES, "baseline"]),
-        run=rf"seed\d+|{alternatives(MCV_BASELINES)}",
+        "benchmarks/{dataset}/{scope}/evaluate/baseline/{baseline}.tsv"
     conda:
         "../envs/scanpy.yaml"
     threads: 1
@@ -20,7 +25,47 @@ rule evaluate:
         mem_mb=mem_mb_from_input(1500, 4),
         runtime=lambda wildcards, attempt: 20 * attempt,
     params:
-        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+        label_key=label_key,
+        rank=scope_rank,
+        seed=None,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule evaluate_losses:
+    input:
+        data="results/{dataset}/preprocessed.h5ad",
+        embeddings=expand(
+            "results/{{dataset}}/k{{rank}}/embeddings/{loss}/seed{{seed}}.h5ad",
+            loss=LOSS_NAMES,
+        ),
+        reconstructions=expand(
+            "results/{{dataset}}/k{{rank}}/reconstructions/{loss}/seed{{seed}}.h5ad",
+            loss=LOSS_NAMES,
+        ),
+    output:
+        metrics=expand(
+            "results/{{dataset}}/k{{rank}}/metrics/{loss}/seed{{seed}}.tsv",
+            loss=LOSS_NAMES,
+        ),
+        per_cell=expand(
+            "results/{{dataset}}/k{{rank}}/metrics/{loss}/seed{{seed}}.per_cell.tsv.gz",
+            loss=LOSS_NAMES,
+        ),
+    log:
+        "logs/{dataset}/k{rank}/evaluate/seed{seed}.log",
+    benchmark:
+        "benchmarks/{dataset}/k{rank}/evaluate/seed{seed}.tsv"
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 1
+    resources:
+        mem_mb=mem_mb_from_input(1500, 4),
+        runtime=lambda wildcards, attempt: 10 * len(LOSS_NAMES) * attempt,
+    params:
+        label_key=label_key,
+        rank=lambda wildcards: int(wildcards.rank),
+        seed=lambda wildcards: int(wildcards.seed),
     script:
         "../scripts/evaluate.py"
 
@@ -29,14 +74,7 @@ rule summarize:
     input:
         metrics=metric_files,
         per_cell=per_cell_files,
-        # every autoencoder run's training history, of the dataset and its MCV variant
-        histories=lambda wildcards: [
-            f"results/{variant}/models/{loss}/{run}/history.tsv"
-            for variant in [wildcards.dataset, wildcards.dataset + MCV_SUFFIX]
-            if variant in DATASETS + MCV_DATASETS
-            for loss, run in run_ids(variant)
-            if loss in LOSS_NAMES
-        ],
+        histories=history_files,
     output:
         tidy="results/{dataset}/metrics.tsv",
         summary=report(
@@ -48,6 +86,12 @@ rule summarize:
         comparisons=report(
             "results/{dataset}/comparisons.tsv",
             caption="../report/comparisons_table.rst",
+            category="{dataset}",
+            subcategory="Tables",
+        ),
+        ranks=report(
+            "results/{dataset}/ranks.tsv",
+            caption="../report/ranks_table.rst",
             category="{dataset}",
             subcategory="Tables",
         ),
@@ -69,5 +113,6 @@ rule summarize:
         preprocess=preprocess_config,
         max_epochs=config["train"]["max_epochs"],
         patience=config["train"]["patience"],
+        reference_rank=REFERENCE_RANK,
     script:
         "../scripts/summarize.py"

@@ -1,12 +1,8 @@
 rule plots:
     input:
         tidy="results/{dataset}/metrics.tsv",
-        per_cell=per_cell_files,
-        histories=lambda wildcards: [
-            f"results/{wildcards.dataset}/models/{loss}/seed{seed}/history.tsv"
-            for loss in LOSS_NAMES
-            for seed in config["seeds"]
-        ],
+        per_cell=reference_per_cell_files,
+        histories=reference_history_files,
     output:
         cosine=report(
             "results/{dataset}/plots/cosine_distributions.png",
@@ -38,6 +34,8 @@ rule plots:
     resources:
         mem_mb=mem_mb_from_input(2000, 2),
         runtime=20,
+    params:
+        rank=REFERENCE_RANK,
     script:
         "../scripts/plots.py"
 
@@ -46,11 +44,7 @@ rule plots:
 # the remaining seeds still train and evaluate instead of last and alone.
 rule plot_umap:
     input:
-        embeddings=lambda wildcards: [
-            f"results/{wildcards.dataset}/embeddings/{loss}/seed{config['seeds'][0]}.h5ad"
-            for loss in LOSS_NAMES
-        ]
-        + [f"results/{wildcards.dataset}/embeddings/baseline/pca.h5ad"],
+        embeddings=umap_embeddings,
     output:
         umap=report(
             "results/{dataset}/plots/umap.png",
@@ -71,6 +65,44 @@ rule plot_umap:
         mem_mb=mem_mb_from_input(2000, 4),
         runtime=30,
     params:
-        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+        label_key=label_key,
     script:
         "../scripts/plot_umap.py"
+
+
+# The two figures a reader looks at first: the primary metric against the rank, and the
+# answer's paired differences at each rank.
+rule plot_ranks:
+    input:
+        tidy="results/{dataset}/metrics.tsv",
+        ranks="results/{dataset}/ranks.tsv",
+        comparisons="results/{dataset}/comparisons.tsv",
+    output:
+        curve=report(
+            "results/{dataset}/plots/rank_curve.png",
+            caption="../report/rank_curve.rst",
+            category="{dataset}",
+            subcategory="Answer",
+        ),
+        forest=report(
+            "results/{dataset}/plots/forest.png",
+            caption="../report/forest.rst",
+            category="{dataset}",
+            subcategory="Answer",
+        ),
+    log:
+        "logs/{dataset}/plot_ranks.log",
+    benchmark:
+        "benchmarks/{dataset}/plot_ranks.tsv"
+    wildcard_constraints:
+        dataset=alternatives(DATASETS),
+    conda:
+        "../envs/scanpy.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        primary_metric=config["summary"]["primary_metric"],
+    script:
+        "../scripts/plot_ranks.py"

@@ -1,4 +1,4 @@
-# One job per dataset × loss × seed. The job also writes the run's embedding (every cell) and
+# One job per dataset × rank × loss × seed. The job also writes the run's embedding (every cell) and
 # test-cell reconstructions from the best weights it holds in memory: a separate embed job
 # per run would pay another process start and data read (a third of its time).
 rule train:
@@ -6,14 +6,14 @@ rule train:
         data="results/{dataset}/preprocessed.h5ad",
         tuned=tuned_settings,
     output:
-        model="results/{dataset}/models/{loss}/seed{seed}/model.pt",
-        history="results/{dataset}/models/{loss}/seed{seed}/history.tsv",
-        embedding="results/{dataset}/embeddings/{loss}/seed{seed}.h5ad",
-        reconstruction="results/{dataset}/reconstructions/{loss}/seed{seed}.h5ad",
+        model="results/{dataset}/k{rank}/models/{loss}/seed{seed}/model.pt",
+        history="results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv",
+        embedding="results/{dataset}/k{rank}/embeddings/{loss}/seed{seed}.h5ad",
+        reconstruction="results/{dataset}/k{rank}/reconstructions/{loss}/seed{seed}.h5ad",
     log:
-        "logs/{dataset}/train/{loss}/seed{seed}.log",
+        "logs/{dataset}/k{rank}/train/{loss}/seed{seed}.log",
     benchmark:
-        "benchmarks/{dataset}/train/{loss}/seed{seed}.tsv"
+        "benchmarks/{dataset}/k{rank}/train/{loss}/seed{seed}.tsv"
     conda:
         "../envs/torch.yaml"
     threads: config["train"]["threads"]
@@ -22,10 +22,10 @@ rule train:
         runtime=lambda wildcards, attempt: 60 * attempt,
     params:
         loss_params=loss_params,
-        model=config["model"],
+        model=model_at_rank,
         train=config["train"],
-        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+        label_key=label_key,
         # Outside the outputs, so a killed job's checkpoint survives for the rerun.
-        checkpoint="results/{dataset}/checkpoints/{loss}/seed{seed}.pt",
+        checkpoint="results/{dataset}/k{rank}/checkpoints/{loss}/seed{seed}.pt",
     script:
         "../scripts/train.py"

@@ -1,7 +1,8 @@
 # One tuning job per dataset × loss: every loss gets the same number of trials, trained on
 # training cells and scored on validation cells. The cross-validation variant "<name>.mcv"
 # trains with its dataset's tuned settings (same cells, same split; tuning it again would
-# double the budget for no new question).
+# double the budget for no new question). Tuning runs at the reference rank and every rank
+# reuses its choice (see the tuning section of the README for which way that biases).
 rule tune:
     input:
         "results/{dataset}/preprocessed.h5ad",
@@ -22,10 +23,10 @@ rule tune:
         runtime=lambda wildcards, attempt: 120 * attempt,
     params:
         loss_params=loss_params,
-        model=config["model"],
+        model=model_at_rank,  # at the reference rank
         train=config["train"],
         tune=config["tune"],
-        label_key=lambda wildcards: dataset_config(wildcards)["label_key"],
+        label_key=label_key,
     script:
         "../scripts/tune.py"
 

@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
@@ -88,6 +90,11 @@ def library_size_reconstruction(
     return mean_reconstruction(np.log1p(pooled * target_sum), n_cells)
 
 
+def _scaled(x: sp.spmatrix, train_std: np.ndarray) -> tuple[sp.csr_matrix, np.ndarray]:
+    scale = np.maximum(np.asarray(train_std, dtype=np.float64), MIN_STD)
+    return sp.csr_matrix(x.multiply(1.0 / scale[None, :])), scale
+
+
 def zscored_pca(
     x: sp.spmatrix, train: np.ndarray, train_std: np.ndarray, n_components: int, seed: int,
     recon_rows: np.ndarray,
@@ -97,38 +104,65 @@ def zscored_pca(
     (x − m̄)/s), reconstructions mapped back by × s. Its rank-k reconstruction is the best
     affine one for the MSE of z-scored values, as plain PCA is for log values. x/s stays sparse.
     """
-    scale = np.maximum(np.asarray(train_std, dtype=np.float64), MIN_STD)
-    scaled = sp.csr_matrix(x.multiply(1.0 / scale[None, :]))
+    scaled, scale = _scaled(x, train_std)
     pca = fit_pca(scaled[train], min(n_components, x.shape[1] - 1), seed)
     scores, recon = pca_embed_and_reconstruct(pca, scaled, recon_rows)
     return scores, (recon * scale[None, :]).astype(np.float32)
 
 
-def baseline_outputs(
-    name: str, adata: ad.AnnData, n_components: int, seed: int, max_pca_rank: int,
+#: ``reconstruct(rows)``: a baseline's dense reconstruction (float32) of those cells.
+Reconstructor = Callable[[np.ndarray], np.ndarray]
+
+
+def _pca_reconstructor(pca: PCA, scores: np.ndarray, scale: np.ndarray | None = None
+                       ) -> Reconstructor:
+    def reconstruct(rows: np.ndarray) -> np.ndarray:
+        recon = pca.inverse_transform(scores[rows])
+        return (recon if scale is None else recon * scale[None, :]).astype(np.float32)
+
+    return reconstruct
+
+
+def baseline_model(
+    name: str, adata: ad.AnnData, n_components: int | None, seed: int, max_pca_rank: int,
     input_scaling: str = "none",
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """(embedding of every cell or None, reconstruction of the test cells) of a baseline;
+) -> tuple[np.ndarray | None, Reconstructor]:
+    """(embedding of every cell or None, :data:`Reconstructor`) of a baseline fit on the
+    training cells; ``n_components`` is ``pca``'s rank (unused by the others),
     ``max_pca_rank`` bounds the ranks ``pca_mcv_rank`` searches. With ``input_scaling:
     zscore``, ``pca`` is fit where the autoencoders are (:func:`zscored_pca`)."""
-    split = adata.obs["split"].to_numpy()
-    train, test_rows = split == "train", np.flatnonzero(split == "test")
+    train = adata.obs["split"].to_numpy() == "train"
+    if name in ("pca", "pca_mcv_rank"):
+        rank = (n_components if name == "pca" else pca_mcv_rank(adata, max_pca_rank, seed))
+        if rank is None:
+            raise ValueError("baseline pca needs n_components (its rank)")
+        x, scale = adata.X, None
+        if name == "pca" and input_scaling == "zscore":
+            x, scale = _scaled(adata.X, adata.var["train_std"].to_numpy())
+        pca = fit_pca(x[train], min(rank, adata.n_vars - 1), seed)
+        scores = np.vstack([pca.transform(x[start : start + CHUNK])
+                            for start in range(0, x.shape[0], CHUNK)]).astype(np.float32)
+        return scores, _pca_reconstructor(pca, scores, scale)
     if name == "mean":
-        return None, mean_reconstruction(adata.var["train_mean"].to_numpy(), len(test_rows))
-    if name == "pca" and input_scaling == "zscore":
-        return zscored_pca(adata.X, train, adata.var["train_std"].to_numpy(), n_components,
-                           seed, test_rows)
-    if name == "pca":
-        pca = fit_pca(adata.X[train], min(n_components, adata.n_vars - 1), seed)
-        return pca_embed_and_reconstruct(pca, adata.X, test_rows)
-    if name == "pca_mcv_rank":
-        pca = fit_pca(adata.X[train], pca_mcv_rank(adata, max_pca_rank, seed), seed)
-        return pca_embed_and_reconstruct(pca, adata.X, test_rows)
-    if name == "library_size":
-        return None, library_size_reconstruction(
+        profile = adata.var["train_mean"].to_numpy()
+    elif name == "library_size":
+        profile = library_size_reconstruction(
             adata.layers["counts"][train], adata.obs["library_size"].to_numpy()[train],
-            float(adata.uns["scae"]["target_sum"]), len(test_rows),
-        )
-    if name == "no_denoising":
-        return None, adata.X[test_rows].toarray()
-    raise ValueError(f"unknown baseline {name!r}")
+            float(adata.uns["scae"]["target_sum"]), 1,
+        )[0]
+    elif name == "no_denoising":
+        return None, lambda rows: adata.X[rows].toarray().astype(np.float32)
+    else:
+        raise ValueError(f"unknown baseline {name!r}")
+    return None, lambda rows: mean_reconstruction(profile, len(rows))
+
+
+def baseline_outputs(
+    name: str, adata: ad.AnnData, n_components: int | None, seed: int, max_pca_rank: int,
+    input_scaling: str = "none",
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(embedding of every cell or None, reconstruction of the test cells) of a baseline
+    (:func:`baseline_model`)."""
+    latent, reconstruct = baseline_model(name, adata, n_components, seed, max_pca_rank,
+                                         input_scaling)
+    return latent, reconstruct(np.flatnonzero(adata.obs["split"].to_numpy() == "test"))

@@ -132,6 +132,8 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
 
 #: Reference reconstructions evaluated beside every autoencoder (see :mod:`scae.baselines`).
 BASELINES = ("mean", "pca", "library_size")
+#: Baselines fit at each latent rank (the others have no rank).
+RANKED_BASELINES = ("pca",)
 #: Added under molecular cross-validation: the noisy training molecules themselves, and PCA
 #: at the rank molecular cross-validation selects on validation cells.
 MCV_BASELINES = (*BASELINES, "no_denoising", "pca_mcv_rank")

@@ -33,7 +33,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from .config import CLUSTER_KEY, SUPPORTED_FORMATS, InputError, format_of
-from .mcv import HELDOUT_LAYER, binomial_split
+from .mcv import HELDOUT_LAYER, binomial_split, binomial_thin
 from .sizes import SizeNeeds
 
 logger = logging.getLogger("scae")
@@ -65,6 +65,15 @@ class MCVParams:
     """Molecular cross-validation: the fraction of molecules kept for training, and a seed."""
 
     train_fraction: float = 0.9
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Thinning:
+    """A depth variant of a dataset: each molecule kept with probability ``fraction``
+    (:func:`scae.mcv.binomial_thin`, seeded by ``seed``), before QC."""
+
+    fraction: float
     seed: int = 0
 
 
@@ -162,6 +171,9 @@ class CountRows:
     #: Whether :meth:`blocks` rounds every value to the nearest integer (and drops the zeros
     #: that makes): set by :func:`validate_counts` for counts with conversion noise.
     rounded: bool = False
+    #: Whether :meth:`blocks` thins the counts (a depth variant): set by :func:`preprocess_rows`
+    #: after validation, so the checks see the counts as stored.
+    thinning: Thinning | None = None
 
     def blocks(self, max_nnz: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
         """(first row, its block) over all rows, in order; a block holds at most ``max_nnz``
@@ -169,6 +181,8 @@ class CountRows:
         max_nnz = max_nnz or CHUNK_NNZ
         ends = np.cumsum(self.row_nnz(), dtype=np.int64)
         start, n_rows = 0, self.shape[0]
+        # One generator per pass: every pass over the rows sees the same thinned counts.
+        thin_rng = np.random.default_rng(self.thinning.seed) if self.thinning else None
         while start < n_rows:
             before = ends[start - 1] if start else 0
             stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
@@ -176,6 +190,8 @@ class CountRows:
             block = self.read(start, stop)
             if self.rounded:
                 block = round_counts(block)
+            if thin_rng is not None:
+                block = binomial_thin(block, self.thinning.fraction, thin_rng)
             yield start, block
             start = stop
 
@@ -683,6 +699,7 @@ def preprocess_file(
     clusters: bool = False,
     require_integers: bool = False,
     needs: SizeNeeds | None = None,
+    thin: Thinning | None = None,
 ) -> ad.AnnData:
     """:func:`preprocess_rows` of the dataset at ``path`` (read as :func:`open_counts` does,
     ``.h5ad`` and 10x ``.h5`` a block of cells at a time): what the workflow's preprocess
@@ -691,7 +708,8 @@ def preprocess_file(
         with open_counts(path, counts=counts, transpose=transpose) as rows:
             return preprocess_rows(rows, params, dataset=dataset, label_key=label_key,
                                    mito_prefix=mito_prefix, mcv=mcv, clusters=clusters,
-                                   require_integers=require_integers, needs=needs)
+                                   require_integers=require_integers, needs=needs,
+                                   thin=thin)
     except InputError as err:
         if f"dataset {dataset!r}" in str(err):
             raise
@@ -818,6 +836,7 @@ def preprocess_rows(
     require_integers: bool = False,
     needs: SizeNeeds | None = None,
     counts_fix: str | None = None,
+    thin: Thinning | None = None,
 ) -> ad.AnnData:
     """:func:`preprocess` as four passes over the blocks of ``rows``; only per-cell and
     per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in memory.
@@ -832,9 +851,15 @@ def preprocess_rows(
     4. The HVG columns of every cell: log-normalized, raw (and held-out) counts.
 
     With ``needs``, the split and the HVGs are checked against what the later stages need
-    (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built.
+    (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built. With ``thin``
+    every pass after validation reads the thinned counts (a depth variant of the input).
     """
-    validate_counts(rows, rows.source, dataset, require_integers, counts_fix)
+    validate_counts(rows, rows.source, dataset, require_integers or thin is not None,
+                    counts_fix)
+    if thin is not None:
+        rows.thinning = thin
+        logger.info("%s: molecules thinned binomially to a fraction %g (seed %d) before QC",
+                    dataset, thin.fraction, thin.seed)
     names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
     make_names_unique(names, "var", dataset)
     make_names_unique(names, "obs", dataset)
@@ -1003,6 +1028,8 @@ def preprocess_rows(
         "n_cells_input": int(n_input),
         "preprocess": asdict(params),
     }
+    if thin is not None:
+        adata.uns["scae"]["thin"] = asdict(thin)
     if labels is not None:
         adata.obs[label_key] = pd.Categorical(labels.to_numpy()[final])
     if clusters:

@@ -53,7 +53,9 @@ def evaluate_run(
         )
     if EMBEDDING_KEY in embedding.obsm:
         values[EMBEDDING_DIM] = float(embedding.obsm[EMBEDDING_KEY].shape[1])
-    values |= settings_metrics(embedding.uns.get("scae_run", {}))
+    meta = embedding.uns.get("scae_run", {})
+    values |= settings_metrics(meta)
+    values |= {name: float(value) for name, value in meta.get("train_scores", {}).items()}
     if EMBEDDING_KEY in embedding.obsm and label_key:
         if label_key in data.obs and data.obs[label_key].notna().any():
             values |= embedding_metrics(

@@ -31,15 +31,29 @@ def binomial_split(
 
     ``seed`` is a seed or a generator: the out-of-core path passes one generator through
     its blocks of cells, so a block's draws continue where the previous block's ended."""
-    rng = np.random.default_rng(seed)
-    train = counts.copy().astype(np.float32)
-    train.data = rng.binomial(np.rint(counts.data).astype(np.int64), train_fraction).astype(
-        np.float32
-    )
+    train = binomial_thin(counts, train_fraction, seed, drop_zeros=False)
     heldout = counts.astype(np.float32) - train
     train.eliminate_zeros()
     heldout.eliminate_zeros()
     return sp.csr_matrix(train), sp.csr_matrix(heldout)
+
+
+def binomial_thin(
+    counts: sp.csr_matrix, fraction: float, seed: int | np.random.Generator,
+    drop_zeros: bool = True,
+) -> sp.csr_matrix:
+    """c' ~ Binomial(c, ``fraction``) per entry: every molecule kept independently with
+    probability ``fraction``, i.e. the counts the same cells would have at that fraction of the
+    sequencing depth. Draws run in the order of the stored entries, so one generator passed
+    through consecutive blocks of rows gives the same c' as the whole matrix at once."""
+    rng = np.random.default_rng(seed)
+    thinned = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    thinned.data = rng.binomial(np.rint(counts.data).astype(np.int64), fraction).astype(
+        np.float32
+    )
+    if drop_zeros:
+        thinned.eliminate_zeros()
+    return thinned
 
 
 def heldout_expression(

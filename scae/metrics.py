@@ -22,6 +22,8 @@ Count-space metrics map x̂ back to expected counts, μ_g = (exp(x̂_g) − 1)�
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
@@ -89,6 +91,35 @@ def per_cell_metrics(
                                                     (x - train_mean) / scale)
         parts.append(pd.DataFrame(part))
     return pd.concat(parts, ignore_index=True)
+
+
+#: Per-cell score → the metric that is its mean over cells (``mse`` keeps its name).
+PER_CELL_SUMMARY = {"centred_cosine": "centred_cosine_mean",
+                    "zscored_cosine": "zscored_cosine_mean", "cosine": "cosine_mean",
+                    "pearson": "pearson_mean", "mse": "mse"}
+#: Prefix of a metric scored on the training cells instead of the test cells.
+TRAIN_PREFIX = "train_"
+
+
+def training_scores(
+    truth: sp.spmatrix | np.ndarray,
+    reconstruct: Callable[[np.ndarray], np.ndarray],
+    rows: np.ndarray,
+    train_mean: np.ndarray,
+    train_std: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Means over the cells ``rows`` (the training cells) of :func:`per_cell_metrics`, named
+    ``train_<metric>`` (e.g. ``train_centred_cosine_mean``): the other side of a run's
+    generalization gap. ``reconstruct(rows)`` returns the run's reconstruction of those cells;
+    it is called for :data:`CHUNK` cells at a time, so neither side is ever dense at once."""
+    sums: dict[str, float] = {}
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start : start + CHUNK]
+        scores = per_cell_metrics(truth[chunk], reconstruct(chunk), train_mean, train_std)
+        for column in scores:
+            sums[column] = sums.get(column, 0.0) + float(scores[column].sum())
+    return {TRAIN_PREFIX + PER_CELL_SUMMARY[column]: total / len(rows)
+            for column, total in sums.items()}
 
 
 def median_gene_pearson(truth: sp.spmatrix | np.ndarray, recon: np.ndarray) -> float:

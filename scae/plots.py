@@ -132,3 +132,104 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
         ax.set_xlabel("trial")
     axes[0][0].set_ylabel(f"validation {criterion}")
     _save(fig, path)
+
+
+#: How the rank curve marks each rank's verdict (best loss − PCA at that rank).
+VERDICT_MARKS = {"better": ("▲", "autoencoder better"), "worse": ("▼", "PCA better"),
+                 "no difference": ("○", "no difference")}
+
+
+def _seed_band(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and the t-interval over seeds (mean, low, high); no width with one seed."""
+    from scipy import stats
+
+    mean, n = float(values.mean()), int(values.count())
+    if n < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * float(values.std()) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, path) -> None:
+    """``primary_metric`` on test cells against the latent rank k (log2 axis): one line per
+    loss with its 95 % seed interval, PCA at each k, the mean profile (k = 0) as a level, the
+    training-cell scores faint and dashed, and each rank's verdict (best − PCA-k) marked."""
+    from .metrics import TRAIN_PREFIX
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    autoencoders = tidy[tidy["kind"] == "autoencoder"]
+    losses = sorted(autoencoders["model"].unique())
+    colors = dict(zip(losses, plt.cm.tab10.colors))
+    for loss in losses:
+        for metric, faint in ((primary_metric, False), (TRAIN_PREFIX + primary_metric, True)):
+            rows = autoencoders[(autoencoders["model"] == loss)
+                                & (autoencoders["metric"] == metric)]
+            if rows.empty:
+                continue
+            band = np.array([_seed_band(g["value"]) for _, g in rows.groupby("rank")])
+            ks = sorted(rows["rank"].unique())
+            if faint:
+                ax.plot(ks, band[:, 0], color=colors[loss], lw=0.8, ls="--", alpha=0.35)
+                continue
+            ax.plot(ks, band[:, 0], "o-", color=colors[loss], lw=1.4, ms=3, label=loss)
+            ax.fill_between(ks, band[:, 1], band[:, 2], color=colors[loss], alpha=0.15, lw=0)
+    for metric, style in ((primary_metric, dict(lw=2.2, ls="-", alpha=1.0, label="PCA at k")),
+                          (TRAIN_PREFIX + primary_metric, dict(lw=1.0, ls="--", alpha=0.4))):
+        pca = tidy[(tidy["model"] == "baseline_pca") & (tidy["metric"] == metric)]
+        pca = pca.sort_values("rank")
+        if len(pca):
+            ax.plot(pca["rank"], pca["value"], "s", color="black", ms=4, **style)
+    mean = tidy[(tidy["model"] == "baseline_mean") & (tidy["metric"] == primary_metric)]
+    if len(mean):
+        ax.axhline(float(mean["value"].iloc[0]), color="0.5", ls=":", lw=1.2,
+                   label="training-mean profile (k = 0)")
+    ax.set_xscale("log", base=2)
+    ks = ranks["rank"].tolist()
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.minorticks_off()
+    top = ax.get_ylim()[1]
+    for row in ranks.itertuples():
+        if row.verdict in VERDICT_MARKS:
+            ax.annotate(VERDICT_MARKS[row.verdict][0], (row.rank, top), ha="center",
+                        va="bottom", fontsize=12, annotation_clip=False)
+    ax.set_xlabel("latent rank k (log2)")
+    ax.set_ylabel(f"{primary_metric} (test cells; dashed: training cells)")
+    marks = ", ".join(f"{mark} {text}" for mark, text in VERDICT_MARKS.values())
+    ax.set_title(f"best loss vs PCA at each k: {marks}", fontsize=9, pad=18)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    _save(fig, path)
+
+
+def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
+    """The answer table at each rank as a forest plot: every loss minus the best loss, and
+    the best minus PCA and minus the mean profile, with their simultaneous intervals; 0
+    dashed. One panel per rank, ``columns`` a row."""
+    answer = comparisons[comparisons["family"] == "answer"]
+    ranks = sorted(answer["rank"].unique())
+    n_rows = max(1, int(np.ceil(len(ranks) / columns)))
+    n_cols = min(columns, max(1, len(ranks)))
+    height = 0.32 * max((answer["rank"] == r).sum() for r in ranks) + 1.4 if ranks else 2
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows),
+                             squeeze=False)
+    for ax, rank in zip(axes.flat, ranks):
+        rows = answer[answer["rank"] == rank]
+        versus_best = rows[~rows["reference"].str.startswith("baseline_")]
+        best = versus_best["reference"].iloc[0] if len(versus_best) else rows["model"].iloc[0]
+        rows = pd.concat([versus_best.sort_values("mean_difference"),
+                          rows[rows["reference"].str.startswith("baseline_")]])
+        labels = [f"{r.model} − {r.reference.removeprefix('baseline_')}"
+                  if r.reference.startswith("baseline_") else f"{r.model} − best"
+                  for r in rows.itertuples()]
+        y = np.arange(len(rows))[::-1]
+        colors = ["tab:green" if v == "better" else "tab:red" if v == "worse" else "0.4"
+                  for v in rows["verdict"]]
+        for row, height, color in zip(rows.itertuples(), y, colors):
+            ax.plot([row.ci_low, row.ci_high], [height, height], color=color, lw=1.6)
+            ax.plot(row.mean_difference, height, "o", color=color, ms=4)
+        ax.axvline(0, color="0.3", ls="--", lw=1)
+        ax.set_yticks(y, labels, fontsize=8)
+        ax.set_title(f"k = {rank} (best: {best})", fontsize=9)
+        ax.set_xlabel(f"difference in {rows['metric'].iloc[0]}", fontsize=8)
+    for ax in axes.flat[len(ranks):]:
+        ax.axis("off")
+    _save(fig, path)

@@ -1,5 +1,6 @@
-"""Tables that answer "which loss?": runs beside baselines, mean ± sd over seeds, paired
-differences with intervals over seeds and cells, and the one-line answer."""
+"""Tables that answer "which loss?" and "at which rank does an autoencoder beat PCA?": runs
+beside baselines, mean ± sd over seeds, paired differences with intervals over seeds and cells,
+the one-line answer at each latent rank, and the rank table with its crossing."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import numpy as np
 import pandas as pd
 
 from .config import MCV_SUFFIX
-from .metrics import EMBEDDING_DIM
+from .metrics import EMBEDDING_DIM, PER_CELL_SUMMARY, TRAIN_PREFIX
 from .outputs import SETTING_PREFIX
 from .stats import bonferroni, crossed_mean_difference
 
-KEYS = ["dataset", "kind", "model", "seed"]
+#: What identifies a run in the tidy tables; ``rank`` (the latent rank) and ``seed`` are
+#: missing for the baselines that have none (the mean profile, library size, MCV's).
+KEYS = ["dataset", "kind", "model", "rank", "seed"]
 #: Metrics in the Markdown summary, with the direction that is better.
 HEADLINE_METRICS = {
     "cosine_mean": "higher",
@@ -33,13 +36,7 @@ HEADLINE_METRICS = {
 }
 #: Metrics the answer can rank by (``summary.primary_metric``): each is the mean over test
 #: cells of a per-cell score, so its paired differences have intervals.
-PER_CELL_OF = {
-    "centred_cosine_mean": "centred_cosine",
-    "zscored_cosine_mean": "zscored_cosine",
-    "cosine_mean": "cosine",
-    "pearson_mean": "pearson",
-    "mse": "mse",
-}
+PER_CELL_OF = {metric: score for score, metric in PER_CELL_SUMMARY.items()}
 #: Per-cell scores and the direction that is better.
 PER_CELL_BETTER = {"centred_cosine": "higher", "zscored_cosine": "higher", "cosine": "higher",
                    "pearson": "higher", "mse": "lower"}
@@ -50,8 +47,12 @@ REFERENCES = ("mse", "baseline_pca")
 #: metric cannot tell denoisers apart at this depth.
 DENOISING_BASELINES = ("baseline_pca", "baseline_pca_mcv_rank")
 #: Columns of comparisons.tsv (:func:`paired_differences`).
-COMPARISON_COLUMNS = ["family", "model", "reference", "metric", "better", "n_seeds", "n_cells",
-                      "mean_difference", "ci_low", "ci_high", "p_value", "p_adjusted", "verdict"]
+COMPARISON_COLUMNS = ["rank", "family", "model", "reference", "metric", "better", "n_seeds",
+                      "n_cells", "mean_difference", "ci_low", "ci_high", "p_value", "p_adjusted",
+                      "verdict"]
+#: Columns of ranks.tsv (:func:`rank_table`).
+RANK_COLUMNS = ["rank", "best", "metric", "best_mean", "best_train", "pca_mean", "pca_train",
+                "mean_difference", "ci_low", "ci_high", "verdict"]
 #: Prefix of the machine-readable answer comment that :mod:`scae.findings` reads.
 ANSWER_TAG = "scae-answer:"
 
@@ -77,8 +78,9 @@ def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) ->
     ``convergence`` (:func:`convergence`), each autoencoder run of the main dataset also gets
     its ``epochs``, ``best_epoch`` and ``converged``.
     """
-    # Baselines have no seed; a placeholder keeps them through the pivot's groupby.
-    rows = tidy.assign(seed=tidy["seed"].fillna(-1).astype(int))
+    # Baselines have no seed (and some no rank); a placeholder keeps them through the pivot.
+    rows = tidy.assign(seed=tidy["seed"].fillna(-1).astype(int),
+                       rank=tidy["rank"].fillna(-1).astype(int))
     wide = rows.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first")
     wide = wide.reset_index()
     wide.columns.name = None
@@ -87,37 +89,41 @@ def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) ->
     training = []
     if convergence is not None:
         training = ["epochs", "best_epoch", "converged"]
-        wide = wide.merge(convergence[["dataset", "model", "seed", *training]],
-                          on=["dataset", "model", "seed"], how="left")
+        wide = wide.merge(convergence[["dataset", "model", "rank", "seed", *training]],
+                          on=["dataset", "model", "rank", "seed"], how="left")
         wide[["epochs", "best_epoch"]] = wide[["epochs", "best_epoch"]].astype("Int64")
         wide["converged"] = wide["converged"].astype("boolean")
     wide["seed"] = wide["seed"].astype("Int64").mask(wide["seed"] < 0)
     wide["_order"] = (wide["kind"] == "baseline").astype(int)
-    wide = wide.sort_values(["dataset", "_order", "model", "seed"]).drop(columns="_order")
+    wide["_rank"] = wide["rank"].where(wide["rank"] >= 0, np.iinfo(np.int64).max)
+    wide = wide.sort_values(["dataset", "_rank", "_order", "model", "seed"])
+    wide = wide.drop(columns=["_order", "_rank"])
+    wide["rank"] = wide["rank"].astype("Int64").mask(wide["rank"] < 0)
     return wide[KEYS + leading + others + training].reset_index(drop=True)
 
 
 def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sample sd and number of seeds per (dataset, kind, model, metric)."""
-    grouped = tidy.groupby(["dataset", "kind", "model", "metric"], sort=False)["value"]
+    """Mean, sample sd and number of seeds per (dataset, kind, model, rank, metric)."""
+    grouped = tidy.groupby(["dataset", "kind", "model", "rank", "metric"], sort=False,
+                           dropna=False)["value"]
     return grouped.agg(mean="mean", sd="std", n="count").reset_index()
 
 
-def read_histories(paths) -> dict[tuple[str, str, int], pd.DataFrame]:
-    """(dataset, loss, seed) → history of every
-    ``results/{dataset}/models/{loss}/seed{seed}/history.tsv`` in ``paths``."""
+def read_histories(paths) -> dict[tuple[str, int, str, int], pd.DataFrame]:
+    """(dataset, rank, loss, seed) → history of every
+    ``results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv`` in ``paths``."""
     histories = {}
     for path in map(Path, paths):
-        key = (path.parents[3].name, path.parents[1].name,
-               int(path.parent.name.removeprefix("seed")))
+        key = (path.parents[4].name, int(path.parents[3].name.removeprefix("k")),
+               path.parents[1].name, int(path.parent.name.removeprefix("seed")))
         histories[key] = pd.read_csv(path, sep="\t")
     return histories
 
 
 def convergence(
-    histories: dict[tuple[str, str, int], pd.DataFrame], max_epochs: int, patience: int
+    histories: dict[tuple[str, int, str, int], pd.DataFrame], max_epochs: int, patience: int
 ) -> pd.DataFrame:
-    """Per (dataset, loss, seed) training history: ``epochs`` run, ``best_epoch`` (first
+    """Per (dataset, rank, loss, seed) training history: ``epochs`` run, ``best_epoch`` (first
     minimum of ``val_loss``, the weights kept) and ``converged``.
 
     A run is *not converged* when it ran all ``max_epochs`` and its best epoch lies within the
@@ -125,14 +131,25 @@ def convergence(
     the validation loss was still improving, and more epochs might have changed its scores.
     """
     rows = []
-    for (dataset, loss, seed), history in sorted(histories.items()):
+    for (dataset, rank, loss, seed), history in sorted(histories.items()):
         epochs = int(history["epoch"].max())
         best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        rows.append({"dataset": dataset, "model": loss, "seed": seed, "epochs": epochs,
-                     "best_epoch": best,
+        rows.append({"dataset": dataset, "rank": rank, "model": loss, "seed": seed,
+                     "epochs": epochs, "best_epoch": best,
                      "converged": not (epochs >= max_epochs and best > max_epochs - patience)})
-    return pd.DataFrame(rows, columns=["dataset", "model", "seed", "epochs", "best_epoch",
-                                       "converged"])
+    return pd.DataFrame(rows, columns=["dataset", "rank", "model", "seed", "epochs",
+                                       "best_epoch", "converged"])
+
+
+def at_rank(frame: pd.DataFrame, rank: int) -> pd.DataFrame:
+    """The rows of runs at latent ``rank`` and of the runs without a rank (the baselines every
+    rank is compared with)."""
+    return frame[(frame["rank"] == rank) | frame["rank"].isna()]
+
+
+def ranks_in(frame: pd.DataFrame) -> list[int]:
+    """The latent ranks of a tidy or aggregated table, ascending."""
+    return sorted(int(r) for r in frame["rank"].dropna().unique())
 
 
 def direction(metric: str) -> str:
@@ -223,8 +240,10 @@ def paired_differences(
     best: str,
     primary_metric: str = "centred_cosine_mean",
     level: float = 0.95,
+    rank: int | None = None,
 ) -> pd.DataFrame:
-    """Model − reference per-cell differences with simultaneous intervals per family.
+    """Model − reference per-cell differences with simultaneous intervals per family, for
+    the runs of one latent ``rank`` (recorded in the ``rank`` column).
 
     ``per_cell`` maps (model, seed) — seed None for baselines — to its per-cell table (a
     ``cell`` column and one column per score). Each comparison's seeds × cells table
@@ -242,9 +261,17 @@ def paired_differences(
                                                             primary_metric):
         table = difference_table(per_cell, model, reference, metric)
         if table is not None:
-            rows.append({"family": family, "model": model, "reference": reference,
-                         "metric": metric, "better": PER_CELL_BETTER[metric],
+            rows.append({"rank": rank, "family": family, "model": model,
+                         "reference": reference, "metric": metric,
+                         "better": PER_CELL_BETTER[metric],
                          "difference": crossed_mean_difference(table)})
+    return with_intervals(rows, level)
+
+
+def with_intervals(rows: list[dict], level: float) -> pd.DataFrame:
+    """:data:`COMPARISON_COLUMNS` of comparisons given with their ``difference``
+    (:class:`scae.stats.MeanDifference`): within each family of m rows, intervals at level
+    1 − (1 − ``level``)/m and Bonferroni-adjusted p, and the verdict."""
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     frame = pd.DataFrame(rows)
@@ -417,35 +444,136 @@ def _preprocess_sentence(settings: dict) -> str:
             f"{settings['val_fraction']}, split_seed = {settings['split_seed']}.")
 
 
-def markdown_summary(
-    tidy: pd.DataFrame,
-    comparisons: pd.DataFrame,
-    dataset: str,
+def rank_comparisons(
+    per_cell: dict[int, dict[tuple[str, int | None], pd.DataFrame]],
+    stats: pd.DataFrame,
     primary_metric: str = "centred_cosine_mean",
-    runs: pd.DataFrame | None = None,
     level: float = 0.95,
-    preprocess: dict | None = None,
-) -> str:
-    """Mean ± sd per model and headline metric (best in bold), caveats, the answer, then the
-    paired comparisons (the part :mod:`scae.findings` leaves out of the README).
-    ``preprocess``: the dataset's preprocessing settings, stated under the title."""
-    stats = aggregate(tidy)
-    stats = stats[stats["dataset"] == dataset]
+) -> pd.DataFrame:
+    """Every rank's :func:`paired_differences` (against that rank's best loss), then the
+    ``rank`` family: at each rank, the best loss − PCA at that rank on the primary metric,
+    with intervals simultaneous over the ranks (Bonferroni over their number).
+
+    ``per_cell`` maps each rank to its runs' per-cell tables (the baselines without a rank
+    included at every rank); ``stats`` is :func:`aggregate` of the tidy metrics.
+    """
+    frames, rank_rows = [], []
+    metric = PER_CELL_OF[primary_metric]
+    for rank, runs in sorted(per_cell.items()):
+        best = best_loss(at_rank(stats, rank), primary_metric)
+        frames.append(paired_differences(runs, best, primary_metric, level, rank))
+        table = difference_table(runs, best, "baseline_pca", metric)
+        if table is not None:
+            rank_rows.append({"rank": rank, "family": "rank", "model": best,
+                              "reference": "baseline_pca", "metric": metric,
+                              "better": PER_CELL_BETTER[metric],
+                              "difference": crossed_mean_difference(table)})
+    frames.append(with_intervals(rank_rows, level))
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: str
+               ) -> pd.DataFrame:
+    """One row per latent rank (:data:`RANK_COLUMNS`): the best loss, its mean
+    ``primary_metric`` on test cells and on training cells (``train_*``: the generalization
+    gap), PCA's at that rank, and the ``rank``-family difference best − PCA with its
+    interval and verdict (NaN / "" where PCA was not run)."""
+    rows = []
+    family = comparisons[comparisons["family"] == "rank"] if len(comparisons) else comparisons
+    for rank in ranks_in(stats):
+        here = at_rank(stats, rank)
+        best = best_loss(here, primary_metric)
+
+        def mean(model: str, metric: str) -> float:
+            value = here.loc[(here["model"] == model) & (here["metric"] == metric), "mean"]
+            return float(value.iloc[0]) if len(value) else np.nan
+
+        row = {"rank": rank, "best": best, "metric": primary_metric,
+               "best_mean": mean(best, primary_metric),
+               "best_train": mean(best, TRAIN_PREFIX + primary_metric),
+               "pca_mean": mean("baseline_pca", primary_metric),
+               "pca_train": mean("baseline_pca", TRAIN_PREFIX + primary_metric),
+               "mean_difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "verdict": ""}
+        match = family[family["rank"] == rank] if len(family) else family
+        if len(match):
+            found = match.iloc[0]
+            row |= {k: found[k] for k in ("mean_difference", "ci_low", "ci_high", "verdict")}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=RANK_COLUMNS)
+
+
+def crossing(table: pd.DataFrame) -> tuple[int | None, int | None]:
+    """(the largest rank at which the best autoencoder is better than PCA at that rank, the
+    smallest at which PCA is better), each None when there is no such rank."""
+    better = table.loc[table["verdict"] == "better", "rank"]
+    worse = table.loc[table["verdict"] == "worse", "rank"]
+    return (int(better.max()) if len(better) else None,
+            int(worse.min()) if len(worse) else None)
+
+
+def crossing_sentence(table: pd.DataFrame) -> str:
+    """The crossing in words (:func:`crossing`)."""
+    largest, smallest = crossing(table)
+    parts = [("the best autoencoder beats PCA at the same rank up to k = "
+              f"{largest}" if largest is not None else
+              "the best autoencoder beats PCA at no rank"),
+             (f"PCA is better from k = {smallest}" if smallest is not None else
+              "PCA is better at no rank")]
+    ties = table.loc[table["verdict"] == "no difference", "rank"].tolist()
+    text = "**Crossing:** " + "; ".join(parts)
+    if ties:
+        text += f"; tied at k = {', '.join(map(str, ties))}"
+    if largest is not None and smallest is not None and smallest < largest:
+        text += " (not one crossing: the verdicts change direction more than once)"
+    return text + "."
+
+
+def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[str]:
+    """The rank table, its crossing and the two figures of :mod:`scae.plots`."""
+    verdicts = {"better": "autoencoder better", "worse": "PCA better",
+                "no difference": "no difference", "": "–"}
+    lines = ["## At which rank does an autoencoder beat PCA?", "",
+             f"Per latent rank k: the loss with the best mean `{primary_metric}` on test cells, "
+             "the same metric on its training cells (the generalization gap), PCA at rank k, "
+             "and best − PCA-k on the same test cells with an interval over seeds and cells, "
+             f"simultaneous at {level:.0%} over the {len(table)} rank"
+             f"{'s' * (len(table) != 1)}.", "",
+             "| k | best loss | test | train | PCA-k test | PCA-k train | best − PCA-k | "
+             f"simultaneous {level:.0%} CI | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def number(value: float, fmt: str = ".4f") -> str:
+        return "–" if pd.isna(value) else format(value, fmt)
+
+    for row in table.itertuples():
+        interval = ("–" if pd.isna(row.ci_low) else
+                    f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]")
+        lines.append(
+            f"| {row.rank} | `{row.best}` | {number(row.best_mean)} | {number(row.best_train)} | "
+            f"{number(row.pca_mean)} | {number(row.pca_train)} | "
+            f"{number(row.mean_difference, '+.4f')} | {interval} | {verdicts[row.verdict]} |")
+    lines += ["", crossing_sentence(table), "",
+              "![rank curve](plots/rank_curve.png) ![answer](plots/forest.png)", ""]
+    return lines
+
+
+def _rank_section(
+    stats: pd.DataFrame, comparisons: pd.DataFrame, dataset: str, primary_metric: str,
+    runs: pd.DataFrame | None, level: float, rank: int, reference: bool,
+) -> list[str]:
+    """One rank's table of mean ± sd per model and headline metric (best in bold), caveats,
+    settings and answer line, with its machine-readable record."""
     metrics = [m for m in HEADLINE_METRICS if m in set(stats["metric"])]
     order = stats.drop_duplicates("model").sort_values(["kind", "model"])["model"].tolist()
     means = stats.pivot(index="model", columns="metric", values="mean")
     sds = stats.pivot(index="model", columns="metric", values="sd")
     seeds = _seed_counts(stats, metrics)
     most = max(seeds.values())
-    lines = [f"# {dataset}: which loss reconstructs held-out cells best?", ""]
-    lines.append(
-        f"{_seed_sentence(seeds)} (baselines are deterministic). **Bold**: best value per "
-        "column, baselines included. Higher is better except for mse and the negative "
-        f"log-likelihoods (nll). The answer ranks by `{primary_metric}`."
-    )
-    lines.append("")
-    if preprocess:
-        lines += [_preprocess_sentence(preprocess), ""]
+    title = f"## Rank k = {rank}" + (" (the reference rank: tuning, MCV)" if reference else "")
+    lines = [title, "", f"{_seed_sentence(seeds)} (baselines are deterministic).", ""]
     header = [m if seeds[m] in (0, most) else f"{m} ({seeds[m]} seed{'s' * (seeds[m] != 1)})"
               for m in metrics]
     lines.append("| model | " + " | ".join(header) + " |")
@@ -465,34 +593,79 @@ def markdown_summary(
             text = f"{mean:.4g}" + (f" ± {sd:.2g}" if pd.notna(sd) else "")
             cells.append(f"**{text}**" if np.isclose(mean, best[m]) else text)
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    runs_here = None
-    if runs is not None:
-        runs_here = runs[runs["dataset"].str.removesuffix(MCV_SUFFIX) == dataset]
     notes = _notes(stats)
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
     lines += settings_table(stats)
-    text, record = answer(stats, comparisons, dataset, primary_metric, runs_here, level)
-    lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->"]
+    text, record = answer(stats, comparisons, dataset, primary_metric, runs, level)
+    record |= {"rank": rank, "reference": reference}
+    lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->", ""]
+    return lines
+
+
+def _comparison_lines(comparisons: pd.DataFrame, level: float) -> list[str]:
+    lines = ["## Paired comparisons", "",
+             "Model minus reference on the same test cells (joined by cell name) and "
+             "seeds. Intervals include seed-to-seed and cell-to-cell variation "
+             "(`scae.stats`); within each table they are simultaneous at "
+             f"{level:.0%} (Bonferroni over the table's m rows), and p is "
+             "Bonferroni-adjusted. Verdict `no difference`: the interval contains 0. "
+             "Rows with 1 seed vary test cells only."]
+    titles = {"answer": "Ties with the best loss, and where PCA and the mean profile stand",
+              "paired": "Each loss against mse and against PCA"}
+    for (rank, family), members in comparisons.groupby(["rank", "family"], sort=False):
+        if family == "rank":
+            continue  # the rank table above
+        lines += ["", f"### k = {rank}: {titles[family]} (m = {len(members)})", "",
+                  "| model | vs | metric | seeds | mean difference | "
+                  f"simultaneous {level:.0%} CI | p (adjusted) | verdict |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in members.itertuples():
+            lines.append(
+                f"| {row.model} | {row.reference} | {row.metric} | {row.n_seeds} | "
+                f"{row.mean_difference:+.4f} | [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | "
+                f"{row.p_adjusted:.2g} | {row.verdict} |"
+            )
+    return lines
+
+
+def markdown_summary(
+    tidy: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    dataset: str,
+    primary_metric: str = "centred_cosine_mean",
+    runs: pd.DataFrame | None = None,
+    level: float = 0.95,
+    preprocess: dict | None = None,
+    reference_rank: int | None = None,
+) -> str:
+    """The rank table and its crossing, then per latent rank the mean ± sd of every model
+    and headline metric (best in bold), caveats and the answer, then the paired comparisons
+    (the part :mod:`scae.findings` leaves out of the README). ``preprocess``: the dataset's
+    preprocessing settings, stated under the title; ``reference_rank`` (default the largest)
+    is the rank tuning and MCV ran at."""
+    stats = aggregate(tidy)
+    stats = stats[stats["dataset"] == dataset]
+    ranks = ranks_in(stats)
+    reference_rank = reference_rank or ranks[-1]
+    lines = [f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
+             "does an autoencoder beat PCA?", "",
+             "Every model is scored on held-out test cells. **Bold**: best value per column, "
+             "baselines included. Higher is better except for mse and the negative "
+             f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.", ""]
+    if preprocess:
+        lines += [_preprocess_sentence(preprocess), ""]
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)
+    for rank in ranks:
+        runs_here = None
+        if runs is not None:
+            runs_here = runs[(runs["dataset"].str.removesuffix(MCV_SUFFIX) == dataset)
+                             & (runs["rank"] == rank)]
+        lines += _rank_section(at_rank(stats, rank),
+                               comparisons[comparisons["rank"] == rank], dataset,
+                               primary_metric, runs_here, level, rank, rank == reference_rank)
     if len(comparisons):
-        lines += ["", "## Paired comparisons", "",
-                  "Model minus reference on the same test cells (joined by cell name) and "
-                  "seeds. Intervals include seed-to-seed and cell-to-cell variation "
-                  "(`scae.stats`); within each table they are simultaneous at "
-                  f"{level:.0%} (Bonferroni over the table's m rows), and p is "
-                  "Bonferroni-adjusted. Verdict `no difference`: the interval contains 0. "
-                  "Rows with 1 seed vary test cells only."]
-        titles = {"answer": "Ties with the best loss, and where PCA and the mean profile stand",
-                  "paired": "Each loss against mse and against PCA"}
-        for family, members in comparisons.groupby("family", sort=False):
-            lines += ["", f"### {titles[family]} (m = {len(members)})", "",
-                      "| model | vs | metric | seeds | mean difference | "
-                      f"simultaneous {level:.0%} CI | p (adjusted) | verdict |",
-                      "|---|---|---|---|---|---|---|---|"]
-            for row in members.itertuples():
-                lines.append(
-                    f"| {row.model} | {row.reference} | {row.metric} | {row.n_seeds} | "
-                    f"{row.mean_difference:+.4f} | [{row.ci_low:+.4f}, {row.ci_high:+.4f}] | "
-                    f"{row.p_adjusted:.2g} | {row.verdict} |"
-                )
-    return "\n".join(lines) + "\n"
+        lines += _comparison_lines(comparisons, level)
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,4 +1,5 @@
-"""Snakemake entry point: score one run's test reconstructions (and embedding) on held-out cells."""
+"""Snakemake entry point: score runs' test reconstructions (and embeddings) on held-out cells:
+one baseline, or every loss of one rank and seed (the dataset is read once for all)."""
 
 import anndata as ad
 import numpy as np
@@ -6,25 +7,27 @@ import numpy as np
 from scae.evaluate import evaluate_run
 from scae.io import atomic_path, rule_logging
 from scae.metrics import tidy
+from scae.outputs import run_label
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
-    values, per_cell = evaluate_run(
-        ad.read_h5ad(sm.input.data),
-        ad.read_h5ad(sm.input.reconstruction),
-        ad.read_h5ad(sm.input.embedding),
-        sm.params.label_key or None,
-    )
-    is_baseline = sm.wildcards.model == "baseline"
-    rows = tidy(
-        values,
-        dataset=sm.wildcards.dataset,
-        model=f"baseline_{sm.wildcards.run}" if is_baseline else sm.wildcards.model,
-        kind="baseline" if is_baseline else "autoencoder",
-        seed=np.nan if is_baseline else int(sm.wildcards.run.removeprefix("seed")),
-    )
-    log.info("metrics:\n%s", rows.to_string(index=False))
-    with atomic_path(sm.output.per_cell) as tmp:
-        per_cell.to_csv(tmp, sep="\t", index=False, compression="gzip")
-    with atomic_path(sm.output.metrics) as tmp:
-        rows.to_csv(tmp, sep="\t", index=False)
+    data = ad.read_h5ad(sm.input.data)
+    runs = zip(sm.input.embeddings, sm.input.reconstructions, sm.output.metrics,
+               sm.output.per_cell, strict=True)
+    for embedding, reconstruction, metrics_path, per_cell_path in runs:
+        values, per_cell = evaluate_run(data, ad.read_h5ad(reconstruction),
+                                        ad.read_h5ad(embedding), sm.params.label_key or None)
+        model = run_label(embedding)
+        rows = tidy(
+            values,
+            dataset=sm.wildcards.dataset,
+            model=model,
+            kind="baseline" if model.startswith("baseline_") else "autoencoder",
+            rank=np.nan if sm.params.rank is None else sm.params.rank,
+            seed=np.nan if sm.params.seed is None else sm.params.seed,
+        )
+        log.info("metrics of %s:\n%s", model, rows.to_string(index=False))
+        with atomic_path(per_cell_path) as tmp:
+            per_cell.to_csv(tmp, sep="\t", index=False, compression="gzip")
+        with atomic_path(metrics_path) as tmp:
+            rows.to_csv(tmp, sep="\t", index=False)

@@ -1,4 +1,5 @@
-"""Snakemake entry point: the per-cell, metric and training-curve figures of one dataset."""
+"""Snakemake entry point: the per-cell, metric and training-curve figures of one dataset, at
+its reference rank."""
 
 from pathlib import Path
 
@@ -7,10 +8,11 @@ import pandas as pd
 from scae import plots
 from scae.io import atomic_path, rule_logging
 from scae.outputs import run_label
+from scae.summary import at_rank
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
-    tidy = pd.read_csv(sm.input.tidy, sep="\t")
+    tidy = at_rank(pd.read_csv(sm.input.tidy, sep="\t"), sm.params.rank)
     per_cell = {}
     for path in sm.input.per_cell:
         per_cell.setdefault(run_label(path), []).append(pd.read_csv(path, sep="\t"))

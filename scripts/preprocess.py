@@ -2,7 +2,7 @@
 .h5ad and 10x .h5 inputs a block of cells at a time (scae.data.open_counts)."""
 
 from scae.config import MCV_SUFFIX
-from scae.data import MCVParams, PreprocessParams, preprocess_file
+from scae.data import MCVParams, PreprocessParams, Thinning, preprocess_file
 from scae.io import atomic_path, rule_logging
 from scae.sizes import SizeNeeds
 
@@ -21,6 +21,7 @@ with rule_logging(sm.log[0]):
         clusters=sm.params.clusters,
         require_integers=sm.params.require_integers,
         needs=SizeNeeds(**sm.params.needs),
+        thin=Thinning(**spec["thin"]) if "thin" in spec else None,
     )
     with atomic_path(sm.output[0]) as tmp:
         result.write_h5ad(tmp, compression="lzf")  # fast to read for every job

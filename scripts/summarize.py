@@ -5,11 +5,11 @@ import pandas as pd
 from scae.io import atomic_path, rule_logging
 from scae.summary import (
     aggregate,
-    best_loss,
     convergence,
     markdown_summary,
     merge_variants,
-    paired_differences,
+    rank_comparisons,
+    rank_table,
     read_histories,
     wide_summary,
 )
@@ -21,22 +21,30 @@ with rule_logging(sm.log[0]) as log:
     tidy = merge_variants(
         pd.concat([pd.read_csv(path, sep="\t") for path in sm.input.metrics], ignore_index=True)
     )
-    per_cell = {}
+    # Per-cell scores by rank; the baselines without a rank (scope "shared") join every rank.
+    ranked, shared = {}, {}
     for cells_path in sm.input.per_cell:
         metrics_path = cells_path.removesuffix(".per_cell.tsv.gz") + ".tsv"
         run = pd.read_csv(metrics_path, sep="\t", nrows=1).iloc[0]
         seed = None if pd.isna(run["seed"]) else int(run["seed"])
-        per_cell[(run["model"], seed)] = pd.read_csv(cells_path, sep="\t")
+        table = pd.read_csv(cells_path, sep="\t")
+        if pd.isna(run["rank"]):
+            shared[(run["model"], seed)] = table
+        else:
+            ranked.setdefault(int(run["rank"]), {})[(run["model"], seed)] = table
+    per_cell = {rank: runs | shared for rank, runs in ranked.items()}
     runs = convergence(read_histories(sm.input.histories), sm.params.max_epochs,
                        sm.params.patience)
-    best = best_loss(aggregate(tidy), primary)
-    comparisons = paired_differences(per_cell, best, primary, level)
+    stats = aggregate(tidy)
+    comparisons = rank_comparisons(per_cell, stats, primary, level)
+    ranks = rank_table(stats, comparisons, primary)
     summary = wide_summary(tidy, runs)
     markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level,
-                                preprocess=sm.params.preprocess)
+                                preprocess=sm.params.preprocess,
+                                reference_rank=sm.params.reference_rank)
     log.info("\n%s", markdown)
     for path, frame in [(sm.output.tidy, tidy), (sm.output.summary, summary),
-                        (sm.output.comparisons, comparisons)]:
+                        (sm.output.comparisons, comparisons), (sm.output.ranks, ranks)]:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     with atomic_path(sm.output.markdown) as tmp:

@@ -1,15 +1,17 @@
-"""Snakemake entry point: train one autoencoder for a dataset × loss × seed through the public
-API (scae.Autoencoder), then write its embedding of every cell and its reconstructions of the
-test cells."""
+"""Snakemake entry point: train one autoencoder for a dataset × rank × loss × seed through the
+public API (scae.Autoencoder), then write its embedding of every cell, its reconstructions of
+the test cells and its scores on the training cells."""
 
 from pathlib import Path
 
 import anndata as ad
+import numpy as np
 import torch
 import yaml
 
 from scae import Autoencoder
 from scae.io import rule_logging
+from scae.metrics import training_scores
 from scae.outputs import write_run_outputs
 from scae.train import keep_freed_memory
 from scae.tune import apply_best
@@ -27,16 +29,20 @@ with rule_logging(sm.log[0]) as log:
     model = Autoencoder(adata, sm.wildcards.loss, sm.params.loss_params,
                         hidden=tuple(settings.pop("hidden")), **settings)
     train.pop("threads")
-    log.info("training %s seed %s with %d threads: %s", sm.wildcards.loss, sm.wildcards.seed,
-             sm.threads, train)
+    log.info("training %s at rank %s, seed %s, with %d threads: %s", sm.wildcards.loss,
+             sm.wildcards.rank, sm.wildcards.seed, sm.threads, train)
     model.train(**train, seed=int(sm.wildcards.seed), checkpoint=sm.params.checkpoint)
     model.save(Path(sm.output.model).parent, overwrite=True)  # model.pt and history.tsv
-    test_rows = (adata.obs["split"] == "test").to_numpy().nonzero()[0]
+    split = adata.obs["split"].to_numpy()
+    fitted = training_scores(adata.X, lambda rows: model.get_reconstruction(indices=rows),
+                             np.flatnonzero(split == "train"),
+                             adata.var["train_mean"].to_numpy(), adata.var["train_std"].to_numpy())
+    test_rows = np.flatnonzero(split == "test")
     # Test cells are read only now: training and model selection never saw them.
     write_run_outputs(adata, test_rows, model.get_latent_representation(),
                       model.get_reconstruction(indices=test_rows), sm.output.embedding,
                       sm.output.reconstruction,
                       {"model": sm.wildcards.loss, "seed": int(sm.wildcards.seed),
                        "best_epoch": model.best_epoch, "stopped_by": model.stopped_by,
-                       **model.settings, "tuned": bool(sm.input.tuned)})
+                       **model.settings, "tuned": bool(sm.input.tuned), "train_scores": fitted})
     Path(sm.params.checkpoint).unlink(missing_ok=True)

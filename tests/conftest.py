@@ -69,14 +69,21 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1
 
 
 SMALL_RUN_SEEDS = [0, 1]
+SMALL_RUN_RANKS = [2, 8]
 
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
-    """The whole default workflow (every loss, two seeds, MCV, plots) on 400 real cells."""
+    """The whole default workflow (every loss, two seeds, two ranks, MCV, plots) on 400
+    real cells."""
+    import yaml
+
     from scae.losses import LOSSES
 
     workdir = tmp_path_factory.mktemp("workflow")
     config = write_small_workflow_config(workdir, list(LOSSES), SMALL_RUN_SEEDS)
+    settings = yaml.safe_load(config.read_text())
+    settings["model"]["latent_dim"] = SMALL_RUN_RANKS  # the reference rank: 8, the largest
+    config.write_text(yaml.safe_dump(settings))
     run_snakemake(workdir, config, "--cores", "2")
     return workdir

@@ -84,9 +84,9 @@ def test_workflow_train_job_is_the_api(small_run):
         latent = model.get_latent_representation()
     finally:
         torch.set_num_threads(threads)
-    job = ad.read_h5ad(results / f"embeddings/mse/seed{SMALL_RUN_SEEDS[0]}.h5ad")
+    job = ad.read_h5ad(results / f"k8/embeddings/mse/seed{SMALL_RUN_SEEDS[0]}.h5ad")
     np.testing.assert_array_equal(latent, job.obsm["X_scae"])
-    history = pd.read_csv(results / f"models/mse/seed{SMALL_RUN_SEEDS[0]}/history.tsv", sep="\t")
+    history = pd.read_csv(results / f"k8/models/mse/seed{SMALL_RUN_SEEDS[0]}/history.tsv", sep="\t")
     # the same epochs with the same losses (up to the TSV's text round-trip of a float)
     np.testing.assert_allclose(history["val_loss"], model.history["val_loss"], rtol=1e-14)
 
@@ -311,6 +311,8 @@ def test_api_defaults_are_the_schemas():
 
     init = inspect.signature(scae.Autoencoder).parameters
     model = defaults("model")
+    # the workflow's ranks: several latent_dim values are several models, one reference
+    assert model.pop("reference_rank") is None
     assert {k: init[k].default for k in model} == {**model, "hidden": tuple(model["hidden"])}
     train = inspect.signature(scae.Autoencoder.train).parameters
     assert {k: train[k].default for k in defaults("train") if k != "threads"} == {
@@ -328,7 +330,10 @@ def test_api_defaults_are_the_schemas():
     train_limits = limits(schema["train"]["properties"])
     assert train_limits.pop("threads") == {"minimum": 1}  # the job's, not the optimiser's
     assert TrainParams.LIMITS == train_limits
-    model = schema["model"]["properties"]  # hidden's limits are its items'
+    model = dict(schema["model"]["properties"])  # hidden's limits are its items'
+    del model["reference_rank"]  # the workflow's, not the model's
+    model["latent_dim"] = model["latent_dim"]["oneOf"][0]  # one rank (the other: a list)
+    assert model["latent_dim"]["type"] == "integer"
     assert ModelParams.LIMITS == {**limits(model), **limits({"hidden": model["hidden"]["items"]})}
     dataset = schema["datasets"]["additionalProperties"]
     assert dataset["$ref"] == "#/definitions/dataset"

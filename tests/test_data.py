@@ -215,3 +215,51 @@ def test_training_clusters_ignore_held_out_cells(pbmc_small):
         shifted[row, :20] = 9.0
     again = training_clusters(shifted.tocsr(), is_train, seed=0)
     assert (np.asarray(again)[is_train] == clusters.to_numpy()[is_train]).all()
+
+
+# --------------------------------------------------------------------------------------------
+# depth variants: binomial thinning
+
+
+def test_binomial_thinning_keeps_each_molecule_with_the_fraction_whatever_the_blocks():
+    from scae.mcv import binomial_thin
+
+    counts = sp.random(400, 300, density=0.3, random_state=0, format="csr", dtype=np.float32)
+    counts.data = np.ceil(counts.data * 20)
+    whole = binomial_thin(counts, 0.25, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    blocks = sp.vstack([binomial_thin(counts[a:a + 37], 0.25, rng) for a in range(0, 400, 37)])
+    assert (whole != blocks).nnz == 0  # one generator through the blocks: the same draws
+    assert (whole <= counts).toarray().all() and whole.nnz < counts.nnz  # zeros dropped
+    assert whole.sum() / counts.sum() == pytest.approx(0.25, abs=0.01)
+    assert (binomial_thin(counts, 0.25, 8) != whole).nnz > 0  # the seed matters
+
+
+def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_path,
+                                                                           monkeypatch):
+    import scae.data
+    from scae.data import Thinning, open_counts, preprocess_file
+
+    from .conftest import pbmc_subset
+
+    path = tmp_path / "p.h5ad"
+    pbmc_subset(300).write_h5ad(path)
+    loose = PreprocessParams(min_genes=10, max_pct_mito=100, n_top_genes=300)
+    full = preprocess_file(path, loose, dataset="p", label_key="cell_type")
+    thin = preprocess_file(path, loose, dataset="p", label_key="cell_type",
+                           thin=Thinning(0.25, seed=3))
+    assert thin.uns["scae"]["thin"] == {"fraction": 0.25, "seed": 3}
+    cells = full.obs_names.intersection(thin.obs_names)
+    assert len(cells) == full.n_obs  # loose QC: every cell is kept at a quarter of its depth
+    ratio = thin.obs.loc[cells, "library_size"] / full.obs.loc[cells, "library_size"]
+    assert ratio.median() == pytest.approx(0.25, abs=0.02)
+    # every pass over the rows sees the same thinned counts, in any block size
+    with open_counts(path) as rows:
+        rows.thinning = Thinning(0.25, seed=3)
+        first = sp.vstack([block for _, block in rows.blocks()])
+        again = sp.vstack([block for _, block in rows.blocks(max_nnz=1 << 12)])
+    assert (first != again).nnz == 0
+    monkeypatch.setattr(scae.data, "CHUNK_NNZ", 1 << 12)
+    small_blocks = preprocess_file(path, loose, dataset="p", label_key="cell_type",
+                                   thin=Thinning(0.25, seed=3))
+    assert (small_blocks.layers["counts"] != thin.layers["counts"]).nnz == 0

@@ -75,14 +75,14 @@ def test_unlabelled_cells_train_but_label_metrics_use_labelled_cells_only(tmp_pa
     # they form a stratum of their own: ~20 % of them are test cells, as of every type
     assert (out.obs["split"][unlabelled] == "test").sum() == round(0.2 * missing.sum())
 
-    metrics = pd.read_csv(tmp_path / f"{RESULTS}/metrics/mse/seed0.tsv", sep="\t")
+    metrics = pd.read_csv(tmp_path / f"{RESULTS}/k4/metrics/mse/seed0.tsv", sep="\t")
     value = metrics.set_index("metric")["value"]
     split = out.obs["split"].to_numpy()
     labelled = ~unlabelled.to_numpy()
     assert value["label_cells_test"] == ((split == "test") & labelled).sum()
     assert value["label_cells_train"] == ((split == "train") & labelled).sum()
     # knn_accuracy recomputed independently with sklearn on labelled cells only
-    embedding = ad.read_h5ad(tmp_path / f"{RESULTS}/embeddings/mse/seed0.h5ad")
+    embedding = ad.read_h5ad(tmp_path / f"{RESULTS}/k4/embeddings/mse/seed0.h5ad")
     z = embedding[out.obs_names].obsm["X_scae"]
     labels = out.obs["cell_type"].astype(str).to_numpy()
     train, test = (split == "train") & labelled, (split == "test") & labelled
@@ -205,7 +205,7 @@ def test_one_cell_below_the_minimum_fails_clearly_at_preprocess(tmp_path):
     ]:
         assert re.search(message, log), f"{message!r} not in:\n{log[-3000:]}"
     assert not list((tmp_path / "results").rglob("*.h5ad"))  # no training job ran
-    assert not (tmp_path / f"logs/{DATASET}/train").exists()
+    assert not (tmp_path / f"logs/{DATASET}/k4/train").exists()
 
 
 @pytest.mark.workflow
@@ -361,7 +361,8 @@ def test_dataset_override_schema_matches_the_preprocess_section():
 
 
 def test_summary_states_the_preprocessing():
-    tidy = pd.DataFrame({"dataset": "d", "kind": "autoencoder", "model": "mse", "seed": 0,
+    tidy = pd.DataFrame({"dataset": "d", "kind": "autoencoder", "model": "mse", "rank": 32,
+                         "seed": 0,
                          "metric": ["centred_cosine_mean"], "value": [0.4]})
     empty = pd.DataFrame(columns=["family"])
     text = markdown_summary(tidy, empty, "d",

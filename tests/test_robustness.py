@@ -64,7 +64,7 @@ from .conftest import REPO, pbmc_subset, write_small_workflow_config
 DATASET = "pbmc_small"
 RESULTS = f"results/{DATASET}"
 SUMMARY = f"{RESULTS}/summary.tsv"
-MSE_METRICS = f"{RESULTS}/metrics/mse/seed0.tsv"
+MSE_METRICS = f"{RESULTS}/k4/metrics/mse/seed0.tsv"
 LABEL_METRICS = ["knn_accuracy", "leiden_ari_test", "leiden_nmi_test", "label_silhouette_test"]
 SHARED_LOSSES = ["mse", "mse_cosine"]
 
@@ -422,7 +422,7 @@ def test_duplicate_barcodes_are_made_unique_and_the_run_completes(tmp_path):
     log = (tmp_path / f"logs/{DATASET}/preprocess.log").read_text()
     assert f"dataset '{DATASET}': 200 duplicate cell names made unique" in log
     assert ad.read_h5ad(tmp_path / f"{RESULTS}/preprocessed.h5ad").obs_names.is_unique
-    per_cell = pd.read_csv(tmp_path / f"{RESULTS}/metrics/mse/seed0.per_cell.tsv.gz", sep="\t")
+    per_cell = pd.read_csv(tmp_path / f"{RESULTS}/k4/metrics/mse/seed0.per_cell.tsv.gz", sep="\t")
     assert per_cell["cell"].is_unique
     summary = pd.read_csv(tmp_path / SUMMARY, sep="\t")
     assert {"mse", "baseline_pca"} <= set(summary["model"])
@@ -436,14 +436,14 @@ def test_duplicate_barcodes_are_made_unique_and_the_run_completes(tmp_path):
 @pytest.mark.workflow
 def test_divergence_stops_with_hint_and_leaves_no_model(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path / "run")
-    model_dir = workdir / f"{RESULTS}/models/mse/seed0"
+    model_dir = workdir / f"{RESULTS}/k4/models/mse/seed0"
     shutil.rmtree(model_dir)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["train"]["learning_rate"] = 1e30  # one Adam step overflows float32: NaN at step 1
     proc = snakemake(workdir, write_config(workdir, config, "diverge.yaml"), "--keep-incomplete",
-                     f"{RESULTS}/models/mse/seed0/model.pt")
+                     f"{RESULTS}/k4/models/mse/seed0/model.pt")
     assert proc.returncode != 0
-    log = (workdir / f"logs/{DATASET}/train/mse/seed0.log").read_text()
+    log = (workdir / f"logs/{DATASET}/k4/train/mse/seed0.log").read_text()
     assert "TrainingDiverged: loss mse became nan in epoch 1" in log
     assert "lower train.learning_rate (now 1e+30)" in log
     assert not model_dir.exists() or not any(model_dir.iterdir())
@@ -473,9 +473,9 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
     max_epochs = 80  # small batches: several seconds of training, time to kill it
     config["train"].update(batch_size=8, max_epochs=max_epochs, patience=max_epochs)
     configfile = write_config(workdir, config, "long.yaml")
-    model_dir = workdir / f"{RESULTS}/models/mse/seed0"
-    log = workdir / f"logs/{DATASET}/train/mse/seed0.log"
-    checkpoint = workdir / f"{RESULTS}/checkpoints/mse/seed0.pt"
+    model_dir = workdir / f"{RESULTS}/k4/models/mse/seed0"
+    log = workdir / f"logs/{DATASET}/k4/train/mse/seed0.log"
+    checkpoint = workdir / f"{RESULTS}/k4/checkpoints/mse/seed0.pt"
 
     # the uninterrupted reference
     succeeded(snakemake(workdir, configfile, MSE_METRICS))
@@ -545,7 +545,7 @@ def test_same_config_and_seed_twice_is_bitwise_identical(finished_run, tmp_path)
     first, second = (ad.read_h5ad(d / f"{RESULTS}/preprocessed.h5ad")
                      for d in (finished_run, tmp_path))
     assert (first.X != second.X).nnz == 0 and list(first.var_names) == list(second.var_names)
-    a, b = (torch.load(d / f"{RESULTS}/models/mse/seed0/model.pt", weights_only=True)
+    a, b = (torch.load(d / f"{RESULTS}/k4/models/mse/seed0/model.pt", weights_only=True)
             for d in (finished_run, tmp_path))
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
 
@@ -574,21 +574,24 @@ def test_changed_loss_parameter_reruns_only_affected_jobs(finished_run):
         configfile.unlink()
     succeeded(proc)
     planned = _planned_jobs(proc.output)
-    assert sorted(rule for rule, _ in planned) == ["evaluate", "summarize", "train"]
+    # the changed loss retrains; its seed's losses are scored again together
+    assert sorted(rule for rule, _ in planned) == ["evaluate_losses", "summarize", "train"]
     for rule, wildcards in planned:
-        if rule != "summarize":
-            assert re.search(r"(loss|model)=mse_cosine\b", wildcards), (rule, wildcards)
+        if rule == "train":
+            assert re.search(r"loss=mse_cosine\b", wildcards), (rule, wildcards)
     assert "params" in proc.output.lower()  # the reason: a changed parameter
 
 
 WILDCARD_TARGETS = [
     pytest.param("results/../x/summary.tsv", id="traversal"),
-    pytest.param(f"{RESULTS}/metrics/baseline/../../../../etc/passwd.tsv", id="deep-traversal"),
+    pytest.param(f"{RESULTS}/shared/metrics/baseline/../../../../../etc/passwd.tsv",
+                 id="deep-traversal"),
     pytest.param("results/other/summary.tsv", id="unconfigured-dataset"),
     pytest.param(f"{RESULTS}/x/preprocessed.h5ad", id="slash-in-dataset"),
-    pytest.param(f"{RESULTS}/models/cosine/seed0/model.pt", id="unconfigured-loss"),
-    pytest.param(f"{RESULTS}/models/mse/x/seed0/model.pt", id="slash-in-loss"),
-    pytest.param(f"{RESULTS}/models/mse/seed0x/model.pt", id="non-numeric-seed"),
+    pytest.param(f"{RESULTS}/k4/models/cosine/seed0/model.pt", id="unconfigured-loss"),
+    pytest.param(f"{RESULTS}/k4/models/mse/x/seed0/model.pt", id="slash-in-loss"),
+    pytest.param(f"{RESULTS}/k4/models/mse/seed0x/model.pt", id="non-numeric-seed"),
+    pytest.param(f"{RESULTS}/k5/models/mse/seed0/model.pt", id="unconfigured-rank"),
 ]
 
 

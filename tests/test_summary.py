@@ -23,6 +23,7 @@ def test_wide_summary_keeps_baselines_last():
         "dataset": "d",
         "model": ["mse", "mse", "baseline_pca", "cosine"],
         "kind": ["autoencoder", "autoencoder", "baseline", "autoencoder"],
+        "rank": [8, 8, 8, 8],
         "seed": [0, 1, np.nan, 0],
         "metric": "cosine_mean",
         "value": [0.8, 0.81, 0.7, 0.9],
@@ -35,20 +36,20 @@ def test_wide_summary_keeps_baselines_last():
 def _tidy():
     rows = []
     for seed, (mse_cos, cos_cos) in enumerate([(0.80, 0.70), (0.82, 0.72)]):
-        rows += [("d", "autoencoder", "mse", seed, "cosine_mean", mse_cos),
-                 ("d", "autoencoder", "cosine", seed, "cosine_mean", cos_cos),
-                 ("d", "autoencoder", "mse", seed, "mse", 0.2),
-                 ("d", "autoencoder", "cosine", seed, "mse", 0.3)]
-    rows += [("d", "baseline", "baseline_pca", np.nan, "cosine_mean", 0.85),
-             ("d", "baseline", "baseline_pca", np.nan, "mse", 0.1),
-             ("d", "baseline", "baseline_mean", np.nan, "cosine_mean", 0.6),
-             ("d.mcv", "autoencoder", "mse", 0, "mcv_mse", 0.4),
-             ("d.mcv", "autoencoder", "mse", 0, "cosine_mean", 0.1),
-             ("d.mcv", "baseline", "baseline_pca", np.nan, "embedding_dim", 32),
-             ("d", "baseline", "baseline_pca", np.nan, "embedding_dim", 32),
-             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, "embedding_dim", 7),
-             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, "mcv_mse", 0.45)]
-    return pd.DataFrame(rows, columns=["dataset", "kind", "model", "seed", "metric", "value"])
+        rows += [("d", "autoencoder", "mse", 32, seed, "cosine_mean", mse_cos),
+                 ("d", "autoencoder", "cosine", 32, seed, "cosine_mean", cos_cos),
+                 ("d", "autoencoder", "mse", 32, seed, "mse", 0.2),
+                 ("d", "autoencoder", "cosine", 32, seed, "mse", 0.3)]
+    rows += [("d", "baseline", "baseline_pca", 32, np.nan, "cosine_mean", 0.85),
+             ("d", "baseline", "baseline_pca", 32, np.nan, "mse", 0.1),
+             ("d", "baseline", "baseline_mean", np.nan, np.nan, "cosine_mean", 0.6),
+             ("d.mcv", "autoencoder", "mse", 32, 0, "mcv_mse", 0.4),
+             ("d.mcv", "autoencoder", "mse", 32, 0, "cosine_mean", 0.1),
+             ("d.mcv", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
+             ("d", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
+             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "embedding_dim", 7),
+             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "mcv_mse", 0.45)]
+    return pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"])
 
 
 def test_merge_variants_keeps_only_mcv_metrics_and_new_ranks():
@@ -181,9 +182,11 @@ def _scored(means, seeds=(0, 1, 2), n_cells=200, seed_sd=0.002):
             e = mse - shift + spread + rng.normal(0, 0.005, n_cells)
             per_cell[(model, seed)] = _table(cells, cosine=c, centred_cosine=c, mse=e)
             for metric, values in [("centred_cosine_mean", c), ("mse", e), ("cosine_mean", c)]:
-                rows.append(("d", "baseline" if baseline else "autoencoder", model,
+                rank = np.nan if model == "baseline_mean" else 32
+                rows.append(("d", "baseline" if baseline else "autoencoder", model, rank,
                              np.nan if seed is None else seed, metric, float(values.mean())))
-    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "seed", "metric", "value"])
+    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
+                                       "value"])
     return tidy, per_cell
 
 
@@ -194,7 +197,7 @@ MEANS = {"mse": (0.425, 0.30), "mse_cosine": (0.426, 0.40), "cosine": (0.35, 0.3
 def _markdown(primary, runs=None):
     tidy, per_cell = _scored(MEANS)
     best = best_loss(aggregate(tidy), primary)
-    comparisons = paired_differences(per_cell, best, primary)
+    comparisons = paired_differences(per_cell, best, primary, rank=32)
     return markdown_summary(tidy, comparisons, "d", primary, runs), comparisons
 
 
@@ -209,7 +212,7 @@ def test_answer_names_ties_and_uses_the_primary_metric():
     assert "it beats the training-mean profile" in answer
     record = answer_record("summary.md", text)
     assert record == {"dataset": "d", "primary_metric": "centred_cosine_mean",
-                      "best": "mse_cosine", "tied": ["mse"]}
+                      "best": "mse_cosine", "tied": ["mse"], "rank": 32, "reference": True}
 
     text, _ = _markdown("mse")  # lower is better: mse wins, cosine (0.31) ties, mse_cosine not
     answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
@@ -218,9 +221,10 @@ def test_answer_names_ties_and_uses_the_primary_metric():
 
 
 def test_answer_flags_runs_that_did_not_converge():
-    runs = convergence({("d", "mse", 0): pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [3, 2, 1]}),
-                        ("d.mcv", "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
-                                                           "val_loss": [1, 2, 3]})},
+    runs = convergence({("d", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
+                                                            "val_loss": [3, 2, 1]}),
+                        ("d.mcv", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
+                                                               "val_loss": [1, 2, 3]})},
                        max_epochs=3, patience=2)
     assert runs["converged"].tolist() == [False, True]  # best epoch 3 of 3; 1 of 3 (stopped)
     text, _ = _markdown("centred_cosine_mean", runs)
@@ -234,10 +238,10 @@ def test_convergence_rule():
         return pd.DataFrame({"epoch": range(1, len(val_loss) + 1), "val_loss": val_loss})
 
     runs = convergence({
-        ("d", "a", 0): history([5, 4, 3, 2, 1]),        # still improving at max_epochs
-        ("d", "b", 0): history([5, 4, 3, 3.5, 3.2]),    # best epoch 3 > 5 − 3: not converged
-        ("d", "c", 0): history([5, 4, 4.1, 4.2, 4.3]),  # best epoch 2 = 5 − 3: patience ran out
-        ("d", "e", 0): history([5, 4, 4.5]),            # stopped early
+        ("d", 8, "a", 0): history([5, 4, 3, 2, 1]),        # still improving at max_epochs
+        ("d", 8, "b", 0): history([5, 4, 3, 3.5, 3.2]),    # best epoch 3 > 5 − 3: not converged
+        ("d", 8, "c", 0): history([5, 4, 4.1, 4.2, 4.3]),  # best epoch 2 = 5 − 3: patience ran out
+        ("d", 8, "e", 0): history([5, 4, 4.5]),            # stopped early
     }, max_epochs=5, patience=3).set_index("model")
     assert runs["converged"].to_dict() == {"a": False, "b": False, "c": True, "e": True}
     assert runs.loc["b", "best_epoch"] == 3 and runs.loc["e", "epochs"] == 3
@@ -245,7 +249,7 @@ def test_convergence_rule():
 
 def test_markdown_marks_best_single_seed_columns_and_mcv_caveat():
     tidy = merge_variants(_tidy())
-    extra = pd.DataFrame([("d", "baseline", "baseline_mean", np.nan, "mcv_mse", 0.3)],
+    extra = pd.DataFrame([("d", "baseline", "baseline_mean", np.nan, np.nan, "mcv_mse", 0.3)],
                          columns=tidy.columns)
     text = markdown_summary(pd.concat([tidy, extra], ignore_index=True), pd.DataFrame(), "d",
                             "cosine_mean")
@@ -263,7 +267,7 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     one, two = tmp_path / "one.md", tmp_path / "two.md"
     one.write_text(text)
     record = {"dataset": "e", "primary_metric": "centred_cosine_mean", "best": "mse",
-              "tied": []}
+              "tied": [], "rank": 32, "reference": True}
     two.write_text(text.replace(json.dumps(answer_record(one, text)), json.dumps(record)))
     rendered = render([one, two])
     assert "## Paired comparisons" not in rendered and "scae-answer" not in rendered
