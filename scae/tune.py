@@ -1,11 +1,24 @@
-"""Per-loss hyperparameter search on validation cells: Optuna's TPE sampler, median pruning.
+"""Per-loss hyperparameter search on validation cells: Optuna's TPE sampler and an end-point
+pruner.
 
 Every loss of a dataset gets the same budget: ``n_trials`` trainings, each capped at
 ``max_epochs`` and early-stopped like the final runs, trained on the ``train`` cells and scored
 on the ``val`` cells. Test cells are never read. Trial 0 is the configured ``model``/``train``
 point (when the space contains it), so tuning can only match or beat the untuned settings on
-validation cells. Trials run in one process (no start-up cost per trial); the sampler and the
-pruner are seeded and see only completed trials, so the same config gives the same trials.
+validation cells. Trials run in one process (no start-up cost per trial); the sampler is seeded
+and the pruner deterministic, so the same config gives the same trials.
+
+Pruning (``tune.pruner``) judges where a trial would end, not how fast it starts. A trial
+reports, after every epoch e, its score at the epoch early stopping would keep so far (a
+best-so-far score, which after the trial ends stays its end-point score). ``endpoint``
+(:class:`EndpointPruner`): no trial is judged before the warm-up, the best epoch of the first
+completed trial (where runs of this loss typically reach their best; unknown, so nothing is
+pruned, until one has completed); from then on a trial is stopped after epoch e when its score
+is worse than the median, over the earlier completed or pruned trials, of each one's score by
+epoch e (its end-point score if it ended before e). ``median`` is Optuna's MedianPruner as
+before (after 3 completed trials, from epoch 5, against the trials that ran to epoch e): at
+epoch 5 a low learning rate or a large batch is always behind, so it selects fast starters.
+``none`` prunes nothing.
 
 Optuna rather than a grid (Snakemake's ``Paramspace``): five dimensions at a budget of a few
 trials per loss leave a grid one or two values per axis, and a grid job per point would pay
@@ -16,12 +29,16 @@ from __future__ import annotations
 
 import logging
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+import optuna
 import pandas as pd
 import torch
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from .train import TrainingDiverged, TrainParams, fit, resolve_device
 
@@ -40,6 +57,87 @@ CRITERIA: dict[str, tuple[str, bool]] = {
 #: Settings a trial chooses: where each lives in the config.
 TUNED = {"learning_rate": "train", "weight_decay": "train", "batch_size": "train",
          "dropout": "model", "hidden": "model"}
+Pruner = Literal["endpoint", "median", "none"]
+#: ``tune.pruner: median``, the pruner tuning had before ``endpoint``: Optuna's MedianPruner
+#: after this many completed trials, from this epoch on.
+MEDIAN_STARTUP, MEDIAN_WARMUP = 3, 5
+
+
+def _value_by(trial: FrozenTrial, epoch: int) -> float | None:
+    """The score ``trial`` had reached by ``epoch``: its report at the latest epoch <= ``epoch``
+    (reports are best-so-far, so after its last one this is its end-point score)."""
+    steps = [step for step in trial.intermediate_values if step <= epoch]
+    return trial.intermediate_values[max(steps)] if steps else None
+
+
+def _best_step(values: dict[int, float]) -> int:
+    """The epoch a best-so-far series reached its final value: the epoch early stopping keeps."""
+    steps = sorted(values)
+    best = steps[-1]
+    for step in reversed(steps[:-1]):
+        if values[step] != values[best]:
+            break
+        best = step
+    return best
+
+
+class EndpointPruner(optuna.pruners.BasePruner):
+    """Stops a trial only when it is behind where earlier trials ended up by the same epoch.
+
+    Trials report best-so-far scores, one per epoch (step). The warm-up is the epoch at which
+    the first completed trial (lowest number) reached its best, times ``warmup_factor``
+    (rounded, at least 1); until a trial has completed it is unknown and nothing is pruned,
+    and no trial is judged at an epoch before it. At epoch e >= warm-up a trial is pruned when
+    its score at e is worse (by the study's direction) than the median of the scores the
+    earlier completed or pruned trials had reached by e, a trial that ended before e counting
+    with its last (end-point) score. Deterministic: it reads the study's trials only.
+    """
+
+    def __init__(self, warmup_factor: float = 1.0) -> None:
+        if warmup_factor <= 0:
+            raise ValueError(f"warmup_factor must be positive, got {warmup_factor}")
+        self.warmup_factor = warmup_factor
+
+    def warmup(self, study: optuna.Study) -> int | None:
+        """The first epoch at which trials are judged; None while no trial has completed."""
+        complete = [trial for trial in study.get_trials(deepcopy=False,
+                                                        states=(TrialState.COMPLETE,))
+                    if trial.intermediate_values]
+        if not complete:
+            return None
+        first = min(complete, key=lambda trial: trial.number)
+        return max(1, round(_best_step(first.intermediate_values) * self.warmup_factor))
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        epoch, warmup = trial.last_step, self.warmup(study)
+        if epoch is None or warmup is None or epoch < warmup:
+            return False
+        earlier = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        reached = [value for other in earlier if other.number < trial.number
+                   and (value := _value_by(other, epoch)) is not None]
+        if not reached:
+            return False
+        median, score = float(np.median(reached)), trial.intermediate_values[epoch]
+        if study.direction == StudyDirection.MAXIMIZE:
+            return score < median
+        return score > median
+
+
+def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner,
+                                   Callable[[optuna.Study], int | None]]:
+    """``tune.pruner``'s pruner, and the warm-up epoch it has in force for the next trial
+    (None: it prunes no epoch of that trial)."""
+    if name == "endpoint":
+        pruner = EndpointPruner()
+        return pruner, pruner.warmup
+    if name == "median":
+        def median_warmup(study: optuna.Study) -> int | None:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return MEDIAN_WARMUP if len(complete) >= MEDIAN_STARTUP else None
+
+        return (optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP,
+                                            n_warmup_steps=MEDIAN_WARMUP), median_warmup)
+    return optuna.pruners.NopPruner(), lambda study: None
 
 
 @dataclass(frozen=True)
@@ -73,16 +171,19 @@ class TuneParams:
     """The tuning budget and criterion, mirroring ``config['tune']``."""
 
     n_trials: int = 4
-    max_epochs: int = 30
+    #: A cap, not a target: trials stop by ``train.patience`` or pruning well before it.
+    max_epochs: int = 300
     seed: int = 0
     criterion: Criterion = "own_loss"
     space: SearchSpace = field(default_factory=SearchSpace)
+    pruner: Pruner = "endpoint"
 
     @classmethod
     def from_config(cls, tune: dict) -> TuneParams:
         """From ``config['tune']`` (schema-validated, defaults filled)."""
         return cls(n_trials=tune["n_trials"], max_epochs=tune["max_epochs"], seed=tune["seed"],
-                   criterion=tune["criterion"], space=SearchSpace.from_config(tune["space"]))
+                   criterion=tune["criterion"], space=SearchSpace.from_config(tune["space"]),
+                   pruner=tune["pruner"])
 
 
 def _hidden_key(hidden: tuple[int, ...]) -> str:
@@ -102,24 +203,34 @@ def tune(
     and the configured architecture). A trial trains from fresh weights with the sampled
     settings (``max_epochs = params.max_epochs``, the rest of ``train_params`` as given,
     training seed ``params.seed``) and scores the criterion at its best epoch (the epoch early
-    stopping keeps, chosen by validation loss). TPE samples at random for its first 4 trials;
-    the median pruner stops a trial whose best score so far after an epoch is worse than the
-    median of earlier trials at that epoch (after 3 finished trials and 5 warm-up epochs). A
-    trial whose loss diverges is recorded as failed and the search goes on.
-    """
-    import optuna
+    stopping keeps, chosen by validation loss). TPE samples at random for its first 4 trials.
+    After every epoch e a trial reports that best-so-far score; with ``params.pruner`` =
+    ``endpoint`` it is stopped after epoch e when e >= the warm-up (the best epoch of the first
+    completed trial; before one has completed nothing is pruned) and its score is worse than
+    the median, over earlier completed or pruned trials, of each one's score by epoch e (its
+    end-point score if it ended before e). ``median``: Optuna's MedianPruner (from epoch 5,
+    after 3 completed trials, against the trials that ran to epoch e); ``none``: no pruning.
+    A trial whose loss diverges is recorded as failed and the search goes on.
 
+    The first frame has one row per trial: its settings, ``epochs`` run, ``best_epoch``,
+    ``stopped_by`` (``patience``, ``max_epochs``, ``pruned`` or ``diverged``), ``score``,
+    ``pruned_at`` (the epoch a pruned trial was stopped after), ``warmup`` (the warm-up in
+    force for the trial; empty while none was) and ``converged`` (False when it stopped at
+    ``params.max_epochs`` with its best epoch among the last ``patience``, i.e. still
+    improving; empty for pruned and failed trials).
+    """
     data, spec, loss_params = model.training_data(), model.loss, model.loss_params
     model_params, device = model.module_params, resolve_device(device)
 
     column, maximize = CRITERIA[params.criterion]
     space = params.space
+    pruner, warmup = _pruner(params.pruner)
     # One seed per (tune seed, loss): losses get independent but reproducible samplers.
     sampler_seed = params.seed * 1_000_003 + zlib.crc32(spec.name.encode())
     study = optuna.create_study(
         direction="maximize" if maximize else "minimize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=4),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
+        pruner=pruner,
     )
     configured = {"learning_rate": train_params.learning_rate,
                   "weight_decay": train_params.weight_decay,
@@ -142,7 +253,8 @@ def tune(
             "hidden": tuple(int(w) for w in trial.suggest_categorical(
                 "hidden", [_hidden_key(h) for h in space.hidden]).split(",")),
         }
-        outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "", "score": np.nan}
+        outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "", "score": np.nan,
+                   "pruned_at": None, "warmup": warmup(study)}
         outcomes[trial.number] = outcome
         best_val_loss = np.inf
 
@@ -154,7 +266,7 @@ def tune(
                 outcome.update(best_epoch=row["epoch"], score=row[column])
             trial.report(outcome["score"], row["epoch"])
             if trial.should_prune():
-                outcome["stopped_by"] = "pruned"
+                outcome.update(stopped_by="pruned", pruned_at=row["epoch"])
                 raise optuna.TrialPruned()
 
         outcome["stopped_by"] = "diverged"  # unless fit returns
@@ -172,11 +284,17 @@ def tune(
     study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
     rows = []
     for trial in study.trials:
+        outcome = outcomes[trial.number]
         rows.append({
             "trial": trial.number, "state": trial.state.name.lower(),
-            **{name: trial.params[name] for name in TUNED}, **outcomes[trial.number],
+            **{name: trial.params[name] for name in TUNED}, **outcome,
+            # stopped_by is max_epochs exactly when the cap came within patience of the best
+            "converged": (outcome["stopped_by"] != "max_epochs"
+                          if trial.state == TrialState.COMPLETE else None),
         })
-    trials = pd.DataFrame(rows)
+    trials = pd.DataFrame(rows).astype(
+        {"pruned_at": "Int64", "warmup": "Int64", "converged": "boolean"})
+    _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
     best = study.best_trial
     chosen = {**best.params, "hidden": [int(w) for w in best.params["hidden"].split(",")]}
     settings = {
@@ -188,6 +306,20 @@ def tune(
     logger.info("best trial %d of %d: %s = %.5f with %s", best.number, len(trials),
                 params.criterion, best.value, chosen)
     return trials, settings
+
+
+def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: int) -> None:
+    """How the trials stopped: pruned (at which epochs), and at the cap while still improving
+    (a warning: the cap, not the data, then ended a trial)."""
+    pruned = trials["pruned_at"].dropna().astype(int).tolist()
+    capped = int(trials["converged"].eq(False).sum())
+    logger.info("pruner %s stopped %d of %d trials, after epochs %s; %d stopped at "
+                "tune.max_epochs=%d still improving", pruner, len(pruned), len(trials),
+                pruned, capped, max_epochs)
+    if capped:
+        logger.warning("%d trial(s) stopped at tune.max_epochs=%d with their best epoch among "
+                       "the last train.patience=%d: still improving; raise tune.max_epochs",
+                       capped, max_epochs, patience)
 
 
 def apply_best(model: dict, train: dict, best: dict) -> tuple[dict, dict]:

@@ -1,23 +1,27 @@
 """Tuning (scae.tune) and convergence: validation cells only, the same budget for every loss,
-reproducible trials, clean restarts, and final runs that stop by patience."""
+reproducible trials, a pruner that judges end points, clean restarts, and final runs that
+stop by patience."""
 
 import signal
 import subprocess
 import time
+from dataclasses import replace
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
 import yaml
+from optuna.trial import TrialState, create_trial
 
 import scae
 from scae.losses import LOSSES
 from scae.summary import convergence, read_histories
 from scae.train import TrainParams
-from scae.tune import SearchSpace, TuneParams, tune
+from scae.tune import EndpointPruner, SearchSpace, TuneParams, tune
 
-from .conftest import pbmc_subset
+from .conftest import REPO, pbmc_subset
 from .test_robustness import (
     DATASET,
     RESULTS,
@@ -100,11 +104,155 @@ def test_every_loss_gets_the_same_budget(adata):
         assert trials["epochs"].max() <= BUDGET.max_epochs
 
 
+def test_tune_params_defaults_are_the_schemas():
+    tune_schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]["tune"]
+
+    def defaults(properties: dict) -> dict:
+        return {k: v["default"] for k, v in properties.items() if "default" in v}
+
+    config = defaults(tune_schema["properties"])
+    config["space"] = defaults(tune_schema["properties"]["space"]["properties"])
+    assert TuneParams.from_config(config) == TuneParams()
+    assert TuneParams().max_epochs == 300 and TuneParams().pruner == "endpoint"
+
+
 def test_settings_outside_the_space_start_no_trial(adata, caplog):
     with caplog.at_level("INFO", logger="scae"):
         trials, _ = _tune(adata, train=TrainParams(batch_size=8, max_epochs=100, patience=3))
     assert "lie outside tune.space" in caplog.text
     assert set(trials["batch_size"]) <= {64, 128}
+
+
+# --------------------------------------------------------------------------------------------
+# the end-point pruner, on hand-built studies: trials report best-so-far scores per epoch
+
+
+def _curve(first: float, best: float, best_epoch: int, last_epoch: int) -> dict[int, float]:
+    """Best-so-far scores falling linearly from ``first`` (epoch 1) to ``best`` (``best_epoch``)
+    and flat after it, up to ``last_epoch``."""
+    return {epoch: first + (best - first) * (min(epoch, best_epoch) - 1) / (best_epoch - 1)
+            for epoch in range(1, last_epoch + 1)}
+
+
+def _study(sign: int, *trials: tuple[TrialState, dict[int, float]], **pruner) -> optuna.Study:
+    """A study of these finished trials, scores times ``sign`` (-1: larger is better)."""
+    study = optuna.create_study(direction="minimize" if sign > 0 else "maximize",
+                                pruner=EndpointPruner(**pruner))
+    for state, curve in trials:
+        values = {epoch: sign * value for epoch, value in curve.items()}
+        study.add_trial(create_trial(
+            state=state, intermediate_values=values,
+            value=values[max(values)] if state == TrialState.COMPLETE else None))
+    return study
+
+
+def _pruned_after(study: optuna.Study, sign: int, scores: list[float]) -> int | None:
+    """The epoch after which a new trial reporting ``scores`` (times ``sign``) is pruned."""
+    trial = study.ask()
+    for epoch, score in enumerate(scores, start=1):
+        trial.report(sign * score, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+#: Minimise the scores as given, or maximise their negatives: the same decisions.
+DIRECTIONS = pytest.mark.parametrize("sign", [1, -1], ids=["minimize", "maximize"])
+#: The configured point: best at epoch 10 (the warm-up), stopped by patience at 13.
+TRIAL_0 = (TrialState.COMPLETE, _curve(1.0, 0.5, best_epoch=10, last_epoch=13))
+
+
+@DIRECTIONS
+def test_no_trial_is_pruned_before_the_first_completed_trials_best_epoch(sign):
+    hopeless = [5.0] * 40
+    # unknown warm-up: nothing completed (a failed and a pruned trial do not set it)
+    unknown = _study(sign, (TrialState.FAIL, {}),
+                     (TrialState.PRUNED, _curve(1.0, 0.9, best_epoch=3, last_epoch=3)))
+    assert _pruned_after(unknown, sign, hopeless) is None
+    # the first completed trial sets it; a later one, best at epoch 4, does not
+    later = (TrialState.COMPLETE, _curve(0.8, 0.3, best_epoch=4, last_epoch=7))
+    assert _pruned_after(_study(sign, TRIAL_0, later), sign, hopeless) == 10
+    assert _pruned_after(_study(sign, TRIAL_0, later, warmup_factor=1.5), sign, hopeless) == 15
+
+
+@DIRECTIONS
+def test_after_the_warmup_a_trial_behind_the_median_is_pruned_and_one_ahead_is_not(sign):
+    slow = _curve(1.0, 0.1, best_epoch=25, last_epoch=28)  # 0.6625 by epoch 10, 0.625 by 11
+    study = _study(sign, TRIAL_0, (TrialState.COMPLETE, slow),
+                   (TrialState.COMPLETE, _curve(1.0, 0.75, best_epoch=5, last_epoch=8)))
+    # by epoch 10 the earlier trials had reached 0.5, 0.6625 and 0.75: median 0.6625
+    assert _pruned_after(study, sign, [0.9] * 9 + [0.67] * 30) == 10  # behind it
+    assert _pruned_after(study, sign, [0.9] * 9 + [0.45] * 30) is None  # ahead, to the end
+    # ahead at epoch 10 (not of the mean, 0.6375, nor of the end points' median, 0.5); behind
+    # at 11, when the slow trial had reached 0.625
+    assert _pruned_after(study, sign, [0.9] * 9 + [0.65] * 30) == 11
+
+
+@DIRECTIONS
+def test_a_trial_that_ended_early_counts_with_its_end_point_score(sign):
+    slow = (TrialState.PRUNED, _curve(1.0, 0.9, best_epoch=30, last_epoch=30))
+    fast = (TrialState.COMPLETE, _curve(0.4, 0.2, best_epoch=3, last_epoch=6))  # ended at 6
+    scores = [0.6] * 40
+    # by epoch 10: 0.5 (trial 0), 0.2 (fast, carried from epoch 6), 0.97 (slow): median 0.5
+    assert _pruned_after(_study(sign, TRIAL_0, fast, slow), sign, scores) == 10
+    # without the fast trial the median is that of 0.5 and the slow trial's score: never 0.6
+    assert _pruned_after(_study(sign, TRIAL_0, slow), sign, scores) is None
+
+
+def _reported(trials: pd.DataFrame, column: str) -> list:
+    return [None if pd.isna(value) else int(value) for value in trials[column]]
+
+
+def test_pruner_median_is_optunas_median_pruner_and_none_prunes_nothing(adata, monkeypatch):
+    params = replace(BUDGET, n_trials=8, max_epochs=15)
+    reports, report = [], optuna.trial.Trial.report
+
+    def recording(trial, value, step):
+        reports.append((trial.number, value, step))
+        report(trial, value, step)
+
+    monkeypatch.setattr(optuna.trial.Trial, "report", recording)
+    trials, _ = _tune(adata, params=replace(params, pruner="median"))
+    # the same reports, trial by trial, through the pruner tuning had before
+    study = optuna.create_study(
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5))
+    replayed = []
+    for number in trials["trial"]:
+        trial, pruned_at = study.ask(), None
+        for _, value, step in [row for row in reports if row[0] == number]:
+            report(trial, value, step)
+            if trial.should_prune():
+                pruned_at = step
+                break
+        study.tell(trial, state=TrialState.PRUNED) if pruned_at else study.tell(trial, value)
+        replayed.append(pruned_at)
+    assert _reported(trials, "pruned_at") == replayed
+    assert 0 < sum(at is not None for at in replayed) < len(replayed)  # it prunes some here
+    assert _reported(trials, "warmup") == [None] * 3 + [5] * 5
+    nothing, _ = _tune(adata, params=replace(params, pruner="none"))
+    assert (nothing["state"] == "complete").all() and nothing["pruned_at"].isna().all()
+    assert nothing["warmup"].isna().all()
+
+
+def test_trials_say_where_they_stopped_and_whether_they_converged(adata, caplog):
+    with caplog.at_level("INFO", logger="scae"):
+        trials, _ = _tune(adata, params=replace(BUDGET, n_trials=8, max_epochs=15))
+    first = trials.iloc[0]
+    assert first["state"] == "complete" and pd.isna(first["warmup"])  # nothing to judge by
+    assert (trials["warmup"].iloc[1:] == first["best_epoch"]).all()
+    pruned = trials[trials["state"] == "pruned"]
+    assert (pruned["pruned_at"] >= pruned["warmup"]).all()
+    assert (pruned["pruned_at"] == pruned["epochs"]).all()
+    assert trials["pruned_at"].isna().tolist() == (trials["state"] != "pruned").tolist()
+    # converged: False exactly for trials the 15-epoch cap stopped while still improving
+    complete = trials[trials["state"] == "complete"]
+    capped = (complete["epochs"] == 15) & (complete["epochs"] - complete["best_epoch"] < 3)
+    assert complete["converged"].tolist() == (~capped).tolist()
+    assert capped.any() and not capped.all()
+    assert pruned["converged"].isna().all()
+    assert f"stopped {len(pruned)} of 8 trials" in caplog.text
+    assert f"{int(capped.sum())} trial(s) stopped at tune.max_epochs=15" in caplog.text
+    assert "raise tune.max_epochs" in caplog.text
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +268,7 @@ def test_workflow_tuned_every_loss_alike_and_training_used_the_choice(small_run)
         trials = pd.read_csv(results / f"tuning/{loss}/trials.tsv", sep="\t")
         assert len(trials) == n_trials, loss
         best = yaml.safe_load((results / f"tuning/{loss}/best.yaml").read_text())
-        model = torch.load(results / f"models/{loss}/seed0/model.pt", weights_only=True)
+        model = torch.load(results / f"k8/models/{loss}/seed0/model.pt", weights_only=True)
         assert model["train_params"]["batch_size"] == best["train"]["batch_size"], loss
         assert model["model_params"]["hidden"] == best["model"]["hidden"], loss
         assert model["train_params"]["learning_rate"] == best["train"]["learning_rate"], loss
@@ -147,7 +295,7 @@ def test_workflow_runs_converge_by_patience(small_run):
     """No final run stopped at max_epochs while its best epoch was among the last
     ``patience`` epochs (the MCV variant's runs included)."""
     config = yaml.safe_load((small_run / "config.yaml").read_text())
-    histories = read_histories((small_run / "results").glob("*/models/*/seed*/history.tsv"))
+    histories = read_histories((small_run / "results").glob("*/k*/models/*/seed*/history.tsv"))
     assert len(histories) == len(LOSSES) * (2 + 1)  # two seeds, and MCV's one
     runs = convergence(histories, config["train"]["max_epochs"], config["train"]["patience"])
     assert runs["converged"].all(), runs[~runs["converged"]]
