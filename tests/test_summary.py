@@ -288,3 +288,21 @@ def test_findings_show_another_regime_without_counting_it(tmp_path):
     across = rendered.index("**Across 2 datasets**")
     assert rendered.index("_Source: `" + str(regime)) > across  # shown after the count
     assert "Across 3" not in rendered  # and not counted, though it ranks by another metric
+
+
+def test_findings_copy_the_figures_next_to_the_readme_and_link_them(tmp_path):
+    from scae.findings import END, START, update_readme
+
+    text, _ = _markdown("centred_cosine_mean")
+    results = tmp_path / "results" / "d"
+    (results / "plots").mkdir(parents=True)
+    (results / "summary.md").write_text(text)
+    for figure in ("rank_curve.png", "forest.png"):
+        (results / "plots" / figure).write_bytes(b"png " + figure.encode())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{START}\nold\n{END}\n")
+    update_readme(readme, [results / "summary.md"])
+    written = readme.read_text()
+    assert "](docs/findings/d/rank_curve.png)" in written and "](plots/" not in written
+    assert (tmp_path / "docs/findings/d/forest.png").read_bytes() == b"png forest.png"
+    assert "\nold\n" not in written and "### Rank k = 32" in written  # demoted one level
