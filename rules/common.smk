@@ -53,8 +53,9 @@ RANKS = sorted(set(_latent if isinstance(_latent, list) else [_latent]))
 REFERENCE_RANK = config["model"]["reference_rank"] or RANKS[-1]
 if REFERENCE_RANK not in RANKS:
     raise InputError(
-        f"config/config.yaml: model.reference_rank = {REFERENCE_RANK} is not one of "
-        f"model.latent_dim {RANKS}; set it to one of them (or null for the largest)"
+        f"invalid configuration: model.reference_rank = {REFERENCE_RANK} is not one of "
+        f"model.latent_dim {RANKS}; set it to one of them (or null for the largest); fix it "
+        f"in {' / '.join(map(str, workflow.configfiles))}"
     )
 # What the later stages need of each dataset: checked here from the input's metadata (so
 # `snakemake -n` refuses a dataset too small for them), then exactly by preprocess.

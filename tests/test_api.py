@@ -72,7 +72,9 @@ def test_workflow_train_job_is_the_api(small_run):
     results = small_run / "results/pbmc_small"
     config = yaml.safe_load((small_run / "config.yaml").read_text())
     best = yaml.safe_load((results / "tuning/mse/best.yaml").read_text())
-    model_settings, train_settings = apply_best(config["model"], config["train"], best)
+    # the job at rank 8: its model section with that one latent_dim
+    model = {**config["model"], "latent_dim": 8}
+    model_settings, train_settings = apply_best(model, config["train"], best)
     adata = ad.read_h5ad(results / "preprocessed.h5ad")
     scae.Autoencoder.setup_anndata(adata, labels_key="cell_type")
     threads = torch.get_num_threads()

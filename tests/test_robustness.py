@@ -196,6 +196,17 @@ PARSE_ERRORS = [
         [r"losses\[1\] = 'cosin' is not allowed; allowed values: mse, cosine, cosine_embedding"],
         id="unknown-loss",
     ),
+    pytest.param(
+        _set("model", "reference_rank", value=8),  # small_config's latent_dim is 4
+        [r"model\.reference_rank = 8 is not one of model\.latent_dim \[4\]",
+         r"set it to one of them \(or null for the largest\)"],
+        id="reference-rank-not-trained",
+    ),
+    pytest.param(
+        _set("model", "latent_dim", value=[2, 2]),
+        [r"model\.latent_dim = \[2, 2\]"],
+        id="repeated-rank",
+    ),
 ]
 
 
@@ -487,7 +498,7 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
 
     # the same run, SIGKILLed mid-training
     for kind in ("models", "embeddings", "reconstructions", "metrics"):
-        shutil.rmtree(workdir / RESULTS / kind / "mse")
+        shutil.rmtree(workdir / RESULTS / "k4" / kind / "mse")
     log.unlink()
     console = tmp_path / "killed_run.txt"
     with open(console, "w") as stream:  # a file, not a pipe: a full pipe would stall snakemake

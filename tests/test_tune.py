@@ -296,7 +296,8 @@ def test_workflow_runs_converge_by_patience(small_run):
     ``patience`` epochs (the MCV variant's runs included)."""
     config = yaml.safe_load((small_run / "config.yaml").read_text())
     histories = read_histories((small_run / "results").glob("*/k*/models/*/seed*/history.tsv"))
-    assert len(histories) == len(LOSSES) * (2 + 1)  # two seeds, and MCV's one
+    # two seeds at each of two ranks, and MCV's one seed at the reference rank
+    assert len(histories) == len(LOSSES) * (2 * 2 + 1)
     runs = convergence(histories, config["train"]["max_epochs"], config["train"]["patience"])
     assert runs["converged"].all(), runs[~runs["converged"]]
 
