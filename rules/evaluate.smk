@@ -111,6 +111,7 @@ rule summarize:
     params:
         summary=config["summary"],
         preprocess=preprocess_config,
+        dataset=dataset_config,
         max_epochs=config["train"]["max_epochs"],
         patience=config["train"]["patience"],
         reference_rank=REFERENCE_RANK,

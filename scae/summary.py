@@ -436,6 +436,14 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _thin_sentence(source: dict | None) -> str:
+    thin = (source or {}).get("thin")
+    if not thin:
+        return ""
+    return (f"Molecules thinned binomially to a fraction {thin['fraction']:g} of the input's "
+            f"(seed {thin.get('seed', 0)}) before QC. ")
+
+
 def _preprocess_sentence(settings: dict) -> str:
     return (f"Preprocessed with QC min_genes = {settings['min_genes']}, max_pct_mito = "
             f"{settings['max_pct_mito']}, min_cells = {settings['min_cells']} (genes), "
@@ -563,6 +571,7 @@ def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[
 def _rank_section(
     stats: pd.DataFrame, comparisons: pd.DataFrame, dataset: str, primary_metric: str,
     runs: pd.DataFrame | None, level: float, rank: int, reference: bool,
+    source: dict | None = None,
 ) -> list[str]:
     """One rank's table of mean ± sd per model and headline metric (best in bold), caveats,
     settings and answer line, with its machine-readable record."""
@@ -599,6 +608,9 @@ def _rank_section(
     lines += settings_table(stats)
     text, record = answer(stats, comparisons, dataset, primary_metric, runs, level)
     record |= {"rank": rank, "reference": reference}
+    if source is not None:  # which input, at which depth: findings tabulate depth variants
+        record |= {"input": str(source["path"]),
+                   "depth": float((source.get("thin") or {}).get("fraction", 1.0))}
     lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->", ""]
     return lines
 
@@ -638,12 +650,14 @@ def markdown_summary(
     level: float = 0.95,
     preprocess: dict | None = None,
     reference_rank: int | None = None,
+    source: dict | None = None,
 ) -> str:
     """The rank table and its crossing, then per latent rank the mean ± sd of every model
     and headline metric (best in bold), caveats and the answer, then the paired comparisons
     (the part :mod:`scae.findings` leaves out of the README). ``preprocess``: the dataset's
     preprocessing settings, stated under the title; ``reference_rank`` (default the largest)
-    is the rank tuning and MCV ran at."""
+    is the rank tuning and MCV ran at; ``source`` the dataset's configuration (its ``path``,
+    and ``thin`` for a depth variant), recorded for :mod:`scae.findings`."""
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
     ranks = ranks_in(stats)
@@ -653,8 +667,9 @@ def markdown_summary(
              "Every model is scored on held-out test cells. **Bold**: best value per column, "
              "baselines included. Higher is better except for mse and the negative "
              f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.", ""]
-    if preprocess:
-        lines += [_preprocess_sentence(preprocess), ""]
+    if preprocess or source:
+        lines += [_thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess
+                                             else ""), ""]
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)
@@ -665,7 +680,8 @@ def markdown_summary(
                              & (runs["rank"] == rank)]
         lines += _rank_section(at_rank(stats, rank),
                                comparisons[comparisons["rank"] == rank], dataset,
-                               primary_metric, runs_here, level, rank, rank == reference_rank)
+                               primary_metric, runs_here, level, rank, rank == reference_rank,
+                               source)
     if len(comparisons):
         lines += _comparison_lines(comparisons, level)
     return "\n".join(lines).rstrip("\n") + "\n"

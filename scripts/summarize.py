@@ -41,7 +41,8 @@ with rule_logging(sm.log[0]) as log:
     summary = wide_summary(tidy, runs)
     markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level,
                                 preprocess=sm.params.preprocess,
-                                reference_rank=sm.params.reference_rank)
+                                reference_rank=sm.params.reference_rank,
+                                source=sm.params.dataset)
     log.info("\n%s", markdown)
     for path, frame in [(sm.output.tidy, tidy), (sm.output.summary, summary),
                         (sm.output.comparisons, comparisons), (sm.output.ranks, ranks)]:

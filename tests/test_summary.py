@@ -306,3 +306,40 @@ def test_findings_copy_the_figures_next_to_the_readme_and_link_them(tmp_path):
     assert "](docs/findings/d/rank_curve.png)" in written and "](plots/" not in written
     assert (tmp_path / "docs/findings/d/forest.png").read_bytes() == b"png forest.png"
     assert "\nold\n" not in written and "### Rank k = 32" in written  # demoted one level
+
+
+def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
+    from scae.findings import depth_tables
+
+    text, _ = _markdown("centred_cosine_mean")
+    paths = []
+    for name, depth, verdicts in [("full", 1.0, ["better", "worse"]),
+                                  ("quarter", 0.25, ["better", "better"]),
+                                  ("other", 1.0, ["worse", "worse"])]:
+        folder = tmp_path / name
+        folder.mkdir()
+        record = answer_record("x", text) | {"dataset": name, "depth": depth,
+                                             "input": "other.h5ad" if name == "other" else "p.h5ad"}
+        (folder / "summary.md").write_text(
+            text.replace(json.dumps(answer_record("x", text)), json.dumps(record)))
+        pd.DataFrame({"rank": [2, 32], "verdict": verdicts}).to_csv(folder / "ranks.tsv",
+                                                                    sep="\t", index=False)
+        paths.append(folder / "summary.md")
+    tables = depth_tables(paths)
+    assert len(tables) == 1 and "`p.h5ad`" in tables[0]  # "other" ran at one depth only
+    lines = tables[0].splitlines()
+    assert lines[-2] == "| 1 | full | ▲ AE | ▼ PCA | 2 | 32 |"
+    assert lines[-1] == "| 0.25 | quarter | ▲ AE | ▲ AE | 32 | – |"
+
+
+def test_a_depth_variant_says_so_and_records_its_depth():
+    tidy, per_cell = _scored(MEANS)
+    comparisons = paired_differences(per_cell, best_loss(aggregate(tidy), "centred_cosine_mean"),
+                                     rank=32)
+    source = {"path": "p.h5ad", "thin": {"fraction": 0.25, "seed": 0}}
+    text = markdown_summary(tidy, comparisons, "d", source=source)
+    assert "Molecules thinned binomially to a fraction 0.25 of the input's (seed 0)" in text
+    assert answer_record("x", text)["depth"] == 0.25
+    assert answer_record("x", text)["input"] == "p.h5ad"
+    full = markdown_summary(tidy, comparisons, "d", source={"path": "p.h5ad"})
+    assert "thinned" not in full and answer_record("x", full)["depth"] == 1.0

@@ -167,6 +167,11 @@ def test_summary_and_figures_show_the_rank_answer(small_run):
     text = (results / "summary.md").read_text()
     assert "## At which rank does an autoencoder beat PCA?" in text and "**Crossing:**" in text
     assert "## Rank k = 2\n" in text and "## Rank k = 8 (the reference rank" in text
+    from scae.findings import answer_record
+
+    record = answer_record(results / "summary.md", text)
+    assert record["rank"] == 8 and record["depth"] == 1.0
+    assert record["input"].endswith("pbmc_small.h5ad")
     for figure in ("rank_curve", "forest"):
         with Image.open(results / f"plots/{figure}.png") as image:
             assert image.width >= 700 and image.height >= 250, figure
