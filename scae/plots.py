@@ -35,23 +35,40 @@ def cosine_distributions(per_cell: dict[str, pd.DataFrame], path) -> None:
     _save(fig, path)
 
 
+#: Panels per row of a multi-panel figure: each stays readable at the report's width.
+PANELS_PER_ROW = 4
+
+
+def _panel_grid(n_panels: int, width: float, height: float):
+    """(figure, the first ``n_panels`` axes) on rows of at most :data:`PANELS_PER_ROW`; the
+    unused axes of the last row are switched off."""
+    n_cols = min(PANELS_PER_ROW, n_panels)
+    n_rows = int(np.ceil(n_panels / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows),
+                             squeeze=False)
+    for ax in axes.flat[n_panels:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n_panels])
+
+
 def training_curves(histories: dict[tuple[str, int], pd.DataFrame], path) -> None:
     """Validation cosine (comparable across losses) and each loss's own train/val curves."""
     losses = sorted({loss for loss, _ in histories})
-    fig, axes = plt.subplots(1, 1 + len(losses), figsize=(3.2 * (1 + len(losses)), 3.2))
+    fig, axes = _panel_grid(1 + len(losses), 3.6, 3.0)
     colors = dict(zip(losses, plt.cm.tab10.colors))
+    first_seed = {loss: min(s for name, s in histories if name == loss) for loss in losses}
     for (loss, seed), history in sorted(histories.items()):
         axes[0].plot(history["epoch"], history["val_cosine"], color=colors[loss], lw=1,
-                     label=loss if seed == min(s for l, s in histories if l == loss) else None)
+                     label=loss if seed == first_seed[loss] else None)
         ax = axes[1 + losses.index(loss)]
         ax.plot(history["epoch"], history["train_loss"], color=colors[loss], lw=1, alpha=0.5)
         ax.plot(history["epoch"], history["val_loss"], color=colors[loss], lw=1.5)
         ax.set_title(loss)
         ax.set_xlabel("epoch")
+        ax.set_ylabel("loss (faint: train, solid: val)", fontsize=8)
     axes[0].set_title("validation cosine")
     axes[0].set_xlabel("epoch")
     axes[0].legend(fontsize=7)
-    axes[1].set_ylabel("loss (faint: train, solid: val)")
     _save(fig, path)
 
 
@@ -116,8 +133,8 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
     """Validation score of every tuning trial, one panel per loss (own-loss scores are on
     each loss's own scale): filled = complete, hollow = pruned, star = the chosen trial."""
     losses = sorted(trials)
-    fig, axes = plt.subplots(1, len(losses), figsize=(2.4 * len(losses), 2.8), squeeze=False)
-    for ax, loss in zip(axes[0], losses):
+    fig, axes = _panel_grid(len(losses), 3.6, 3.0)
+    for ax, loss in zip(axes, losses):
         frame = trials[loss]
         complete = frame[frame["state"] == "complete"]
         pruned = frame[frame["state"] == "pruned"]
@@ -130,7 +147,7 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
             ax.plot(best["trial"], best["score"], "*", color="tab:red", ms=12)
         ax.set_title(loss, fontsize=9)
         ax.set_xlabel("trial")
-    axes[0][0].set_ylabel(f"validation {criterion}")
+        ax.set_ylabel(f"validation {criterion}", fontsize=8)
     _save(fig, path)
 
 
