@@ -49,8 +49,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from run import RESULTS, _epoch_rates, fit_epoch_seconds, preprocessed_synthetic  # noqa: E402
-from run import scvi_cells_per_second  # noqa: E402
+from run import (  # noqa: E402
+    RESULTS,
+    _epoch_rates,
+    fit_epoch_seconds,
+    preprocessed_synthetic,
+    scvi_cells_per_second,
+)
 
 #: Exit status of a run that checked nothing (automake's "skipped").
 SKIPPED = 77

@@ -38,13 +38,13 @@ from optuna.trial import TrialState
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import scae.tune
-from scae import Autoencoder
-from scae.config import COUNT_LOSSES
-from scae.data import PreprocessParams, preprocess_file
-from scae.sizes import SizeNeeds
-from scae.train import TrainParams, keep_freed_memory
-from scae.tune import CRITERIA, EndpointPruner, TuneParams
+import scae.tune  # noqa: E402  (the checkout's package, after the path above)
+from scae import Autoencoder  # noqa: E402
+from scae.config import COUNT_LOSSES  # noqa: E402
+from scae.data import PreprocessParams, preprocess_file  # noqa: E402
+from scae.sizes import SizeNeeds  # noqa: E402
+from scae.train import TrainParams, keep_freed_memory  # noqa: E402
+from scae.tune import CRITERIA, EndpointPruner, TuneParams  # noqa: E402
 
 DATASET = "pbmc3k"
 OUT = REPO / "bench" / "results" / "pruner_comparison"

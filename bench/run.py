@@ -262,8 +262,9 @@ def section_throughput(report: Report, args, workdir: Path) -> None:
             "scvi": theirs}
         section = f"throughput {threads}t"
         if threads == args.threads[0]:
+            density = pre.X.nnz / (pre.n_obs * pre.n_vars)
             report.add(section, "data: synthetic cells × genes, density",
-                       f"{pre.n_obs:,} × {pre.n_vars:,}, {pre.X.nnz / (pre.n_obs * pre.n_vars):.1%}")
+                       f"{pre.n_obs:,} × {pre.n_vars:,}, {density:.1%}")
         report.add(section, "scae NB, cells/s, epoch incl. its validation",
                    f"{statistics.median(ours):,.0f}", note=f"best epoch {max(ours):,.0f}")
         report.add(section, "scae NB, cells/s, training loop only",

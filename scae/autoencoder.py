@@ -155,12 +155,13 @@ class Autoencoder:
 
         ``adata.X`` holds log1p(normalized expression), ``adata.layers[layer]`` raw counts of
         the same genes (checked: non-negative integers; values within
-        :data:`scae.data.COUNT_TOLERANCE` of integers are rounded in place). Fields :func:`scae.preprocess`
-        writes are used as they are; missing ones are added, from training cells only:
-        ``obs[split_key]`` (a stratified train/val/test split, by ``labels_key`` when given),
-        ``obs[library_size_key]`` (the counts' row sums), ``var['train_mean'/'train_std']``.
-        ``target_sum`` is the ``normalize_total`` target X was made with (default: the one
-        :func:`scae.preprocess` recorded, else 10⁴). Duplicate cell names are made unique.
+        :data:`scae.data.COUNT_TOLERANCE` of integers are rounded in place). Fields
+        :func:`scae.preprocess` writes are used as they are; missing ones are added, from
+        training cells only: ``obs[split_key]`` (a stratified train/val/test split, by
+        ``labels_key`` when given), ``obs[library_size_key]`` (the counts' row sums),
+        ``var['train_mean'/'train_std']``. ``target_sum`` is the ``normalize_total`` target X
+        was made with (default: the one :func:`scae.preprocess` recorded, else 10⁴). Duplicate
+        cell names are made unique.
         """
         if layer not in adata.layers:
             raise InputError(

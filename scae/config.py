@@ -121,7 +121,8 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
         allowed = ", ".join(map(str, error.validator_value))
         problem = f"{where} = {error.instance!r} is not allowed; allowed values: {allowed}"
     elif error.validator == "type":
-        problem = f"{where} = {error.instance!r} has the wrong type; expected {error.validator_value}"
+        problem = (f"{where} = {error.instance!r} has the wrong type; expected "
+                   f"{error.validator_value}")
     elif error.validator == "required":
         problem = f"{where}: {error.message}"
     else:

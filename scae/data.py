@@ -656,10 +656,10 @@ def preprocess(
     Cells whose ``obs[label_key]`` is missing are kept, and stay missing in the result.
     ``needs`` refuses a result too small for the later stages (:class:`scae.sizes.SizeNeeds`).
 
-    Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR), ``layers['counts']`` =
-    raw counts, ``obs['split']``, ``obs['library_size']`` (total counts over all genes kept
-    after the gene filter, the normalization denominator) and ``var['train_mean']`` /
-    ``var['train_std']`` of the log-normalized values over training cells.
+    Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR),
+    ``layers['counts']`` = raw counts, ``obs['split']``, ``obs['library_size']`` (total counts
+    over all genes kept after the gene filter, the normalization denominator) and
+    ``var['train_mean']`` / ``var['train_std']`` of the log-normalized values over training cells.
 
     With ``mcv``, each QC-passing cell's molecules are split binomially (:mod:`scae.mcv`):
     everything above is computed from the training molecules c', and the held-out molecules

@@ -1,13 +1,16 @@
-"""Copy the workflow's generated ``summary.md`` files into the README's "What we found".
+"""Copy the workflow's generated ``summary.md`` files into the findings page of the manual
+(``docs/findings.md``) and a few lines of them into the README.
 
-Usage: ``python -m scae.findings README.md results/pbmc3k/summary.md results/zheng17/summary.md
-[--also results/pbmc3k_zscore/summary.md]``
+Usage: ``python -m scae.findings docs/findings.md --readme README.md results/pbmc3k/summary.md
+results/zheng17/summary.md [--also results/pbmc3k_zscore/summary.md]``
 
-The section between the two markers below is replaced; nothing in it is typed by hand. Each
-summary contributes its table, notes and answer (its paired comparisons stay in the file);
-with several summaries a line counts, per loss, the datasets it wins or ties on. Summaries
-after ``--also`` (another regime of a dataset already counted, e.g. z-scored inputs) are shown
-after that line and not counted in it.
+In both files the part between the two markers below is replaced; nothing in it is typed by
+hand. On the page each summary contributes its rank table, its reference rank's table, notes
+and answer (its other ranks and paired comparisons stay in the file) and its figures; with
+several summaries a line counts, per loss, the datasets it wins or ties on, and inputs run at
+several depths get a rank × depth table. Summaries after ``--also`` (another regime of a
+dataset already counted, e.g. z-scored inputs) are shown after that and not counted. The
+README gets each dataset's crossing and answer line, the counting line and the link.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ COMPARISONS = "## Paired comparisons"
 #: README's copies live (relative to the README).
 SUMMARY_FIGURES = ("rank_curve.png", "forest.png")
 FIGURE_DIR = "plots"
-FIGURES = "docs/findings"
+FIGURES = "figures"
 #: Heading of one rank's section of a summary, followed by the rank.
 RANK_SECTION = "Rank k = "
 ANSWER_RECORD = re.compile(rf"^<!-- {re.escape(ANSWER_TAG)} (\{{.*\}}) -->$", re.MULTILINE)
@@ -135,27 +138,62 @@ def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | No
     return "\n\n".join(parts)
 
 
-def update_readme(readme: Path, summaries: list[Path], also: tuple[Path, ...] = ()) -> None:
-    """Replace the README's findings and copy each summary's figures next to it, under
-    :data:`FIGURES` (the results folder is not part of the repository)."""
-    text = readme.read_text()
+def _replace_block(path: Path, block: str) -> None:
+    text = path.read_text()
     if START not in text or END not in text:
-        raise ValueError(f"{readme}: add the markers {START!r} and {END!r} first")
+        raise ValueError(f"{path}: add the markers {START!r} and {END!r} first")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n\n{block}\n\n{END}{tail}")
+
+
+def update_page(page: Path, summaries: list[Path], also: tuple[Path, ...] = ()) -> None:
+    """Replace the findings page's generated part (between the markers) and copy each
+    summary's figures beside it, under :data:`FIGURES` (results/ is not in the repository)."""
     for path in [*summaries, *also]:
         dataset = answer_record(path, path.read_text())["dataset"]
-        target = readme.parent / FIGURES / dataset
+        target = page.parent / FIGURES / dataset
         target.mkdir(parents=True, exist_ok=True)
         for figure in SUMMARY_FIGURES:
             source = path.parent / FIGURE_DIR / figure
             if source.exists():
                 shutil.copyfile(source, target / figure)
-    readme.write_text(f"{head}{START}\n\n{render(summaries, also, FIGURES)}\n\n{END}{tail}")
+    _replace_block(page, render(summaries, also, FIGURES))
+
+
+def short_summary(summaries: list[Path], page: str) -> str:
+    """The README's few lines: per dataset its crossing and its answer at the reference rank,
+    the across-datasets line, and the link to the findings page."""
+    lines = []
+    for path in summaries:
+        text = path.read_text()
+        record = answer_record(path, text)
+        crossing = next((line for line in text.splitlines()
+                         if line.startswith("**Crossing:**")), "")
+        answer = next((line for line in text.split(f"{RANK_SECTION}{record['rank']}", 1)[-1]
+                       .splitlines() if line.startswith("**Answer:**")), "")
+        lines.append(f"- **{record['dataset']}** — {crossing.removeprefix('**Crossing:** ')} "
+                     f"At k = {record['rank']}: {answer.removeprefix('**Answer:** ')}")
+    records = [answer_record(path, path.read_text()) for path in summaries]
+    if len(records) > 1:
+        lines += ["", across_datasets(records)]
+    lines += ["", f"Tables, figures and the rank × depth table: [{page}]({page})."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    """``PAGE [--readme README] SUMMARY… [--also SUMMARY…]``."""
+    page, arguments = Path(argv[0]), argv[1:]
+    readme = None
+    if arguments[:1] == ["--readme"]:
+        readme, arguments = Path(arguments[1]), arguments[2:]
+    split = arguments.index("--also") if "--also" in arguments else len(arguments)
+    summaries = [Path(p) for p in arguments[:split]]
+    update_page(page, summaries, tuple(Path(p) for p in arguments[split + 1:]))
+    if readme is not None:
+        link = page.resolve().relative_to(readme.resolve().parent).as_posix()
+        _replace_block(readme, short_summary(summaries, link))
 
 
 if __name__ == "__main__":
-    arguments = sys.argv[2:]
-    split = arguments.index("--also") if "--also" in arguments else len(arguments)
-    update_readme(Path(sys.argv[1]), [Path(p) for p in arguments[:split]],
-                  tuple(Path(p) for p in arguments[split + 1:]))
+    main(sys.argv[1:])

@@ -163,6 +163,8 @@ class LossSpec:
         return [{key: value} for key, values in self.choices.items() for value in values]
 
 
+#: Every registered loss: its name → :class:`LossSpec` (formula, output head, default
+#: parameters, their choices and limits), filled by :func:`register_loss`.
 LOSSES: dict[str, LossSpec] = {}
 
 

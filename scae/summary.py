@@ -5,7 +5,6 @@ the one-line answer at each latent rank, and the rank table with its crossing.""
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import numpy as np

@@ -160,7 +160,8 @@ class CellData:
             log_factorial=torch.from_numpy(self.log_factorial[rows]),
         )
 
-    def batch(self, rows: np.ndarray, with_counts: bool) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    def batch(self, rows: np.ndarray, with_counts: bool
+              ) -> tuple[torch.Tensor, Batch, torch.Tensor]:
         """(model input, loss targets, count-head library sizes) for ``rows``.
 
         The input is densified (``rows`` only); raw counts stay sparse (``sparse_counts``).

@@ -5,9 +5,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from scipy import stats
-from sklearn.metrics.pairwise import paired_cosine_distances
-
 from scipy.special import gammaln
+from sklearn.metrics.pairwise import paired_cosine_distances
 
 from scae.baselines import (
     baseline_outputs,
@@ -24,8 +23,8 @@ from scae.metrics import (
     count_nll,
     embedding_metrics,
     expected_counts,
-    moment_dispersion,
     median_gene_pearson,
+    moment_dispersion,
     per_cell_metrics,
     rowwise_cosine,
     summarize_reconstruction,

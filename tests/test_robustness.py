@@ -1,30 +1,29 @@
-"""Issue 7 — robust under bad input and faults: one test (or more) per row of the issue's table.
+"""Robust under bad input and faults: each failure a user meets, and the tests that hold it.
 
-| issue row                                   | tests                                                   |
-|---------------------------------------------|---------------------------------------------------------|
-| input missing / unreadable / corrupt / ext  | test_bad_input_or_config_stops_before_any_job,          |
-|                                             | test_unreadable_input_is_named,                         |
-|                                             | test_10x_directory_without_matrix_is_named,             |
-|                                             | test_preprocess_errors_name_dataset_and_fix[truncated]  |
-| config typo: unknown key, wrong type, loss  | test_bad_input_or_config_stops_before_any_job           |
-| label_key not in obs                        | test_missing_label_key_warns_and_everything_else_runs   |
-| non-integer / negative with a count loss    | test_preprocess_errors_name_dataset_and_fix             |
-| NaN / inf in the matrix                     | test_preprocess_errors_name_dataset_and_fix[nonfinite]  |
-| duplicate gene names                        | test_quirky_gene_names_warn_and_run                     |
-| duplicate cell names (merged samples)       | test_duplicate_barcodes_are_made_unique_and_the_run_... |
-| gene IDs without a mitochondrial prefix     | test_quirky_gene_names_warn_and_run                     |
-| every cell removed by QC / too few cells    | test_qc_errors_quote_thresholds_and_counts              |
-| cells with zero counts after filtering      | test_zero_count_cells_are_removed_and_counted,          |
-|                                             | test_cosine_of_zero_profiles_is_zero_not_nan            |
-| training diverges                           | test_divergence_stops_with_hint_and_leaves_no_model     |
-| kill -9 mid-training, then rerun            | test_kill_9_mid_training_then_rerun_resumes_exactly     |
-| same config + seed twice                    | test_same_config_and_seed_twice_is_bitwise_identical    |
-| one training parameter changed              | test_changed_loss_parameter_reruns_only_affected_jobs   |
-| wildcard values                             | test_unconfigured_or_traversing_targets_yield_no_job    |
-| model loading                               | test_every_torch_load_passes_weights_only,              |
-|                                             | test_load_model_refuses_pickled_objects                 |
-| outputs appear atomically                   | test_atomic_path_*, test_scripts_write_outputs_atomically, |
-|                                             | the workflow cases above (run with --keep-incomplete)   |
+- input missing, unreadable, corrupt, of an unknown type:
+  test_bad_input_or_config_stops_before_any_job, test_unreadable_input_is_named,
+  test_10x_directory_without_matrix_is_named,
+  test_preprocess_errors_name_dataset_and_fix[truncated];
+- a config typo (unknown key, wrong type, unknown loss, a rank not trained):
+  test_bad_input_or_config_stops_before_any_job;
+- label_key not in obs: test_missing_label_key_warns_and_everything_else_runs;
+- non-integer or negative counts with a count loss, NaN or inf in the matrix:
+  test_preprocess_errors_name_dataset_and_fix;
+- duplicate gene names, gene IDs without a mitochondrial prefix:
+  test_quirky_gene_names_warn_and_run; duplicate cell names (merged samples):
+  test_duplicate_barcodes_are_made_unique_and_the_run_…;
+- every cell removed by QC, too few cells: test_qc_errors_quote_thresholds_and_counts; cells
+  with zero counts after filtering: test_zero_count_cells_are_removed_and_counted,
+  test_cosine_of_zero_profiles_is_zero_not_nan;
+- training diverges: test_divergence_stops_with_hint_and_leaves_no_model;
+- kill -9 mid-training, then a rerun: test_kill_9_mid_training_then_rerun_resumes_exactly;
+- the same config and seed twice: test_same_config_and_seed_twice_is_bitwise_identical;
+- one training parameter changed: test_changed_loss_parameter_reruns_only_affected_jobs;
+- wildcard values: test_unconfigured_or_traversing_targets_yield_no_job;
+- model loading: test_every_torch_load_passes_weights_only,
+  test_load_model_refuses_pickled_objects;
+- outputs appear atomically: test_atomic_path_*, test_scripts_write_outputs_atomically, and the
+  workflow cases above (run with --keep-incomplete).
 
 Workflow-level tests run the real ``snakemake`` on a 400-cell subset of pbmc3k in temporary
 directories (one small finished run is shared); the rest call the package directly.
@@ -183,7 +182,8 @@ PARSE_ERRORS = [
     ),
     pytest.param(
         _set("datasets", DATASET, "label", value="cell_type"),
-        [rf"unknown key 'label' under datasets\.{DATASET}", r"allowed keys: path, counts, label_key"],
+        [rf"unknown key 'label' under datasets\.{DATASET}",
+         r"allowed keys: path, counts, label_key"],
         id="unknown-dataset-key",
     ),
     pytest.param(
@@ -247,8 +247,9 @@ def test_10x_directory_without_matrix_is_named(tmp_path):
     folder = tmp_path / "filtered_feature_bc_matrix"
     folder.mkdir()
     (folder / "barcodes.tsv.gz").write_bytes(b"")
-    with pytest.raises(InputError, match=r"filtered_feature_bc_matrix holds no matrix\.mtx\(\.gz\); "
-                                         r"accepted formats are"):
+    with pytest.raises(InputError,
+                       match=r"filtered_feature_bc_matrix holds no matrix\.mtx\(\.gz\); "
+                             r"accepted formats are"):
         check_input_path(folder, "d")
     (folder / "matrix.mtx.gz").write_bytes(b"")
     check_input_path(folder, "d")
@@ -662,8 +663,8 @@ def _model_file(tmp_path: Path, extra) -> Path:
 
     params = ModelParams(n_genes=10, hidden=(4,), latent_dim=2, output="expression")
     path = tmp_path / "model.pt"
-    torch.save({"state_dict": AutoencoderModule(params).state_dict(), "model_params": params.to_dict(),
-                "extra": extra}, path)
+    torch.save({"state_dict": AutoencoderModule(params).state_dict(),
+                "model_params": params.to_dict(), "extra": extra}, path)
     return path
 
 

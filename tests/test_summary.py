@@ -49,7 +49,8 @@ def _tidy():
              ("d", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
              ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "embedding_dim", 7),
              ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "mcv_mse", 0.45)]
-    return pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"])
+    return pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
+                                       "value"])
 
 
 def test_merge_variants_keeps_only_mcv_metrics_and_new_ranks():
@@ -290,8 +291,8 @@ def test_findings_show_another_regime_without_counting_it(tmp_path):
     assert "Across 3" not in rendered  # and not counted, though it ranks by another metric
 
 
-def test_findings_copy_the_figures_next_to_the_readme_and_link_them(tmp_path):
-    from scae.findings import END, START, update_readme
+def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(tmp_path):
+    from scae.findings import END, START, main
 
     text, _ = _markdown("centred_cosine_mean")
     results = tmp_path / "results" / "d"
@@ -299,13 +300,19 @@ def test_findings_copy_the_figures_next_to_the_readme_and_link_them(tmp_path):
     (results / "summary.md").write_text(text)
     for figure in ("rank_curve.png", "forest.png"):
         (results / "plots" / figure).write_bytes(b"png " + figure.encode())
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{START}\nold\n{END}\n")
-    update_readme(readme, [results / "summary.md"])
-    written = readme.read_text()
-    assert "](docs/findings/d/rank_curve.png)" in written and "](plots/" not in written
-    assert (tmp_path / "docs/findings/d/forest.png").read_bytes() == b"png forest.png"
+    page, readme = tmp_path / "docs" / "findings.md", tmp_path / "README.md"
+    page.parent.mkdir()
+    for path in (page, readme):
+        path.write_text(f"# x\n\n{START}\nold\n{END}\n")
+    main([str(page), "--readme", str(readme), str(results / "summary.md")])
+    written = page.read_text()
+    assert "](figures/d/rank_curve.png)" in written and "](plots/" not in written
+    assert (tmp_path / "docs/figures/d/forest.png").read_bytes() == b"png forest.png"
     assert "\nold\n" not in written and "### Rank k = 32" in written  # demoted one level
+    short = readme.read_text()
+    assert "- **d** — the best autoencoder beats PCA at no rank" in short
+    assert "At k = 32: ranked by `centred_cosine_mean`" in short
+    assert "[docs/findings.md](docs/findings.md)" in short and "| model |" not in short
 
 
 def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
