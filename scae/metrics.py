@@ -23,6 +23,8 @@ Count-space metrics map x̂ back to expected counts, μ_g = (exp(x̂_g) − 1)�
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -93,10 +95,49 @@ def per_cell_metrics(
     return pd.concat(parts, ignore_index=True)
 
 
+@dataclass(frozen=True)
+class Metric:
+    """What the tables, the answer, tuning and the figures need to know of a metric: which
+    values are ``better``, the per-cell score it is the mean of over cells (``per_cell``;
+    then its paired differences have intervals and the answer can rank by it), and whether
+    ``summary.md``'s tables show it (``headline``)."""
+
+    better: Literal["higher", "lower"]
+    per_cell: str | None = None
+    headline: bool = False
+
+    @property
+    def maximize(self) -> bool:
+        return self.better == "higher"
+
+
+#: The one registry of metric conventions; :mod:`scae.summary`, :mod:`scae.tune` and
+#: :mod:`scae.plots` read it (in this order the summary's tables show the headline ones).
+METRICS: dict[str, Metric] = {
+    "cosine_mean": Metric("higher", "cosine", headline=True),
+    "centred_cosine_mean": Metric("higher", "centred_cosine", headline=True),
+    "zscored_cosine_mean": Metric("higher", "zscored_cosine", headline=True),
+    "pearson_mean": Metric("higher", "pearson", headline=True),
+    "mse": Metric("lower", "mse", headline=True),
+    "gene_pearson_median": Metric("higher", headline=True),
+    "poisson_nll": Metric("lower", headline=True),
+    "nb_nll": Metric("lower"),
+    "mcv_mse": Metric("lower", headline=True),
+    "mcv_poisson_nll": Metric("lower", headline=True),
+    "knn_accuracy": Metric("higher", headline=True),
+    "leiden_ari_test": Metric("higher", headline=True),
+    "leiden_nmi_test": Metric("higher"),
+    "label_silhouette_test": Metric("higher", headline=True),
+}
 #: Per-cell score → the metric that is its mean over cells (``mse`` keeps its name).
-PER_CELL_SUMMARY = {"centred_cosine": "centred_cosine_mean",
-                    "zscored_cosine": "zscored_cosine_mean", "cosine": "cosine_mean",
-                    "pearson": "pearson_mean", "mse": "mse"}
+PER_CELL_SUMMARY = {m.per_cell: name for name, m in METRICS.items() if m.per_cell}
+#: ``tune.criterion`` → (the training history's column, whether larger is better): a loss's
+#: own validation loss, or a validation-cell metric of the registry.
+TUNING_CRITERIA: dict[str, tuple[str, bool]] = {
+    "own_loss": ("val_loss", False),
+    "val_mse": ("val_mse", METRICS["mse"].maximize),
+    "val_centred_cosine": ("val_centred_cosine", METRICS["centred_cosine_mean"].maximize),
+}
 #: Prefix of a metric scored on the training cells instead of the test cells.
 TRAIN_PREFIX = "train_"
 

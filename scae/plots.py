@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metrics import TUNING_CRITERIA  # noqa: E402
 from .summary import HEADLINE_METRICS, aggregate  # noqa: E402
 
 
@@ -141,8 +142,7 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
         ax.plot(complete["trial"], complete["score"], "o", color="tab:blue", ms=5)
         ax.plot(pruned["trial"], pruned["score"], "o", mfc="none", color="tab:blue", ms=5)
         if len(complete):
-            larger_is_better = criterion == "val_centred_cosine"
-            best = complete.loc[complete["score"].idxmax() if larger_is_better
+            best = complete.loc[complete["score"].idxmax() if TUNING_CRITERIA[criterion][1]
                                 else complete["score"].idxmin()]
             ax.plot(best["trial"], best["score"], "*", color="tab:red", ms=12)
         ax.set_title(loss, fontsize=9)

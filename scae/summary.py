@@ -11,34 +11,21 @@ import numpy as np
 import pandas as pd
 
 from .config import MCV_SUFFIX
-from .metrics import EMBEDDING_DIM, PER_CELL_SUMMARY, TRAIN_PREFIX
+from .metrics import EMBEDDING_DIM, METRICS, PER_CELL_SUMMARY, TRAIN_PREFIX
 from .outputs import SETTING_PREFIX
 from .stats import bonferroni, crossed_mean_difference
 
 #: What identifies a run in the tidy tables; ``rank`` (the latent rank) and ``seed`` are
 #: missing for the baselines that have none (the mean profile, library size, MCV's).
 KEYS = ["dataset", "kind", "model", "rank", "seed"]
-#: Metrics in the Markdown summary, with the direction that is better.
-HEADLINE_METRICS = {
-    "cosine_mean": "higher",
-    "centred_cosine_mean": "higher",
-    "zscored_cosine_mean": "higher",
-    "pearson_mean": "higher",
-    "mse": "lower",
-    "gene_pearson_median": "higher",
-    "poisson_nll": "lower",
-    "mcv_mse": "lower",
-    "mcv_poisson_nll": "lower",
-    "knn_accuracy": "higher",
-    "leiden_ari_test": "higher",
-    "label_silhouette_test": "higher",
-}
+#: Metrics in the Markdown summary, with the direction that is better (views of
+#: :data:`scae.metrics.METRICS`, the one registry).
+HEADLINE_METRICS = {name: m.better for name, m in METRICS.items() if m.headline}
 #: Metrics the answer can rank by (``summary.primary_metric``): each is the mean over test
 #: cells of a per-cell score, so its paired differences have intervals.
 PER_CELL_OF = {metric: score for score, metric in PER_CELL_SUMMARY.items()}
 #: Per-cell scores and the direction that is better.
-PER_CELL_BETTER = {"centred_cosine": "higher", "zscored_cosine": "higher", "cosine": "higher",
-                   "pearson": "higher", "mse": "lower"}
+PER_CELL_BETTER = {m.per_cell: m.better for m in METRICS.values() if m.per_cell}
 #: Per-cell scores compared in the "paired" family, each loss against each of REFERENCES.
 PAIRED_METRICS = ("cosine", "centred_cosine", "mse")
 REFERENCES = ("mse", "baseline_pca")

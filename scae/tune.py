@@ -40,6 +40,7 @@ import torch
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from .metrics import TUNING_CRITERIA
 from .train import TrainingDiverged, TrainParams, fit, resolve_device
 
 if TYPE_CHECKING:
@@ -49,11 +50,7 @@ logger = logging.getLogger("scae")
 
 Criterion = Literal["own_loss", "val_mse", "val_centred_cosine"]
 #: History column each criterion reads, and whether larger is better.
-CRITERIA: dict[str, tuple[str, bool]] = {
-    "own_loss": ("val_loss", False),
-    "val_mse": ("val_mse", False),
-    "val_centred_cosine": ("val_centred_cosine", True),
-}
+CRITERIA = TUNING_CRITERIA
 #: Settings a trial chooses: where each lives in the config.
 TUNED = {"learning_rate": "train", "weight_decay": "train", "batch_size": "train",
          "dropout": "model", "hidden": "model"}

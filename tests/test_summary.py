@@ -350,3 +350,20 @@ def test_a_depth_variant_says_so_and_records_its_depth():
     assert answer_record("x", text)["input"] == "p.h5ad"
     full = markdown_summary(tidy, comparisons, "d", source={"path": "p.h5ad"})
     assert "thinned" not in full and answer_record("x", full)["depth"] == 1.0
+
+
+def test_the_metric_registry_is_the_one_source_the_schema_and_tables_agree_with():
+    import yaml
+
+    from scae.metrics import METRICS, TUNING_CRITERIA
+
+    from .conftest import REPO
+
+    schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())["properties"]
+    ranked_by = schema["summary"]["properties"]["primary_metric"]["enum"]
+    assert set(ranked_by) == {name for name, m in METRICS.items() if m.per_cell}
+    assert set(schema["tune"]["properties"]["criterion"]["enum"]) == set(TUNING_CRITERIA)
+    # every metric a run writes that the tables rank is in the registry, direction included
+    assert {m: METRICS[m].better for m in ("mse", "poisson_nll", "knn_accuracy")} == {
+        "mse": "lower", "poisson_nll": "lower", "knn_accuracy": "higher"}
+    assert TUNING_CRITERIA["val_centred_cosine"] == ("val_centred_cosine", True)
