@@ -1,3 +1,4 @@
+import importlib
 import re
 import sys
 from pathlib import Path
@@ -228,3 +229,57 @@ def mem_mb_from_input(base_mb, per_input_mb):
         return int((base_mb + per_input_mb * input.size_mb) * attempt)
 
     return mem_mb
+
+
+def input_path(wildcards):
+    return dataset_config(wildcards)["path"]
+
+
+def split_seed(wildcards):
+    return preprocess_config(wildcards)["split_seed"]
+
+
+def mcv_settings(wildcards):
+    """The molecule split of a cross-validation variant, None for a dataset itself."""
+    return MCV if is_mcv(wildcards) else None
+
+
+def needs_integer_counts(wildcards):
+    """Count losses and molecule splitting both need integer counts."""
+    return is_mcv(wildcards) or any(loss in COUNT_LOSSES for loss in LOSS_NAMES)
+
+
+def preprocess_mem_mb(wildcards, input, attempt):
+    """The result (cells × HVGs) and the blocks in flight, not the whole input; scae.data
+    (anndata) is imported only once a preprocess job is scheduled, not at parse time."""
+    estimate = importlib.import_module("scae.data").preprocess_mem_mb
+    return attempt * estimate(
+        input[0],
+        dataset_config(wildcards)["counts"],
+        preprocess_config(wildcards)["n_top_genes"],
+        is_mcv(wildcards),
+    )
+
+
+def minutes_per_attempt(minutes):
+    """A runtime limit that grows with each retry."""
+
+    def runtime(wildcards, attempt):
+        return minutes * attempt
+
+    return runtime
+
+
+def wildcard_number(name):
+    """A numeric wildcard (rank, seed) as the integer the script needs."""
+
+    def number(wildcards):
+        return int(wildcards[name])
+
+    return number
+
+
+def trial_tables(wildcards):
+    return [
+        f"results/{wildcards.dataset}/tuning/{loss}/trials.tsv" for loss in LOSS_NAMES
+    ]

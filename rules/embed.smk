@@ -16,10 +16,10 @@ rule baseline:
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 8),
-        runtime=lambda wildcards, attempt: 20 * attempt,
+        runtime=minutes_per_attempt(20),
     params:
         n_components=scope_rank,
-        seed=lambda wildcards: preprocess_config(wildcards)["split_seed"],
+        seed=split_seed,
         max_pca_rank=config["mcv"]["max_pca_rank"],
         input_scaling=config["model"]["input_scaling"],
     script:

@@ -23,7 +23,7 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 4),
-        runtime=lambda wildcards, attempt: 20 * attempt,
+        runtime=minutes_per_attempt(20),
     params:
         label_key=label_key,
         rank=scope_rank,
@@ -61,11 +61,11 @@ rule evaluate_losses:
     threads: 1
     resources:
         mem_mb=mem_mb_from_input(1500, 4),
-        runtime=lambda wildcards, attempt: 10 * len(LOSS_NAMES) * attempt,
+        runtime=minutes_per_attempt(10 * len(LOSS_NAMES)),
     params:
         label_key=label_key,
-        rank=lambda wildcards: int(wildcards.rank),
-        seed=lambda wildcards: int(wildcards.seed),
+        rank=wildcard_number("rank"),
+        seed=wildcard_number("seed"),
     script:
         "../scripts/evaluate.py"
 

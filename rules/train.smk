@@ -19,7 +19,7 @@ rule train:
     threads: config["train"]["threads"]
     resources:
         mem_mb=mem_mb_from_input(1500, 8),
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        runtime=minutes_per_attempt(60),
     params:
         loss_params=loss_params,
         model=model_at_rank,

@@ -20,7 +20,7 @@ rule tune:
     threads: config["train"]["threads"]
     resources:
         mem_mb=mem_mb_from_input(1500, 8),
-        runtime=lambda wildcards, attempt: 120 * attempt,
+        runtime=minutes_per_attempt(120),
     params:
         loss_params=loss_params,
         model=model_at_rank,  # at the reference rank
@@ -33,10 +33,7 @@ rule tune:
 
 rule plot_tuning:
     input:
-        trials=lambda wildcards: [
-            f"results/{wildcards.dataset}/tuning/{loss}/trials.tsv"
-            for loss in LOSS_NAMES
-        ],
+        trials=trial_tables,
     output:
         figure=report(
             "results/{dataset}/plots/tuning.png",
