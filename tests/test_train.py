@@ -215,3 +215,27 @@ def test_a_cuda_device_the_job_cannot_see_is_named_before_any_work(monkeypatch, 
     if gpus:
         assert resolve_device("cuda") == torch.device("cuda")
         assert resolve_device(torch.device("cuda:0")) == torch.device("cuda:0")
+
+
+def test_reduce_on_plateau_multiplies_the_rate_after_every_lr_patience_bad_epochs(
+        small_data, monkeypatch):
+    """Validation losses scripted: new bests at epochs 1, 2 and 6, none otherwise. With
+    lr_patience 2 and lr_factor 0.5 the rate halves once a streak reaches 2 bad epochs
+    (after epochs 4 and 8, applied from the next epoch); the best at epoch 6 resets it."""
+    import scae.train as train_module
+
+    real_evaluate = train_module.evaluate_split
+    losses = iter([5.0, 4.0, 4.5, 4.5, 4.5, 3.0, 3.5, 3.5, 3.5, 3.5])
+
+    def scripted(*args, **kwargs):
+        return real_evaluate(*args, **kwargs) | {"val_loss": next(losses)}
+
+    monkeypatch.setattr(train_module, "evaluate_split", scripted)
+    plateau = TrainParams(batch_size=64, learning_rate=1e-3, max_epochs=10, patience=5,
+                          lr_patience=2, lr_factor=0.5)
+    result = fit(CellData(small_data, "none"), get_loss("mse"), {}, _params(small_data, "mse"),
+                 plateau, seed=0, device=CPU)
+    # the rate each epoch trained with: halved after the 2nd bad epoch of each streak
+    assert result.history["learning_rate"].tolist() == [
+        1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+    assert result.best_epoch == 6 and result.stopped_by == "max_epochs"
