@@ -68,6 +68,21 @@ for _name in DATASETS:
     if _shape is not None:
         SizeNeeds(**NEEDS).check_input(*_shape, _spec["path"], _name)
 TUNE = config["tune"]["enabled"]
+# What the schema cannot say: ranges given low to high, and no empty architecture to try.
+_space = config["tune"]["space"]
+for _key in ("learning_rate", "dropout"):
+    if _space[_key][0] > _space[_key][1]:
+        raise InputError(
+            f"invalid configuration: tune.space.{_key} = {_space[_key]} is not [low, high]; "
+            f"swap the two values; fix it in {' / '.join(map(str, workflow.configfiles))}"
+        )
+if [] in _space["hidden"]:
+    raise InputError(
+        f"invalid configuration: tune.space.hidden = {_space['hidden']} holds an empty "
+        "architecture, which the search cannot build; remove it (model.hidden: [] trains a "
+        "linear autoencoder without tuning); fix it in "
+        f"{' / '.join(map(str, workflow.configfiles))}"
+    )
 MCV = config["mcv"]
 # Every dataset also runs as a molecular cross-validation variant "<name>.mcv".
 MCV_DATASETS = [name + MCV_SUFFIX for name in DATASETS] if MCV["enabled"] else []

@@ -68,6 +68,11 @@ class MCVParams:
     seed: int = 0
 
 
+#: Entropy that keeps the thinning's random stream apart from the molecule split's
+#: (``mcv.seed``): a thinned dataset's MCV variant draws both, often with the same seed.
+THINNING_STREAM = 0x7468696E
+
+
 @dataclass(frozen=True)
 class Thinning:
     """A depth variant of a dataset: each molecule kept with probability ``fraction``
@@ -182,7 +187,8 @@ class CountRows:
         ends = np.cumsum(self.row_nnz(), dtype=np.int64)
         start, n_rows = 0, self.shape[0]
         # One generator per pass: every pass over the rows sees the same thinned counts.
-        thin_rng = np.random.default_rng(self.thinning.seed) if self.thinning else None
+        thin_rng = (np.random.default_rng([THINNING_STREAM, self.thinning.seed])
+                    if self.thinning else None)
         while start < n_rows:
             before = ends[start - 1] if start else 0
             stop = int(np.searchsorted(ends, before + max_nnz, side="right"))

@@ -259,6 +259,12 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
         first = sp.vstack([block for _, block in rows.blocks()])
         again = sp.vstack([block for _, block in rows.blocks(max_nnz=1 << 12)])
     assert (first != again).nnz == 0
+    # its own random stream: not the molecule split's (mcv.seed) of the same seed
+    with open_counts(path) as rows:
+        stored = sp.vstack([block for _, block in rows.blocks()])
+    from scae.mcv import binomial_thin
+
+    assert (binomial_thin(stored, 0.25, 3) != first).nnz > 0
     monkeypatch.setattr(scae.data, "CHUNK_NNZ", 1 << 12)
     small_blocks = preprocess_file(path, loose, dataset="p", label_key="cell_type",
                                    thin=Thinning(0.25, seed=3))

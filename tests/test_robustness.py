@@ -207,6 +207,16 @@ PARSE_ERRORS = [
         [r"model\.latent_dim = \[2, 2\]"],
         id="repeated-rank",
     ),
+    pytest.param(
+        _set("tune", "space", "learning_rate", value=[0.003, 0.0003]),
+        [r"tune\.space\.learning_rate = \[0\.003, 0\.0003\] is not \[low, high\]"],
+        id="range-high-to-low",
+    ),
+    pytest.param(
+        _set("tune", "space", "hidden", value=[[64], []]),
+        [r"tune\.space\.hidden = \[\[64\], \[\]\] holds an empty architecture"],
+        id="empty-architecture",
+    ),
 ]
 
 
