@@ -23,6 +23,7 @@ from scae.config import (
     check_input_path,
     describe_schema_error,
 )
+from scae import layout
 from scae.sizes import SizeNeeds, input_shape
 
 try:
@@ -89,8 +90,9 @@ MCV_DATASETS = [name + MCV_SUFFIX for name in DATASETS] if MCV["enabled"] else [
 
 
 # Runs live under results/{dataset}/k{rank}/ (autoencoders, PCA at that rank) or, for the
-# baselines that have no rank (the mean profile, library size, MCV's), under .../shared/.
-SHARED_SCOPE = "shared"
+# baselines that have no rank (the mean profile, library size, MCV's), under .../shared/
+# (scae.layout, which the scripts and readers share).
+SHARED_SCOPE = layout.SHARED
 
 
 def alternatives(names):
@@ -153,10 +155,12 @@ def run_ids(dataset, ranks=None):
     runs = []
     for rank in ranks or ranks_of(dataset):
         runs += [
-            (f"k{rank}", loss, f"seed{seed}") for loss in LOSS_NAMES for seed in seeds
+            (layout.scope(rank), loss, f"seed{seed}")
+            for loss in LOSS_NAMES
+            for seed in seeds
         ]
         runs += [
-            (f"k{rank}", "baseline", name)
+            (layout.scope(rank), "baseline", name)
             for name in baselines
             if name in RANKED_BASELINES
         ]
@@ -174,7 +178,7 @@ def variants_of(wildcards):
 def metric_files(wildcards):
     """Metrics of every run of a dataset and of its cross-validation variant."""
     return [
-        f"results/{variant}/{scope}/metrics/{model}/{run}.tsv"
+        layout.run_file(variant, scope, "metrics", model, run, ".tsv")
         for variant in variants_of(wildcards)
         for scope, model, run in run_ids(variant)
     ]
@@ -183,7 +187,9 @@ def metric_files(wildcards):
 def per_cell_files(wildcards, ranks=None):
     """Per-cell scores of every run of a dataset (at ``ranks``), for the paired comparisons."""
     return [
-        f"results/{wildcards.dataset}/{scope}/metrics/{model}/{run}.per_cell.tsv.gz"
+        layout.run_file(
+            wildcards.dataset, scope, "metrics", model, run, ".per_cell.tsv.gz"
+        )
         for scope, model, run in run_ids(wildcards.dataset, ranks)
     ]
 
@@ -197,7 +203,7 @@ def history_files(wildcards, ranks=None):
     ``ranks`` None, of its cross-validation variant."""
     variants = variants_of(wildcards) if ranks is None else [wildcards.dataset]
     return [
-        f"results/{variant}/{scope}/models/{model}/{run}/history.tsv"
+        layout.history_file(variant, scope, model, run)
         for variant in variants
         for scope, model, run in run_ids(variant, ranks)
         if model in LOSS_NAMES
@@ -226,11 +232,12 @@ def scope_rank(wildcards):
 
 def umap_embeddings(wildcards):
     """The first seed's embedding of every loss and PCA's, at the reference rank."""
-    scope = f"results/{wildcards.dataset}/k{REFERENCE_RANK}/embeddings"
-    seed = seeds_of(wildcards.dataset)[0]
-    return [f"{scope}/{loss}/seed{seed}.h5ad" for loss in LOSS_NAMES] + [
-        f"{scope}/baseline/pca.h5ad"
-    ]
+    dataset, scope = wildcards.dataset, layout.scope(REFERENCE_RANK)
+    seed = seeds_of(dataset)[0]
+    return [
+        layout.run_file(dataset, scope, "embeddings", loss, f"seed{seed}", ".h5ad")
+        for loss in LOSS_NAMES
+    ] + [layout.run_file(dataset, scope, "embeddings", "baseline", "pca", ".h5ad")]
 
 
 def label_key(wildcards):

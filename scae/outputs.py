@@ -8,6 +8,7 @@ import anndata as ad
 import numpy as np
 
 from .io import atomic_path
+from .layout import parse
 
 #: obsm key of a run's latent embedding (absent for runs without one, e.g. the mean baseline).
 EMBEDDING_KEY = "X_scae"
@@ -37,10 +38,8 @@ def settings_metrics(meta: dict) -> dict[str, float]:
 
 def run_label(path: str | Path) -> str:
     """The run a results file belongs to, as tables and figures name it: ``nb`` for
-    results/<dataset>/<kind>/nb/seed0.<ext>, ``baseline_pca`` for …/baseline/pca.<ext>."""
-    parts = Path(path).parts
-    model, run = parts[-2], parts[-1].split(".")[0]
-    return f"baseline_{run}" if model == "baseline" else model
+    …/k32/embeddings/nb/seed0.h5ad, ``baseline_pca`` for …/baseline/pca.<ext>."""
+    return parse(path).label
 
 
 def write_run_outputs(

@@ -5,12 +5,12 @@ the one-line answer at each latent rank, and the rank table with its crossing.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .config import MCV_SUFFIX
+from .layout import parse
 from .metrics import EMBEDDING_DIM, METRICS, PER_CELL_SUMMARY, TRAIN_PREFIX
 from .outputs import SETTING_PREFIX
 from .stats import bonferroni, crossed_mean_difference
@@ -99,10 +99,9 @@ def read_histories(paths) -> dict[tuple[str, int, str, int], pd.DataFrame]:
     """(dataset, rank, loss, seed) → history of every
     ``results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv`` in ``paths``."""
     histories = {}
-    for path in map(Path, paths):
-        key = (path.parents[4].name, int(path.parents[3].name.removeprefix("k")),
-               path.parents[1].name, int(path.parent.name.removeprefix("seed")))
-        histories[key] = pd.read_csv(path, sep="\t")
+    for path in paths:
+        run = parse(path)
+        histories[(run.dataset, run.rank, run.model, run.seed)] = pd.read_csv(path, sep="\t")
     return histories
 
 

@@ -367,3 +367,19 @@ def test_the_metric_registry_is_the_one_source_the_schema_and_tables_agree_with(
     assert {m: METRICS[m].better for m in ("mse", "poisson_nll", "knn_accuracy")} == {
         "mse": "lower", "poisson_nll": "lower", "knn_accuracy": "higher"}
     assert TUNING_CRITERIA["val_centred_cosine"] == ("val_centred_cosine", True)
+
+
+def test_the_results_layout_reads_back_what_it_writes():
+    from scae import layout
+
+    written = layout.run_file("d.mcv", layout.scope(None), "metrics", "baseline", "mean",
+                              ".per_cell.tsv.gz")
+    assert written == "results/d.mcv/shared/metrics/baseline/mean.per_cell.tsv.gz"
+    run = layout.parse(written)
+    assert (run.dataset, run.rank, run.seed, run.label) == ("d.mcv", None, None,
+                                                             "baseline_mean")
+    history = layout.history_file("d", layout.scope(8), "nb", "seed3")
+    assert history == "results/d/k8/models/nb/seed3/history.tsv"
+    run = layout.parse(history)
+    assert (run.dataset, run.rank, run.model, run.seed, run.label) == ("d", 8, "nb", 3, "nb")
+    assert layout.parse("x/results/d/k32/embeddings/mse/seed0.h5ad").label == "mse"
