@@ -40,8 +40,10 @@ import torch
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from .losses import LossSpec
 from .metrics import TUNING_CRITERIA
-from .train import TrainingDiverged, TrainParams, fit, resolve_device
+from .model import ModelParams
+from .train import CellData, TrainingDiverged, TrainParams, fit, resolve_device
 
 if TYPE_CHECKING:
     from .autoencoder import Autoencoder
@@ -217,15 +219,36 @@ def tune(
     improving; empty for pruned and failed trials).
     """
     data, spec, loss_params = model.training_data(), model.loss, model.loss_params
-    model_params, device = model.module_params, resolve_device(device)
+    model_params = model.module_params
+    study, warmup = _create_study(spec.name, params, train_params, model_params)
+    objective = _Objective(data, spec, loss_params, model_params, train_params, params,
+                           resolve_device(device), warmup, study)
+    study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
+    trials = _trial_table(study, objective.outcomes)
+    _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
+    best = study.best_trial
+    chosen = {**best.params, "hidden": [int(w) for w in best.params["hidden"].split(",")]}
+    settings = {
+        "loss": spec.name, "criterion": params.criterion, "score": float(best.value),
+        "trial": best.number, "n_trials": len(trials),
+        "model": {name: chosen[name] for name, where in TUNED.items() if where == "model"},
+        "train": {name: chosen[name] for name, where in TUNED.items() if where == "train"},
+    }
+    logger.info("best trial %d of %d: %s = %.5f with %s", best.number, len(trials),
+                params.criterion, best.value, chosen)
+    return trials, settings
 
-    column, maximize = CRITERIA[params.criterion]
-    space = params.space
+
+def _create_study(loss: str, params: TuneParams, train_params: TrainParams,
+                  model_params: ModelParams
+                  ) -> tuple[optuna.Study, Callable[[optuna.Study], int | None]]:
+    """The seeded study of one loss, with the configured point enqueued as trial 0 (when
+    the space holds it), and the warm-up its pruner has in force for the next trial."""
     pruner, warmup = _pruner(params.pruner)
     # One seed per (tune seed, loss): losses get independent but reproducible samplers.
-    sampler_seed = params.seed * 1_000_003 + zlib.crc32(spec.name.encode())
+    sampler_seed = params.seed * 1_000_003 + zlib.crc32(loss.encode())
     study = optuna.create_study(
-        direction="maximize" if maximize else "minimize",
+        direction="maximize" if CRITERIA[params.criterion][1] else "minimize",
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=4),
         pruner=pruner,
     )
@@ -233,26 +256,49 @@ def tune(
                   "weight_decay": train_params.weight_decay,
                   "batch_size": train_params.batch_size, "dropout": model_params.dropout,
                   "hidden": model_params.hidden}
-    if space.contains(configured):
+    if params.space.contains(configured):
         study.enqueue_trial({**configured, "hidden": _hidden_key(model_params.hidden)})
     else:
         logger.info("the configured settings %s lie outside tune.space: no trial starts there",
                     configured)
-    outcomes: dict[int, dict] = {}
+    return study, warmup
 
-    def objective(trial) -> float:
-        chosen = {
-            "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate,
-                                                 log=True),
-            "weight_decay": trial.suggest_categorical("weight_decay", list(space.weight_decay)),
-            "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
-            "dropout": trial.suggest_float("dropout", *space.dropout),
-            "hidden": tuple(int(w) for w in trial.suggest_categorical(
-                "hidden", [_hidden_key(h) for h in space.hidden]).split(",")),
-        }
-        outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "", "score": np.nan,
-                   "pruned_at": None, "warmup": warmup(study)}
-        outcomes[trial.number] = outcome
+
+def _sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
+    """A trial's settings (in this order: TPE's draws depend on it)."""
+    return {
+        "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
+        "weight_decay": trial.suggest_categorical("weight_decay", list(space.weight_decay)),
+        "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
+        "dropout": trial.suggest_float("dropout", *space.dropout),
+        "hidden": tuple(int(w) for w in trial.suggest_categorical(
+            "hidden", [_hidden_key(h) for h in space.hidden]).split(",")),
+    }
+
+
+@dataclass
+class _Objective:
+    """One trial: train with the sampled settings, report the best-so-far criterion after
+    every epoch (where the pruner may stop it), return the score at the kept epoch;
+    ``outcomes`` collects how each trial ended, by trial number."""
+
+    data: CellData
+    spec: LossSpec
+    loss_params: dict
+    model_params: ModelParams
+    train_params: TrainParams
+    params: TuneParams
+    device: torch.device
+    warmup: Callable[[optuna.Study], int | None]
+    study: optuna.Study
+    outcomes: dict[int, dict] = field(default_factory=dict)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        chosen = _sample(trial, self.params.space)
+        outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "diverged",  # unless fit returns
+                   "score": np.nan, "pruned_at": None, "warmup": self.warmup(self.study)}
+        self.outcomes[trial.number] = outcome
+        column = CRITERIA[self.params.criterion][0]
         best_val_loss = np.inf
 
         def report(row: dict) -> None:
@@ -266,19 +312,20 @@ def tune(
                 outcome.update(stopped_by="pruned", pruned_at=row["epoch"])
                 raise optuna.TrialPruned()
 
-        outcome["stopped_by"] = "diverged"  # unless fit returns
         result = fit(
-            data, spec, loss_params,
-            replace(model_params, dropout=chosen["dropout"], hidden=chosen["hidden"]),
-            replace(train_params, learning_rate=chosen["learning_rate"],
+            self.data, self.spec, self.loss_params,
+            replace(self.model_params, dropout=chosen["dropout"], hidden=chosen["hidden"]),
+            replace(self.train_params, learning_rate=chosen["learning_rate"],
                     weight_decay=chosen["weight_decay"], batch_size=chosen["batch_size"],
-                    max_epochs=params.max_epochs),
-            seed=params.seed, device=device, on_epoch=report,
+                    max_epochs=self.params.max_epochs),
+            seed=self.params.seed, device=self.device, on_epoch=report,
         )
         outcome["stopped_by"] = result.stopped_by
         return float(outcome["score"])
 
-    study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
+
+def _trial_table(study: optuna.Study, outcomes: dict[int, dict]) -> pd.DataFrame:
+    """One row per trial: its settings and how it ended (:func:`tune`)."""
     rows = []
     for trial in study.trials:
         outcome = outcomes[trial.number]
@@ -289,20 +336,8 @@ def tune(
             "converged": (outcome["stopped_by"] != "max_epochs"
                           if trial.state == TrialState.COMPLETE else None),
         })
-    trials = pd.DataFrame(rows).astype(
+    return pd.DataFrame(rows).astype(
         {"pruned_at": "Int64", "warmup": "Int64", "converged": "boolean"})
-    _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
-    best = study.best_trial
-    chosen = {**best.params, "hidden": [int(w) for w in best.params["hidden"].split(",")]}
-    settings = {
-        "loss": spec.name, "criterion": params.criterion, "score": float(best.value),
-        "trial": best.number, "n_trials": len(trials),
-        "model": {name: chosen[name] for name, where in TUNED.items() if where == "model"},
-        "train": {name: chosen[name] for name, where in TUNED.items() if where == "train"},
-    }
-    logger.info("best trial %d of %d: %s = %.5f with %s", best.number, len(trials),
-                params.criterion, best.value, chosen)
-    return trials, settings
 
 
 def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: int) -> None:
