@@ -407,15 +407,7 @@ def fit(
     state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
              "best_model": None, "history": [], "lr": train_params.learning_rate}
     if checkpoint is not None and checkpoint.exists():
-        saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        if saved["fingerprint"] == key:
-            model.load_state_dict(saved["model"])
-            optimizer.load_state_dict(saved["optimizer"])
-            state = saved["state"]
-            set_learning_rate(optimizer, state["lr"])
-            logger.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
-        else:
-            logger.info("ignoring checkpoint %s written for other settings", checkpoint)
+        state = _resume(checkpoint, key, model, optimizer, state, device)
 
     train_rows, val_rows = data.rows("train"), data.rows("val")
     while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
@@ -424,27 +416,18 @@ def fit(
         train_loss = train_epoch(model, optimizer, data, spec, loss_params, train_rows,
                                  train_params, seed, epoch, device)
         scores = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
-        val_loss = scores["val_loss"]
-        if not math.isfinite(val_loss):
+        if not math.isfinite(scores["val_loss"]):
             raise TrainingDiverged(
-                f"validation loss became {val_loss} in epoch {epoch}; lower "
+                f"validation loss became {scores['val_loss']} in epoch {epoch}; lower "
                 f"train.learning_rate (now {train_params.learning_rate})"
             )
         seconds = time.perf_counter() - started
         state["history"].append({"epoch": epoch, "train_loss": train_loss, **scores,
                                  "learning_rate": state["lr"], "seconds": seconds})
-        if val_loss < state["best_val"]:
-            state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
-                         best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
-        else:
-            state["bad_epochs"] += 1
-            if train_params.lr_patience and state["bad_epochs"] % train_params.lr_patience == 0:
-                state["lr"] *= train_params.lr_factor
-                set_learning_rate(optimizer, state["lr"])
-        state["epoch"] = epoch
+        _select(state, epoch, scores["val_loss"], model, optimizer, train_params)
         logger.info(
             "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
-            epoch, train_loss, val_loss, scores["val_cosine"], seconds,
+            epoch, train_loss, scores["val_loss"], scores["val_cosine"], seconds,
             "  *" if state["best_epoch"] == epoch else "",
         )
         if on_epoch is not None:
@@ -453,6 +436,42 @@ def fit(
             with atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": key, "model": model.state_dict(),
                             "optimizer": optimizer.state_dict(), "state": state}, tmp)
+    return _finish(model, state, train_params)
+
+
+def _resume(checkpoint: Path, key: str, model: AutoencoderModule, optimizer, state: dict,
+            device: torch.device) -> dict:
+    """The training state after the checkpoint's last epoch, loaded into ``model`` and
+    ``optimizer``, when it was written for the same settings (``key``); else ``state``."""
+    saved = torch.load(checkpoint, map_location=device, weights_only=True)
+    if saved["fingerprint"] != key:
+        logger.info("ignoring checkpoint %s written for other settings", checkpoint)
+        return state
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    set_learning_rate(optimizer, saved["state"]["lr"])
+    logger.info("resumed from %s after epoch %d", checkpoint, saved["state"]["epoch"])
+    return saved["state"]
+
+
+def _select(state: dict, epoch: int, val_loss: float, model: AutoencoderModule, optimizer,
+            train_params: TrainParams) -> None:
+    """Model selection after an epoch: a new best validation loss keeps the weights and
+    resets the streak of bad epochs; otherwise the streak grows, and reduce-on-plateau
+    multiplies the rate by ``lr_factor`` whenever it reaches a multiple of ``lr_patience``."""
+    if val_loss < state["best_val"]:
+        state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
+                     best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+    else:
+        state["bad_epochs"] += 1
+        if train_params.lr_patience and state["bad_epochs"] % train_params.lr_patience == 0:
+            state["lr"] *= train_params.lr_factor
+            set_learning_rate(optimizer, state["lr"])
+    state["epoch"] = epoch
+
+
+def _finish(model: AutoencoderModule, state: dict, train_params: TrainParams) -> FitResult:
+    """The best epoch's weights, and how training stopped (warning when still improving)."""
     model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
     stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
