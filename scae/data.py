@@ -869,159 +869,43 @@ def preprocess_rows(
     names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
     make_names_unique(names, "var", dataset)
     make_names_unique(names, "obs", dataset)
-    n_input, n_genes = rows.shape
-    mito = None
-    if mito_prefix:
-        mito = _mito_mask(names.var_names, mito_prefix)
-        if not mito.any():
-            mito = None
-            warnings.warn(
-                f"dataset {dataset!r}: no gene name starts with mito_prefix {mito_prefix!r} "
-                "(e.g. Ensembl IDs); the mitochondrial filter is skipped",
-                stacklevel=2,
-            )
-
-    # 1. per-cell QC: genes detected, % mitochondrial counts; then cells without counts
-    qc = np.zeros(n_input, dtype=bool)
-    pct = np.zeros(n_input, dtype=np.float32) if mito is not None else None
-
-    def cell_qc(start: int, block: sp.csr_matrix) -> np.ndarray:
-        keep = np.diff(block.indptr) >= params.min_genes
-        if pct is not None:
-            totals = _row_sums(block)
-            mito_counts = _row_sums(block[:, mito])
-            share = np.divide(100 * mito_counts, totals, out=np.zeros_like(totals),
-                              where=totals > 0)
-            pct[start : start + block.shape[0]] = share
-            keep &= share <= params.max_pct_mito
-        qc[start : start + block.shape[0]] = keep
-        return keep
-
-    passed, zero = [], 0
-    for ids, counts, _ in _cell_blocks(rows, cell_qc, mcv):
-        nonzero = _row_sums(counts) > 0
-        passed.append(ids[nonzero])
-        zero += int((~nonzero).sum())
-    cells = np.concatenate(passed) if passed else np.zeros(0, dtype=np.int64)
-    if zero:
-        logger.info("removed %d cells with zero counts", zero)
-    logger.info(
-        "cell QC kept %d of %d cells (min_genes=%d, max_pct_mito=%s)",
-        len(cells), n_input, params.min_genes, params.max_pct_mito,
-    )
-
-    labels = _labels_of(names.obs, cells, label_key, dataset)
+    qc = _cell_pass(rows, params, _mito_genes(names.var_names, mito_prefix, dataset), mcv)
+    labels = _labels_of(names.obs, qc.cells, label_key, dataset)
     split = pd.Categorical(
-        stratified_split(
-            labels, len(cells), params.test_fraction, params.val_fraction, params.split_seed
-        ),
+        stratified_split(labels, len(qc.cells), params.test_fraction, params.val_fraction,
+                         params.split_seed),
         categories=SPLITS,
     )
-    qc_text = (f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
-               f"max_pct_mito={params.max_pct_mito}")
-    _require_every_split(split, dataset, qc_text)  # before passes 2 and 3 over the input
-    # position of every input row among the kept cells (−1: dropped)
-    position = np.full(n_input, -1, dtype=np.int64)
-    position[cells] = np.arange(len(cells))
+    _require_every_split(split, dataset, qc.text)  # before passes 2 and 3 over the input
     is_train = np.asarray(split == "train")
-
-    def kept_by_qc(start: int, block: sp.csr_matrix) -> np.ndarray:
-        return qc[start : start + block.shape[0]]
-
-    # 2. genes detected in at least min_cells training cells
-    cells_per_gene = np.zeros(n_genes, dtype=np.int64)
-    for ids, counts, _ in _cell_blocks(rows, kept_by_qc, mcv):
-        where = position[ids]
-        train = (where >= 0) & is_train[np.maximum(where, 0)]
-        cells_per_gene += np.bincount(counts[train].indices, minlength=n_genes)
-    genes = cells_per_gene >= params.min_cells
-    n_kept = int(genes.sum())
-    if n_kept == 0:
-        raise InputError(
-            f"dataset {dataset!r}: no gene is detected in min_cells={params.min_cells} "
-            f"training cells ({qc_text}; {int(is_train.sum())} training cells); lower "
-            "preprocess.min_cells or use more cells"
-        )
-
-    def kept_blocks() -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
-        """(positions among the kept cells, counts, held-out) over the kept genes."""
-        for ids, counts, heldout in _cell_blocks(rows, kept_by_qc, mcv):
-            where = position[ids]
-            rows_kept = where >= 0
-            yield (where[rows_kept], counts[rows_kept][:, genes],
-                   None if heldout is None else heldout[rows_kept][:, genes])
-
-    # 3. library sizes over the kept genes; HVG moments over training cells
-    library = np.zeros(len(cells), dtype=np.float32)
-    heldout_library = np.zeros(len(cells), dtype=np.float32) if mcv is not None else None
-    moments = GeneMoments(n_kept)
-    stored = np.zeros(n_kept, dtype=np.int64)
-    stored_heldout = np.zeros(n_kept, dtype=np.int64)
-    for where, counts, heldout in kept_blocks():
-        library[where] = _row_sums(counts)
-        full = library[where] > 0
-        if heldout is not None:
-            heldout_library[where] = _row_sums(heldout)
-            stored_heldout += np.bincount(heldout[full].indices, minlength=n_kept)
-        stored += np.bincount(counts[full].indices, minlength=n_kept)
-        train = full & is_train[where]
-        if train.any():
-            x, _ = _log_normalized(counts[train], params.target_sum)
-            moments.add(np.expm1(x))
-    # A cell whose counts were all in removed genes has library size 0: no profile to learn.
-    final = library > 0
+    genes = _gene_pass(rows, qc, is_train, params, mcv, dataset)
+    totals = _library_pass(rows, qc, genes, is_train, params, mcv)
+    final = totals.library > 0
     if not final.all():
+        # a cell whose counts were all in removed genes has no profile to learn
         logger.info("removed %d cells with zero counts in the genes kept by min_cells=%d",
                     int((~final).sum()), params.min_cells)
-    n_top = min(params.n_top_genes, n_kept)
-    if params.n_top_genes > n_kept:
-        logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
-                    "them are used", params.n_top_genes, n_kept, params.min_cells)
-    hvg = seurat_hvg(moments.mean, moments.variance(), n_top)
+    hvg = _choose_hvgs(totals, params, int(genes.sum()), dataset, qc.text)
     # cells left without counts in the kept genes are gone: check the split again
-    sizes = _require_every_split(split[final], dataset, qc_text)
-    if not hvg.any():
-        raise InputError(
-            f"dataset {dataset!r}: none of the {n_kept} genes kept by min_cells="
-            f"{params.min_cells} varies over the training cells ({qc_text}); lower the QC "
-            "thresholds in config['preprocess'] or use more cells"
-        )
+    sizes = _require_every_split(split[final], dataset, qc.text)
     if needs is not None:
-        needs.check_split(sizes.to_dict(), int(hvg.sum()), dataset, qc_text,
+        needs.check_split(sizes.to_dict(), int(hvg.sum()), dataset, qc.text,
                           params.test_fraction, params.val_fraction)
-
-    # 4. the HVG columns of every remaining cell
-    n_cells, n_hvg = int(final.sum()), int(hvg.sum())
-    x_stack = _RowStack(n_cells, n_hvg, int(stored[hvg].sum()))
-    counts_stack = _RowStack(n_cells, n_hvg, int(stored[hvg].sum()))
-    heldout_stack = _RowStack(n_cells, n_hvg, int(stored_heldout[hvg].sum()))
-    log1p_uns: dict = {}
-    for where, counts, heldout in kept_blocks():
-        full = final[where]
-        counts = counts[full]
-        if counts.shape[0] == 0:
-            continue
-        x, log1p_uns = _log_normalized(counts, params.target_sum)
-        x_stack.append(x[:, hvg])
-        counts_stack.append(counts[:, hvg])
-        if heldout is not None:
-            heldout_stack.append(heldout[full][:, hvg])
+    x, counts, heldout, log1p_uns = _hvg_pass(rows, qc, genes, final, hvg, totals, params, mcv)
 
     # annotations of the remaining cells and HVGs, subset as anndata subsets (unused
     # categories dropped)
-    if pct is not None:
-        names.obs["pct_counts_mito"] = pct
-    kept_cells = cells[final]
-    kept_genes = np.flatnonzero(genes)[hvg]
-    adata = names[kept_cells, kept_genes].copy()
-    adata.X = x_stack.matrix()
+    if qc.pct is not None:
+        names.obs["pct_counts_mito"] = qc.pct
+    adata = names[qc.cells[final], np.flatnonzero(genes)[hvg]].copy()
+    adata.X = x
     if mcv is not None:
-        adata.layers[HELDOUT_LAYER] = heldout_stack.matrix()
-    adata.layers["counts"] = counts_stack.matrix()
+        adata.layers[HELDOUT_LAYER] = heldout
+    adata.layers["counts"] = counts
     adata.obs["split"] = split[final]
-    adata.obs["library_size"] = library[final]
+    adata.obs["library_size"] = totals.library[final]
     if mcv is not None:
-        adata.obs["mcv_library_size"] = heldout_library[final]
+        adata.obs["mcv_library_size"] = totals.heldout_library[final]
     adata.uns.update(log1p_uns)
     is_train = is_train[final]
     mean, std = gene_mean_std(adata.X[is_train])
@@ -1031,7 +915,7 @@ def preprocess_rows(
         "dataset": dataset,
         "label_key": label_key if labels is not None else "",
         "target_sum": float(params.target_sum),
-        "n_cells_input": int(n_input),
+        "n_cells_input": int(qc.n_input),
         "preprocess": asdict(params),
     }
     if thin is not None:
@@ -1046,6 +930,186 @@ def preprocess_rows(
         dataset, adata.n_obs, adata.n_vars, adata.obs["split"].value_counts().to_dict(),
     )
     return adata
+
+
+def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str
+                ) -> np.ndarray | None:
+    """The mitochondrial genes, or None (no prefix, or no gene matches it: warned)."""
+    if not mito_prefix:
+        return None
+    mito = _mito_mask(var_names, mito_prefix)
+    if mito.any():
+        return mito
+    warnings.warn(
+        f"dataset {dataset!r}: no gene name starts with mito_prefix {mito_prefix!r} "
+        "(e.g. Ensembl IDs); the mitochondrial filter is skipped",
+        stacklevel=3,
+    )
+    return None
+
+
+@dataclass(frozen=True)
+class _CellQC:
+    """Pass 1's result: which input rows passed QC (``passed``), the kept cells' input row
+    numbers (``cells``; QC passed and some counts), each input row's position among them
+    (``position``, −1 if dropped), the % mitochondrial counts (or None) and the QC in words."""
+
+    passed: np.ndarray
+    cells: np.ndarray
+    position: np.ndarray
+    pct: np.ndarray | None
+    n_input: int
+    text: str
+
+    def select(self, start: int, block: sp.csr_matrix) -> np.ndarray:
+        return self.passed[start : start + block.shape[0]]
+
+
+def _cell_pass(rows: CountRows, params: PreprocessParams, mito: np.ndarray | None,
+               mcv: MCVParams | None) -> _CellQC:
+    """1. Per-cell QC (genes detected, % mitochondrial counts), then cells without counts
+    (after the molecule split, with ``mcv``) are dropped."""
+    n_input = rows.shape[0]
+    passed = np.zeros(n_input, dtype=bool)
+    pct = np.zeros(n_input, dtype=np.float32) if mito is not None else None
+
+    def cell_qc(start: int, block: sp.csr_matrix) -> np.ndarray:
+        keep = np.diff(block.indptr) >= params.min_genes
+        if pct is not None:
+            totals = _row_sums(block)
+            mito_counts = _row_sums(block[:, mito])
+            share = np.divide(100 * mito_counts, totals, out=np.zeros_like(totals),
+                              where=totals > 0)
+            pct[start : start + block.shape[0]] = share
+            keep &= share <= params.max_pct_mito
+        passed[start : start + block.shape[0]] = keep
+        return keep
+
+    kept, zero = [], 0
+    for ids, counts, _ in _cell_blocks(rows, cell_qc, mcv):
+        nonzero = _row_sums(counts) > 0
+        kept.append(ids[nonzero])
+        zero += int((~nonzero).sum())
+    cells = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    if zero:
+        logger.info("removed %d cells with zero counts", zero)
+    logger.info(
+        "cell QC kept %d of %d cells (min_genes=%d, max_pct_mito=%s)",
+        len(cells), n_input, params.min_genes, params.max_pct_mito,
+    )
+    position = np.full(n_input, -1, dtype=np.int64)
+    position[cells] = np.arange(len(cells))
+    text = (f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
+            f"max_pct_mito={params.max_pct_mito}")
+    return _CellQC(passed, cells, position, pct, n_input, text)
+
+
+def _gene_pass(rows: CountRows, qc: _CellQC, is_train: np.ndarray, params: PreprocessParams,
+               mcv: MCVParams | None, dataset: str) -> np.ndarray:
+    """2. The genes detected in at least ``min_cells`` training cells."""
+    n_genes = rows.shape[1]
+    cells_per_gene = np.zeros(n_genes, dtype=np.int64)
+    for ids, counts, _ in _cell_blocks(rows, qc.select, mcv):
+        where = qc.position[ids]
+        train = (where >= 0) & is_train[np.maximum(where, 0)]
+        cells_per_gene += np.bincount(counts[train].indices, minlength=n_genes)
+    genes = cells_per_gene >= params.min_cells
+    if not genes.any():
+        raise InputError(
+            f"dataset {dataset!r}: no gene is detected in min_cells={params.min_cells} "
+            f"training cells ({qc.text}; {int(is_train.sum())} training cells); lower "
+            "preprocess.min_cells or use more cells"
+        )
+    return genes
+
+
+def _kept_blocks(rows: CountRows, qc: _CellQC, genes: np.ndarray, mcv: MCVParams | None
+                 ) -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
+    """(positions among the kept cells, counts, held-out) over the kept genes."""
+    for ids, counts, heldout in _cell_blocks(rows, qc.select, mcv):
+        where = qc.position[ids]
+        rows_kept = where >= 0
+        yield (where[rows_kept], counts[rows_kept][:, genes],
+               None if heldout is None else heldout[rows_kept][:, genes])
+
+
+@dataclass(frozen=True)
+class _Totals:
+    """Pass 3's result: library sizes over the kept genes (and of the held-out molecules),
+    the training cells' gene moments for the HVGs, and each gene's stored entries."""
+
+    library: np.ndarray
+    heldout_library: np.ndarray | None
+    moments: GeneMoments
+    stored: np.ndarray
+    stored_heldout: np.ndarray
+
+
+def _library_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, is_train: np.ndarray,
+                  params: PreprocessParams, mcv: MCVParams | None) -> _Totals:
+    """3. Library sizes over the kept genes; the moments of expm1(log1p(normalized)) over
+    training cells (for :func:`seurat_hvg`); each gene's stored entries (to size pass 4)."""
+    n_cells, n_kept = len(qc.cells), int(genes.sum())
+    library = np.zeros(n_cells, dtype=np.float32)
+    heldout_library = np.zeros(n_cells, dtype=np.float32) if mcv is not None else None
+    moments = GeneMoments(n_kept)
+    stored = np.zeros(n_kept, dtype=np.int64)
+    stored_heldout = np.zeros(n_kept, dtype=np.int64)
+    for where, counts, heldout in _kept_blocks(rows, qc, genes, mcv):
+        library[where] = _row_sums(counts)
+        full = library[where] > 0
+        if heldout is not None:
+            heldout_library[where] = _row_sums(heldout)
+            stored_heldout += np.bincount(heldout[full].indices, minlength=n_kept)
+        stored += np.bincount(counts[full].indices, minlength=n_kept)
+        train = full & is_train[where]
+        if train.any():
+            x, _ = _log_normalized(counts[train], params.target_sum)
+            moments.add(np.expm1(x))
+    return _Totals(library, heldout_library, moments, stored, stored_heldout)
+
+
+def _choose_hvgs(totals: _Totals, params: PreprocessParams, n_kept: int, dataset: str,
+                 qc_text: str) -> np.ndarray:
+    """The ``n_top_genes`` highly variable genes among the kept ones (all when fewer)."""
+    n_top = min(params.n_top_genes, n_kept)
+    if params.n_top_genes > n_kept:
+        logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
+                    "them are used", params.n_top_genes, n_kept, params.min_cells)
+    hvg = seurat_hvg(totals.moments.mean, totals.moments.variance(), n_top)
+    if not hvg.any():
+        raise InputError(
+            f"dataset {dataset!r}: none of the {n_kept} genes kept by min_cells="
+            f"{params.min_cells} varies over the training cells ({qc_text}); lower the QC "
+            "thresholds in config['preprocess'] or use more cells"
+        )
+    return hvg
+
+
+def _hvg_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, final: np.ndarray,
+              hvg: np.ndarray, totals: _Totals, params: PreprocessParams,
+              mcv: MCVParams | None
+              ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, dict]:
+    """4. The HVG columns of every remaining cell: (log-normalized, raw counts, held-out
+    counts or None without ``mcv``, normalize_total's/log1p's uns), each built in arrays
+    allocated once."""
+    n_cells, n_hvg = int(final.sum()), int(hvg.sum())
+    x_stack = _RowStack(n_cells, n_hvg, int(totals.stored[hvg].sum()))
+    counts_stack = _RowStack(n_cells, n_hvg, int(totals.stored[hvg].sum()))
+    heldout_stack = _RowStack(n_cells, n_hvg, int(totals.stored_heldout[hvg].sum()))
+    log1p_uns: dict = {}
+    for where, counts, heldout in _kept_blocks(rows, qc, genes, mcv):
+        full = final[where]
+        counts = counts[full]
+        if counts.shape[0] == 0:
+            continue
+        x, log1p_uns = _log_normalized(counts, params.target_sum)
+        x_stack.append(x[:, hvg])
+        counts_stack.append(counts[:, hvg])
+        if heldout is not None:
+            heldout_stack.append(heldout[full][:, hvg])
+    heldout_matrix = heldout_stack.matrix() if mcv is not None else None
+    return x_stack.matrix(), counts_stack.matrix(), heldout_matrix, log1p_uns
 
 
 def training_clusters(
