@@ -2,6 +2,7 @@
 
 import pandas as pd
 
+from scae import layout
 from scae.io import atomic_path, rule_logging
 from scae.summary import (
     aggregate,
@@ -24,14 +25,12 @@ with rule_logging(sm.log[0]) as log:
     # Per-cell scores by rank; the baselines without a rank (scope "shared") join every rank.
     ranked, shared = {}, {}
     for cells_path in sm.input.per_cell:
-        metrics_path = cells_path.removesuffix(".per_cell.tsv.gz") + ".tsv"
-        run = pd.read_csv(metrics_path, sep="\t", nrows=1).iloc[0]
-        seed = None if pd.isna(run["seed"]) else int(run["seed"])
+        run = layout.parse(cells_path)  # which run, from where the file lies
         table = pd.read_csv(cells_path, sep="\t")
-        if pd.isna(run["rank"]):
-            shared[(run["model"], seed)] = table
+        if run.rank is None:
+            shared[(run.label, run.seed)] = table
         else:
-            ranked.setdefault(int(run["rank"]), {})[(run["model"], seed)] = table
+            ranked.setdefault(run.rank, {})[(run.label, run.seed)] = table
     per_cell = {rank: runs | shared for rank, runs in ranked.items()}
     runs = convergence(read_histories(sm.input.histories), sm.params.max_epochs,
                        sm.params.patience)
