@@ -10,7 +10,7 @@
    preprocessing, with training-cell clusters and labels for the negatives). Per epoch the
    history's ``train_loss`` and ``val_loss`` must agree to a relative ``--rtol`` (default
    1e-2) and ``val_cosine`` / ``val_centred_cosine`` to an absolute ``--atol`` (default
-   5e-3). These runs train without dropout: on the CPU ``scae.model.Dropout`` draws its
+   5e-3). These runs train without dropout: on the CPU ``scae.module._kernels.Dropout`` draws its
    masks from NumPy, on CUDA it is torch's ``nn.Dropout`` on the CUDA generator, so with
    dropout the two runs would differ by their masks rather than by their arithmetic. Both
    devices draw the same initial weights (built on the CPU), minibatch order and negative
@@ -66,7 +66,7 @@ ABSOLUTE = ("val_cosine", "val_centred_cosine")
 
 def configurations() -> list[tuple[str, dict]]:
     """(loss, loss_params) of every run: each loss, each of its categorical choices."""
-    from scae.losses import LOSSES
+    from scae.module.losses import LOSSES
 
     return [(name, params) for name, spec in LOSSES.items() for params in spec.variants()]
 
@@ -76,7 +76,7 @@ def pbmc3k():
     import anndata as ad
 
     from scae import Autoencoder
-    from scae.data import preprocess
+    from scae.data.preprocess import preprocess
 
     raw = ad.read_h5ad(HERE.parent / "resources" / "data" / "pbmc3k.h5ad")
     with warnings.catch_warnings():
@@ -147,7 +147,7 @@ def check_agreement(args) -> tuple[list[dict], bool]:
 def check_throughput(args) -> dict:
     import torch
 
-    from scae.train import CellData
+    from scae.train.cells import CellData
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="scae-gpu-check-"))
     workdir.mkdir(parents=True, exist_ok=True)

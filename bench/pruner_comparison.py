@@ -3,7 +3,7 @@
     python bench/pruner_comparison.py > bench/results/pruner_comparison.md \\
         2> bench/results/pruner_comparison.log      # ~20-40 min on one core
 
-For each loss (default mse_cosine and cosine) and pruner it runs :func:`scae.tune.tune` as the
+For each loss (default mse_cosine and cosine) and pruner it runs :func:`scae.train.tune.tune` as the
 workflow's tune job does - pbmc3k preprocessed as its preprocess job does, the model, train,
 loss_params and tune settings of config/config.yaml, one torch thread, on the CPU - with
 ``n_trials`` 16 and ``max_epochs`` 300, and prints one Markdown row: the winning trial, its
@@ -38,13 +38,15 @@ from optuna.trial import TrialState
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import scae.tune  # noqa: E402  (the checkout's package, after the path above)
+import scae.train.tune  # noqa: E402  (the checkout's package, after the path above)
 from scae import Autoencoder  # noqa: E402
 from scae.config import COUNT_LOSSES  # noqa: E402
-from scae.data import PreprocessParams, preprocess_file  # noqa: E402
+from scae.data.params import PreprocessParams  # noqa: E402
+from scae.data.preprocess import preprocess_file  # noqa: E402
 from scae.sizes import SizeNeeds  # noqa: E402
-from scae.train import TrainParams, keep_freed_memory  # noqa: E402
-from scae.tune import CRITERIA, EndpointPruner, TuneParams  # noqa: E402
+from scae.train import keep_freed_memory  # noqa: E402
+from scae.train.trainer import TrainParams  # noqa: E402
+from scae.train.tune import CRITERIA, EndpointPruner, TuneParams  # noqa: E402
 
 DATASET = "pbmc3k"
 OUT = REPO / "bench" / "results" / "pruner_comparison"
@@ -140,14 +142,14 @@ def run(adata, config: dict, loss: str, pruner: str, n_trials: int, max_epochs: 
     params = TuneParams.from_config(
         config["tune"] | {"n_trials": n_trials, "max_epochs": max_epochs, "pruner": pruner})
     histories: list[list[dict]] = []
-    fit = scae.tune.fit
-    scae.tune.fit = recording_fit(fit, histories)
+    fit = scae.train.tune.fit
+    scae.train.tune.fit = recording_fit(fit, histories)
     try:
         started = time.perf_counter()
-        trials, best = scae.tune.tune(model, train, params, device="cpu")
+        trials, best = scae.train.tune.tune(model, train, params, device="cpu")
         seconds = time.perf_counter() - started
     finally:
-        scae.tune.fit = fit
+        scae.train.tune.fit = fit
     OUT.mkdir(parents=True, exist_ok=True)
     trials.to_csv(OUT / f"{loss}_{pruner}.tsv", sep="\t", index=False)
     pd.concat([pd.DataFrame(rows).assign(trial=i) for i, rows in enumerate(histories)]).to_csv(

@@ -84,9 +84,9 @@ class Report:
 
 def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0, n_genes: int = 2000,
                    depth: float | None = None) -> Path:
-    """Seeded synthetic counts (scae.synthetic, written block by block), cached by file name;
+    """Seeded synthetic counts (scae.data.synthetic, written block by block), cached by file name;
     ``depth``: median UMIs per cell (default: the generator's, 550 over 2000 genes)."""
-    from scae.synthetic import SyntheticParams, write_synthetic
+    from scae.data.synthetic import SyntheticParams, write_synthetic
 
     if not path.exists():
         started = time.perf_counter()
@@ -102,7 +102,8 @@ def preprocessed_synthetic(n_cells: int, workdir: Path):
     """10k-style synthetic data preprocessed by scae (all 2000 genes kept)."""
     import anndata as ad
 
-    from scae.data import PreprocessParams, preprocess
+    from scae.data.params import PreprocessParams
+    from scae.data.preprocess import preprocess
 
     raw = ad.read_h5ad(synthetic_h5ad(workdir / f"synthetic_{n_cells}.h5ad", n_cells))
     params = PreprocessParams(min_genes=0, min_cells=0, max_pct_mito=100.0,
@@ -124,9 +125,9 @@ def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
     import torch
 
     import scae.train
-    from scae.losses import get_loss
-    from scae.model import ModelParams
-    from scae.train import TrainParams, fit
+    from scae.module.losses import get_loss
+    from scae.module.network import ModelParams
+    from scae.train.trainer import TrainParams, fit
 
     if not validation:
         real = scae.train.evaluate_split
@@ -220,7 +221,7 @@ THROUGHPUT_TARGETS = {2: 3.0, 1: 4.0}
 def section_throughput(report: Report, args, workdir: Path) -> None:
     import torch
 
-    from scae.train import CellData
+    from scae.train.cells import CellData
 
     rounds, epochs = (2 if args.quick else 5), (3 if args.quick else 4)
     raw, pre = preprocessed_synthetic(10_000, workdir)
@@ -307,7 +308,7 @@ def torch_fused_adam():
 def optimizer_start_seconds(repeats: int = 5) -> dict[str, float]:
     """Median seconds a fresh process spends building its first optimizer, per kind: torch's
     constructor imports torch._dynamo once per process, i.e. once per training job."""
-    code = ("import time, torch; from scae.optim import FusedAdam; "
+    code = ("import time, torch; from scae.module._kernels import FusedAdam; "
             "p = [torch.zeros(8, requires_grad=True)]; t = time.perf_counter(); "
             "{} ; print(time.perf_counter() - t)")
     kinds = {"FusedAdam": "FusedAdam(p, lr=1e-3)",
@@ -396,7 +397,7 @@ BATCH_SIZES = (128, 512, 1024)
 def section_flops(report: Report, args, workdir: Path) -> None:
     import torch
 
-    from scae.train import CellData
+    from scae.train.cells import CellData
 
     epochs = 3 if args.quick else 5
     _, pre = preprocessed_synthetic(10_000, workdir)
@@ -632,10 +633,10 @@ def section_workflow(report: Report, args, workdir: Path) -> None:
 
 
 def workflow_convergence(run_dir: Path):
-    """scae.summary.convergence over every final training run of a finished workflow."""
+    """scae.evaluation.summary.convergence over every final training run of a finished workflow."""
     import yaml
 
-    from scae.summary import convergence, read_histories
+    from scae.evaluation.summary import convergence, read_histories
 
     train = yaml.safe_load((run_dir / "config" / "config.yaml").read_text())["train"]
     histories = read_histories((run_dir / "results").glob("*/k*/models/*/seed*/history.tsv"))
@@ -656,10 +657,10 @@ def profile_epoch(data, threads: int, loss: str, hidden, batch_size: int, seed: 
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from scae.losses import get_loss
-    from scae.model import AutoencoderModule, ModelParams
-    from scae.optim import adam
-    from scae.train import TrainParams, train_epoch
+    from scae.module.losses import get_loss
+    from scae.module.network import AutoencoderModule, ModelParams
+    from scae.train.optim import adam
+    from scae.train.trainer import TrainParams, train_epoch
 
     torch.set_num_threads(threads)
     spec = get_loss(loss)
@@ -690,7 +691,7 @@ PROFILED = {"NB, batch 256, hidden 128-128": ("nb", (128, 128), 256),
 
 
 def section_profile(report: Report, args, workdir: Path) -> None:
-    from scae.train import CellData
+    from scae.train.cells import CellData
 
     _, pre = preprocessed_synthetic(10_000, workdir)
     data = CellData(pre, "none")

@@ -29,11 +29,11 @@ from .config import InputError, format_of
 
 #: Neighbours of the training-cell Leiden graph (scanpy's default ``n_neighbors``).
 CLUSTER_NEIGHBOURS = 15
-#: Test cells: the library-size quartiles of :func:`scae.metrics.breakdowns`.
+#: Test cells: the library-size quartiles of :func:`scae.evaluation.metrics.breakdowns`.
 MIN_TEST_CELLS = 4
 #: Validation cells: early stopping needs one cell to score.
 MIN_VAL_CELLS = 1
-#: Genes: the expression deciles of :func:`scae.metrics.breakdowns`.
+#: Genes: the expression deciles of :func:`scae.evaluation.metrics.breakdowns`.
 MIN_GENES = 10
 
 

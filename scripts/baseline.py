@@ -4,9 +4,9 @@ MCV picks, library size, no denoising) and its scores on the training cells."""
 import anndata as ad
 import numpy as np
 
-from scae.baselines import baseline_model
+from scae.evaluation.baselines import baseline_model
+from scae.evaluation.metrics import training_scores
 from scae.io import rule_logging
-from scae.metrics import training_scores
 from scae.outputs import write_run_outputs
 
 sm = snakemake  # noqa: F821

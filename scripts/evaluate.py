@@ -4,9 +4,9 @@ one baseline, or every loss of one rank and seed (the dataset is read once for a
 import anndata as ad
 import numpy as np
 
-from scae.evaluate import evaluate_run
+from scae.evaluation.evaluate import evaluate_run
+from scae.evaluation.metrics import tidy
 from scae.io import atomic_path, rule_logging
-from scae.metrics import tidy
 from scae.outputs import run_label
 
 sm = snakemake  # noqa: F821

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from scae import plots
+from scae.evaluation import plots
 from scae.io import atomic_path, rule_logging
 
 sm = snakemake  # noqa: F821

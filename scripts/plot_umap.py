@@ -2,7 +2,7 @@
 
 import anndata as ad
 
-from scae import plots
+from scae.evaluation import plots
 from scae.io import atomic_path, rule_logging
 from scae.outputs import EMBEDDING_KEY, run_label
 

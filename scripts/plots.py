@@ -4,10 +4,11 @@ its reference rank."""
 
 import pandas as pd
 
-from scae import layout, plots
+from scae import layout
+from scae.evaluation import plots
+from scae.evaluation.summary import at_rank
 from scae.io import atomic_path, rule_logging
 from scae.outputs import run_label
-from scae.summary import at_rank
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):

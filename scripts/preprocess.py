@@ -2,7 +2,8 @@
 .h5ad and 10x .h5 inputs a block of cells at a time (scae.data.open_counts)."""
 
 from scae.config import MCV_SUFFIX
-from scae.data import MCVParams, PreprocessParams, Thinning, preprocess_file
+from scae.data.params import MCVParams, PreprocessParams, Thinning
+from scae.data.preprocess import preprocess_file
 from scae.io import atomic_path, rule_logging
 from scae.sizes import SizeNeeds
 

@@ -3,17 +3,17 @@
 import pandas as pd
 
 from scae import layout
-from scae.io import atomic_path, rule_logging
-from scae.summary import (
+from scae.evaluation.markdown import markdown_summary
+from scae.evaluation.summary import (
     aggregate,
     convergence,
-    markdown_summary,
     merge_variants,
     rank_comparisons,
     rank_table,
     read_histories,
     wide_summary,
 )
+from scae.io import atomic_path, rule_logging
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:

@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from scae import Autoencoder
+from scae.evaluation.metrics import training_scores
 from scae.io import rule_logging
-from scae.metrics import training_scores
 from scae.outputs import write_run_outputs
 from scae.train import keep_freed_memory
-from scae.tune import apply_best
+from scae.train.tune import apply_best
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:

@@ -6,8 +6,9 @@ import yaml
 
 from scae import Autoencoder
 from scae.io import atomic_path, rule_logging
-from scae.train import TrainParams, keep_freed_memory
-from scae.tune import TuneParams, tune
+from scae.train import keep_freed_memory
+from scae.train.trainer import TrainParams
+from scae.train.tune import TuneParams, tune
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):

@@ -78,7 +78,7 @@ def small_run(tmp_path_factory) -> Path:
     real cells."""
     import yaml
 
-    from scae.losses import LOSSES
+    from scae.module.losses import LOSSES
 
     workdir = tmp_path_factory.mktemp("workflow")
     config = write_small_workflow_config(workdir, list(LOSSES), SMALL_RUN_SEEDS)

@@ -15,10 +15,10 @@ import yaml
 
 import scae
 from scae.config import RANGE_KEYWORDS, InputError, check_number
-from scae.losses import LOSSES
-from scae.model import ModelParams
-from scae.train import TrainParams
-from scae.tune import apply_best
+from scae.module.losses import LOSSES
+from scae.module.network import ModelParams
+from scae.train.trainer import TrainParams
+from scae.train.tune import apply_best
 
 from .conftest import REPO, SMALL_RUN_SEEDS, pbmc_subset
 

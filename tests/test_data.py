@@ -11,13 +11,11 @@ import scipy.io
 import scipy.sparse as sp
 
 from scae.config import InputError, check_input_path
-from scae.data import (
-    PreprocessParams,
-    preprocess,
-    read_counts,
-    stratified_split,
-    validate_counts,
-)
+from scae.data.checks import validate_counts
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.data.readers import read_counts
+from scae.data.split import stratified_split
 
 SMALL = PreprocessParams(min_genes=200, min_cells=3, n_top_genes=300)
 
@@ -207,7 +205,7 @@ def test_training_clusters_ignore_held_out_cells(pbmc_small):
 
     assert adjusted_rand_score(out.obs["cell_type"], clusters) > 0.3
     # moving the test cells elsewhere leaves the training cells' clusters unchanged
-    from scae.data import training_clusters
+    from scae.data.clusters import training_clusters
 
     is_train = (out.obs["split"] == "train").to_numpy()
     shifted = out.X.copy().tolil()
@@ -222,7 +220,7 @@ def test_training_clusters_ignore_held_out_cells(pbmc_small):
 
 
 def test_binomial_thinning_keeps_each_molecule_with_the_fraction_whatever_the_blocks():
-    from scae.mcv import binomial_thin
+    from scae.data.mcv import binomial_thin
 
     counts = sp.random(400, 300, density=0.3, random_state=0, format="csr", dtype=np.float32)
     counts.data = np.ceil(counts.data * 20)
@@ -238,7 +236,9 @@ def test_binomial_thinning_keeps_each_molecule_with_the_fraction_whatever_the_bl
 def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_path,
                                                                            monkeypatch):
     import scae.data
-    from scae.data import Thinning, open_counts, preprocess_file
+    from scae.data.params import Thinning
+    from scae.data.preprocess import preprocess_file
+    from scae.data.readers import open_counts
 
     from .conftest import pbmc_subset
 
@@ -262,10 +262,10 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
     # its own random stream: not the molecule split's (mcv.seed) of the same seed
     with open_counts(path) as rows:
         stored = sp.vstack([block for _, block in rows.blocks()])
-    from scae.mcv import binomial_thin
+    from scae.data.mcv import binomial_thin
 
     assert (binomial_thin(stored, 0.25, 3) != first).nnz > 0
-    monkeypatch.setattr(scae.data, "CHUNK_NNZ", 1 << 12)
+    monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 12)
     small_blocks = preprocess_file(path, loose, dataset="p", label_key="cell_type",
                                    thin=Thinning(0.25, seed=3))
     assert (small_blocks.layers["counts"] != thin.layers["counts"]).nnz == 0

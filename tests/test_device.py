@@ -14,7 +14,7 @@ zeros, ``nonzero`` every index): the values are made up, the devices are not.
 
 What this cannot catch: numerical differences between devices, CUDA kernels (fused Adam,
 cuBLAS, atomics) and their nondeterminism, memory or speed. Those are bench/gpu_check.py's
-job on a real GPU. Nor does it cover :class:`scae.optim.FusedAdam` as CUDA steps it (its
+job on a real GPU. Nor does it cover :class:`scae.module._kernels.FusedAdam` as CUDA steps it (its
 meta kernel does not check devices), hence the explicit device check of its state below.
 """
 
@@ -28,13 +28,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import scae
 from scae.config import CLUSTER_KEY
-from scae.losses import LOSSES
-from scae.model import AutoencoderModule
-from scae.optim import FusedAdam, adam
-from scae.train import (
+from scae.module._kernels import FusedAdam
+from scae.module.losses import LOSSES
+from scae.module.network import AutoencoderModule
+from scae.train.cells import _minibatches, _to_device
+from scae.train.optim import adam
+from scae.train.trainer import (
     TrainParams,
-    _minibatches,
-    _to_device,
     evaluate_split,
     fit,
     latent_representation,

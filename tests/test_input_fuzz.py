@@ -73,7 +73,9 @@ from hypothesis.control import currently_in_test_context, event, note
 
 import scae.data
 from scae.config import CLUSTER_KEY, InputError
-from scae.data import PreprocessParams, preprocess_file, stratified_split
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess_file
+from scae.data.split import stratified_split
 from scae.sizes import SizeNeeds
 
 DATASET = "fuzz"

@@ -8,7 +8,7 @@ import yaml
 from scipy import stats
 
 from scae.config import COUNT_LOSSES
-from scae.losses import (
+from scae.module.losses import (
     LOSSES,
     Batch,
     DecoderOutput,

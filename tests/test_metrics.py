@@ -8,7 +8,8 @@ from scipy import stats
 from scipy.special import gammaln
 from sklearn.metrics.pairwise import paired_cosine_distances
 
-from scae.baselines import (
+from scae.data.mcv import HELDOUT_LAYER, binomial_split, mcv_metrics
+from scae.evaluation.baselines import (
     baseline_outputs,
     fit_pca,
     mcv_rank_curve,
@@ -16,8 +17,7 @@ from scae.baselines import (
     pca_embed_and_reconstruct,
     pca_mcv_rank,
 )
-from scae.mcv import HELDOUT_LAYER, binomial_split, mcv_metrics
-from scae.metrics import (
+from scae.evaluation.metrics import (
     THETA_RANGE,
     breakdowns,
     count_nll,
@@ -53,7 +53,7 @@ def test_cosine_of_zero_cell_is_zero_not_nan():
 
 def test_per_cell_metrics_against_scipy(truth_and_recon, monkeypatch):
     truth, recon = truth_and_recon
-    monkeypatch.setattr("scae.metrics.CHUNK", 7)  # exercise chunking
+    monkeypatch.setattr("scae.evaluation.metrics.CHUNK", 7)  # exercise chunking
     mean = truth.toarray()[:10].mean(axis=0)
     table = per_cell_metrics(truth, recon, mean)
     dense = truth.toarray()
@@ -66,7 +66,7 @@ def test_per_cell_metrics_against_scipy(truth_and_recon, monkeypatch):
 
 def test_median_gene_pearson_against_numpy(truth_and_recon, monkeypatch):
     truth, recon = truth_and_recon
-    monkeypatch.setattr("scae.metrics.CHUNK", 9)
+    monkeypatch.setattr("scae.evaluation.metrics.CHUNK", 9)
     dense = truth.toarray()
     dense[:, 3] = 0  # a constant gene is skipped
     expected = np.median(
@@ -285,7 +285,8 @@ def test_mcv_mse_rewards_the_mean_profile_at_low_depth(median_umis, mean_wins):
     the case the summary flags as "cannot discriminate"."""
     import anndata as ad
 
-    from scae.data import MCVParams, PreprocessParams, preprocess
+    from scae.data.params import MCVParams, PreprocessParams
+    from scae.data.preprocess import preprocess
 
     from .conftest import PBMC3K
 
@@ -333,7 +334,7 @@ def test_zscored_pca_is_pca_of_standardized_training_cells():
     beats log-space PCA on the z-scored MSE it is optimal for."""
     from sklearn.decomposition import PCA
 
-    from scae.baselines import zscored_pca
+    from scae.evaluation.baselines import zscored_pca
 
     rng = np.random.default_rng(5)
     x = rng.gamma(1.0, 1.0, size=(200, 30)) * rng.uniform(0.05, 4, size=30)

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from scae.optim import FusedAdam, adam
+from scae.module._kernels import FusedAdam
+from scae.train.optim import adam
 
 
 def _model(seed: int) -> torch.nn.Module:
@@ -121,6 +122,6 @@ def test_without_a_working_private_kernel_training_runs_on_torch_fused_adam(
 
 
 def test_the_probe_accepts_the_real_kernel():
-    from scae.optim import fused_kernel_works
+    from scae.module._kernels import fused_kernel_works
 
     assert fused_kernel_works(torch.device("cpu"))

@@ -13,22 +13,14 @@ import scipy.sparse as sp
 
 import scae.data
 from scae.config import InputError
-from scae.data import (
-    GeneMoments,
-    HDF5Rows,
-    MCVParams,
-    PreprocessParams,
-    gene_mean_std,
-    open_counts,
-    preprocess,
-    preprocess_mem_mb,
-    preprocess_rows,
-    read_counts,
-    seurat_hvg,
-    stratified_split,
-    validate_counts,
-)
-from scae.mcv import HELDOUT_LAYER, binomial_split
+from scae.data._passes import preprocess_rows
+from scae.data.checks import validate_counts
+from scae.data.hvg import GeneMoments, gene_mean_std, seurat_hvg
+from scae.data.mcv import HELDOUT_LAYER, binomial_split
+from scae.data.params import MCVParams, PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.data.readers import HDF5Rows, open_counts, preprocess_mem_mb, read_counts
+from scae.data.split import stratified_split
 
 from .conftest import PBMC3K, pbmc_subset
 
@@ -116,10 +108,10 @@ def test_bundled_data_matches_the_in_memory_scanpy_pipeline(pbmc3k, pbmc3k_refer
     in_memory = preprocess(pbmc3k, DEFAULT, dataset="pbmc3k", label_key="cell_type")
     assert_same_result(in_memory, pbmc3k_reference)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(scae.data, "CHUNK_NNZ", 1 << 18)  # blocks of ~300 cells
+        patch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 18)  # blocks of ~300 cells
         with open_counts(PBMC3K) as rows:
             assert isinstance(rows, HDF5Rows)
-            assert sum(1 for _ in rows.blocks(scae.data.CHUNK_NNZ)) > 5
+            assert sum(1 for _ in rows.blocks(scae.data.readers.CHUNK_NNZ)) > 5
             out_of_core = preprocess_rows(rows, DEFAULT, dataset="pbmc3k",
                                           label_key="cell_type")
     assert_same_result(out_of_core, pbmc3k_reference)
@@ -134,7 +126,7 @@ def test_molecule_split_is_the_same_in_blocks(monkeypatch):
     params = PreprocessParams(n_top_genes=300)
     mcv = MCVParams(train_fraction=0.9, seed=3)
     expected = reference_preprocess(raw, params, "cell_type", "MT-", mcv)
-    monkeypatch.setattr(scae.data, "CHUNK_NNZ", 1 << 16)
+    monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 16)
     got = preprocess(raw, params, dataset="t", label_key="cell_type", mcv=mcv)
     assert_same_result(got, expected)
     assert HELDOUT_LAYER in got.layers
@@ -210,7 +202,7 @@ def test_the_full_matrix_is_never_read(tmp_path, monkeypatch):
     raw.write_h5ad(path)
     nnz = raw.X.nnz
     limit = nnz // 8
-    monkeypatch.setattr(scae.data, "CHUNK_NNZ", limit)
+    monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", limit)
     real_init = HDF5Rows.__init__
 
     def guarded_init(self, element, *args, **kwargs):
@@ -233,7 +225,7 @@ def test_the_full_matrix_is_never_read(tmp_path, monkeypatch):
 def test_memory_scales_with_the_result_not_the_input(tmp_path):
     """Traced allocations (NumPy and SciPy arrays included) while preprocessing a wide input
     stay far below the input matrix: blocks and cells × HVGs only."""
-    from scae.synthetic import SyntheticParams, write_synthetic
+    from scae.data.synthetic import SyntheticParams, write_synthetic
 
     path = write_synthetic(tmp_path / "wide.h5ad", SyntheticParams(
         n_cells=6000, n_genes=6000, median_library=3000, seed=2))
@@ -245,7 +237,7 @@ def test_memory_scales_with_the_result_not_the_input(tmp_path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with pytest.MonkeyPatch.context() as patch:
-                patch.setattr(scae.data, "CHUNK_NNZ", 1 << 17)
+                patch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 17)
                 with open_counts(path) as rows:
                     result = preprocess_rows(rows, params, dataset="w", label_key="cell_type",
                                              mito_prefix=None)
@@ -352,7 +344,7 @@ def test_validate_counts_in_blocks_counts_every_block(tmp_path, monkeypatch):
     X = raw.X.astype(np.float32)
     X.data[[0, -1]] = -1.0  # first and last block
     ad.AnnData(X=X, obs=raw.obs, var=raw.var).write_h5ad(tmp_path / "neg.h5ad")
-    monkeypatch.setattr(scae.data, "CHUNK_NNZ", 10_000)
+    monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", 10_000)
     with open_counts(tmp_path / "neg.h5ad") as rows:
         with pytest.raises(InputError, match=r"not raw counts \(2 negative"):
             validate_counts(rows, "neg.h5ad", "neg", require_integers=False)

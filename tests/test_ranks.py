@@ -9,17 +9,11 @@ import pytest
 import scipy.sparse as sp
 
 import scae
-from scae.baselines import baseline_outputs
-from scae.metrics import per_cell_metrics
-from scae.stats import crossed_mean_difference
-from scae.summary import (
-    aggregate,
-    crossing,
-    crossing_sentence,
-    markdown_summary,
-    rank_comparisons,
-    rank_table,
-)
+from scae.evaluation.baselines import baseline_outputs
+from scae.evaluation.markdown import crossing_sentence, markdown_summary
+from scae.evaluation.metrics import per_cell_metrics
+from scae.evaluation.stats import crossed_mean_difference
+from scae.evaluation.summary import aggregate, crossing, rank_comparisons, rank_table
 
 # --------------------------------------------------------------------------------------------
 # the crossing, on tables built by hand

@@ -21,9 +21,11 @@ import yaml
 from sklearn.neighbors import KNeighborsClassifier
 
 from scae.config import InputError
-from scae.data import COUNT_TOLERANCE, PreprocessParams, preprocess, validate_counts
+from scae.data.checks import COUNT_TOLERANCE, validate_counts
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.evaluation.markdown import markdown_summary
 from scae.sizes import MIN_GENES, SizeNeeds, input_shape
-from scae.summary import markdown_summary
 
 from .conftest import PBMC3K, pbmc_subset
 from .test_out_of_core import _write_10x_v3
@@ -380,7 +382,7 @@ def test_summary_states_the_preprocessing():
 
 
 def test_10x_h5_reader_logs_the_feature_types_it_kept(tmp_path, caplog):
-    from scae.data import open_counts
+    from scae.data.readers import open_counts
 
     X = sp.random(30, 6, density=0.5, random_state=0, format="csr", dtype=np.float32)
     X.data = np.round(X.data * 10) + 1

@@ -52,11 +52,12 @@ import torch
 import yaml
 
 from scae.config import InputError, check_input_path
-from scae.data import PreprocessParams, preprocess
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.evaluation.metrics import per_cell_metrics, rowwise_cosine
 from scae.io import atomic_path
-from scae.losses import cosine_similarity
-from scae.metrics import per_cell_metrics, rowwise_cosine
-from scae.train import load_model
+from scae.module.losses import cosine_similarity
+from scae.train.trainer import load_model
 
 from .conftest import REPO, pbmc_subset, write_small_workflow_config
 
@@ -669,7 +670,7 @@ class _Exploit:
 
 
 def _model_file(tmp_path: Path, extra) -> Path:
-    from scae.model import AutoencoderModule, ModelParams
+    from scae.module.network import AutoencoderModule, ModelParams
 
     params = ModelParams(n_genes=10, hidden=(4,), latent_dim=2, output="expression")
     path = tmp_path / "model.pt"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from scae.stats import bonferroni, crossed_mean_difference
+from scae.evaluation.stats import bonferroni, crossed_mean_difference
 
 
 def _crossed(rng, n_seeds, n_cells, seed_sd, cell_sd, residual_sd):

@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scae.findings import answer_record, render
-from scae.summary import (
+from scae.evaluation.findings import answer_record, render
+from scae.evaluation.markdown import markdown_summary
+from scae.evaluation.summary import (
     aggregate,
     best_loss,
     convergence,
-    markdown_summary,
     merge_variants,
     paired_differences,
     wide_summary,
@@ -292,7 +292,7 @@ def test_findings_show_another_regime_without_counting_it(tmp_path):
 
 
 def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(tmp_path):
-    from scae.findings import END, START, main
+    from scae.evaluation.findings import END, START, main
 
     text, _ = _markdown("centred_cosine_mean")
     results = tmp_path / "results" / "d"
@@ -316,7 +316,7 @@ def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(
 
 
 def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
-    from scae.findings import depth_tables
+    from scae.evaluation.findings import depth_tables
 
     text, _ = _markdown("centred_cosine_mean")
     paths = []
@@ -355,7 +355,7 @@ def test_a_depth_variant_says_so_and_records_its_depth():
 def test_the_metric_registry_is_the_one_source_the_schema_and_tables_agree_with():
     import yaml
 
-    from scae.metrics import METRICS, TUNING_CRITERIA
+    from scae.evaluation.metrics import METRICS, TUNING_CRITERIA
 
     from .conftest import REPO
 

@@ -7,11 +7,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from scae.data import PreprocessParams, preprocess, read_counts, validate_counts
-from scae.losses import LOSSES, Batch, DecoderOutput, SparseCounts, get_loss
-from scae.model import AutoencoderModule, Dropout, ModelParams
-from scae.synthetic import SyntheticParams, _profiles, synthetic_counts, write_synthetic
-from scae.train import CellData, TrainParams, fit
+from scae.data.checks import validate_counts
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.data.readers import read_counts
+from scae.data.synthetic import SyntheticParams, _profiles, synthetic_counts, write_synthetic
+from scae.module._kernels import Dropout
+from scae.module.losses import LOSSES, Batch, DecoderOutput, SparseCounts, get_loss
+from scae.module.network import AutoencoderModule, ModelParams
+from scae.train.cells import CellData
+from scae.train.trainer import TrainParams, fit
 
 SMALL = SyntheticParams(n_cells=600, n_genes=300, n_types=4, seed=3)
 
@@ -94,7 +99,7 @@ def test_written_file_is_streamed_block_by_block(tmp_path):
 def test_depth_sets_umis_and_detected_genes(tmp_path):
     """--depth is the median UMIs per cell; at 2000 over many genes ~half the UMIs are in
     genes seen once (10x-like: ~1000 genes detected per 2000 UMIs at 28 k genes)."""
-    from scae.synthetic import main
+    from scae.data.synthetic import main
 
     main([str(tmp_path / "d.h5ad"), "--cells", "400", "--genes", "8000", "--depth", "2000"])
     adata = read_counts(tmp_path / "d.h5ad")

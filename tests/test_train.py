@@ -8,20 +8,20 @@ import scipy.sparse as sp
 import torch
 
 from scae.config import InputError
-from scae.data import PreprocessParams, preprocess
-from scae.losses import LOSSES, LossSpec, get_loss
-from scae.model import ModelParams
-from scae.train import (
-    CellData,
+from scae.data.params import PreprocessParams
+from scae.data.preprocess import preprocess
+from scae.module.losses import LOSSES, LossSpec, get_loss
+from scae.module.network import ModelParams
+from scae.train import keep_freed_memory
+from scae.train.cells import CellData, resolve_device
+from scae.train.trainer import (
     FitResult,
     TrainingDiverged,
     TrainParams,
     fit,
-    keep_freed_memory,
     latent_representation,
     load_model,
     reconstruction,
-    resolve_device,
     save_model,
 )
 
@@ -52,7 +52,7 @@ def test_every_loss_trains_and_restores_best_epoch(small_data, loss):
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best = history.loc[history["val_loss"].idxmin()]
     assert result.best_epoch == best["epoch"]
-    from scae.train import evaluate_split
+    from scae.train.trainer import evaluate_split
 
     scores = evaluate_split(result.model, data, get_loss(loss), params, data.rows("val"), CPU,
                             seed=0)
@@ -79,7 +79,7 @@ def test_resume_after_interruption_is_bitwise_identical(small_data, tmp_path, mo
     spec, model_params = get_loss("nb"), _params(small_data, "nb")
     straight = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU)
 
-    import scae.train as train_module
+    import scae.train.trainer as train_module
 
     real_evaluate = train_module.evaluate_split
     calls = {"n": 0}
@@ -125,9 +125,9 @@ def test_an_epoch_reads_its_loss_back_to_the_host_once(small_data, monkeypatch):
     """No step waits for the device: the epoch's loss sum is read once, at its end (on a GPU
     a per-step .item() or isfinite check stalls the queue), and still equals the mean of the
     steps' losses that per-step reads gave."""
-    from scae.model import AutoencoderModule
-    from scae.optim import adam
-    from scae.train import train_epoch
+    from scae.module.network import AutoencoderModule
+    from scae.train.optim import adam
+    from scae.train.trainer import train_epoch
 
     data, spec = CellData(small_data, "none"), get_loss("mse")
     model = AutoencoderModule(_params(small_data, "mse"))
@@ -162,7 +162,7 @@ def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
         return real_toarray(self, *args, **kwargs)
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", guarded)
-    monkeypatch.setattr("scae.train.EVAL_CHUNK", 100)
+    monkeypatch.setattr("scae.train.trainer.EVAL_CHUNK", 100)
     data = CellData(small_data, "none")
     result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb"), FAST, 0, CPU)
     latent_representation(result.model, data, np.arange(n_cells), CPU)
@@ -222,7 +222,7 @@ def test_reduce_on_plateau_multiplies_the_rate_after_every_lr_patience_bad_epoch
     """Validation losses scripted: new bests at epochs 1, 2 and 6, none otherwise. With
     lr_patience 2 and lr_factor 0.5 the rate halves once a streak reaches 2 bad epochs
     (after epochs 4 and 8, applied from the next epoch); the best at epoch 6 resets it."""
-    import scae.train as train_module
+    import scae.train.trainer as train_module
 
     real_evaluate = train_module.evaluate_split
     losses = iter([5.0, 4.0, 4.5, 4.5, 4.5, 3.0, 3.5, 3.5, 3.5, 3.5])

@@ -1,4 +1,4 @@
-"""Tuning (scae.tune) and convergence: validation cells only, the same budget for every loss,
+"""Tuning (scae.train.tune) and convergence: validation cells only, the same budget for every loss,
 reproducible trials, a pruner that judges end points, clean restarts, and final runs that
 stop by patience."""
 
@@ -16,10 +16,10 @@ import yaml
 from optuna.trial import TrialState, create_trial
 
 import scae
-from scae.losses import LOSSES
-from scae.summary import convergence, read_histories
-from scae.train import TrainParams
-from scae.tune import EndpointPruner, SearchSpace, TuneParams, tune
+from scae.evaluation.summary import convergence, read_histories
+from scae.module.losses import LOSSES
+from scae.train.trainer import TrainParams
+from scae.train.tune import EndpointPruner, SearchSpace, TuneParams, tune
 
 from .conftest import REPO, pbmc_subset
 from .test_robustness import (

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from scae.config import BASELINES, MCV_BASELINES
-from scae.losses import LOSSES
+from scae.module.losses import LOSSES
 
 from .conftest import SMALL_RUN_RANKS as RANKS
 from .conftest import SMALL_RUN_SEEDS as SEEDS
@@ -85,7 +85,7 @@ def test_label_metrics_are_computed_on_test_cells_only(small_run):
     embedding moves only the kNN classifier, whose reference they are."""
     import anndata as ad
 
-    from scae.evaluate import evaluate_run
+    from scae.evaluation.evaluate import evaluate_run
 
     results = small_run / "results/pbmc_small"
     data = ad.read_h5ad(results / "preprocessed.h5ad")
@@ -167,7 +167,7 @@ def test_summary_and_figures_show_the_rank_answer(small_run):
     text = (results / "summary.md").read_text()
     assert "## At which rank does an autoencoder beat PCA?" in text and "**Crossing:**" in text
     assert "## Rank k = 2\n" in text and "## Rank k = 8 (the reference rank" in text
-    from scae.findings import answer_record
+    from scae.evaluation.findings import answer_record
 
     record = answer_record(results / "summary.md", text)
     assert record["rank"] == 8 and record["depth"] == 1.0

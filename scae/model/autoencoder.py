@@ -28,30 +28,23 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-from .config import CLUSTER_KEY, InputError
-from .data import (
-    SPLITS,
-    PreprocessParams,
-    gene_mean_std,
-    label_strings,
-    make_names_unique,
-    round_counts,
-    stratified_split,
-    validate_counts,
-)
-from .io import atomic_path
-from .losses import get_loss
-from .model import ModelParams
-from .train import (
-    CellData,
+from ..config import CLUSTER_KEY, InputError
+from ..data.checks import label_strings, make_names_unique, validate_counts
+from ..data.hvg import gene_mean_std
+from ..data.params import SPLITS, PreprocessParams
+from ..data.readers import round_counts
+from ..data.split import stratified_split
+from ..io import atomic_path
+from ..module.losses import get_loss
+from ..module.network import ModelParams
+from ..train.cells import CellData, InputScaling, resolve_device
+from ..train.trainer import (
     FitResult,
-    InputScaling,
     TrainParams,
     fit,
     latent_representation,
     load_model,
     reconstruction,
-    resolve_device,
     save_model,
 )
 
@@ -70,7 +63,7 @@ LAYER_FIX = ("pass layer= the layer holding raw UMI counts (scae.preprocess writ
 
 
 class Autoencoder:
-    """An MLP autoencoder trained under one reconstruction loss (see ``scae.losses.LOSSES``).
+    """An MLP autoencoder trained under one reconstruction loss (see ``scae.module.losses.LOSSES``).
 
     Parameters
     ----------
@@ -82,7 +75,7 @@ class Autoencoder:
         ``pearson``, ``poisson``, ``nb``, ``zinb``).
     loss_params
         Overrides of the loss's parameters (e.g. ``{"margin": 0.6}``); the rest keep their
-        defaults (``scae.losses.LOSSES[loss].defaults``).
+        defaults (``scae.module.losses.LOSSES[loss].defaults``).
     hidden, latent_dim, dropout, batch_norm
         The encoder's widths (the decoder mirrors them), the latent size, dropout after
         every hidden layer, batch norm before every ReLU.

@@ -8,7 +8,8 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from .mcv import HELDOUT_LAYER, mcv_metrics
+from ..data.mcv import HELDOUT_LAYER, mcv_metrics
+from ..outputs import EMBEDDING_KEY, settings_metrics
 from .metrics import (
     EMBEDDING_DIM,
     breakdowns,
@@ -19,7 +20,6 @@ from .metrics import (
     per_cell_metrics,
     summarize_reconstruction,
 )
-from .outputs import EMBEDDING_KEY, settings_metrics
 
 
 def evaluate_run(
@@ -30,7 +30,7 @@ def evaluate_run(
     ``data`` is the preprocessed dataset, ``reconstruction`` the run's test cells × genes in
     the common space, ``embedding`` its cells with ``obsm['X_scae']`` (if it has one; its
     width is reported as ``embedding_dim``). Label metrics are judged on test cells
-    (:func:`scae.metrics.embedding_metrics`).
+    (:func:`scae.evaluation.metrics.embedding_metrics`).
     """
     test = data[reconstruction.obs_names]
     is_train = (data.obs["split"] == "train").to_numpy()

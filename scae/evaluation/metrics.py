@@ -31,7 +31,7 @@ import pandas as pd
 import scipy.sparse as sp
 from scipy.special import gammaln
 
-from .config import MIN_STD
+from ..config import MIN_STD
 
 #: Cells per densified chunk when scoring: bounds memory for large test sets.
 CHUNK = 4096
@@ -111,8 +111,9 @@ class Metric:
         return self.better == "higher"
 
 
-#: The one registry of metric conventions; :mod:`scae.summary`, :mod:`scae.tune` and
-#: :mod:`scae.plots` read it (in this order the summary's tables show the headline ones).
+#: The one registry of metric conventions; :mod:`scae.evaluation.summary`,
+#: :mod:`scae.train.tune` and :mod:`scae.evaluation.plots` read it (in this order the summary's
+#: tables show the headline ones).
 METRICS: dict[str, Metric] = {
     "cosine_mean": Metric("higher", "cosine", headline=True),
     "centred_cosine_mean": Metric("higher", "centred_cosine", headline=True),

@@ -9,8 +9,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metrics import TUNING_CRITERIA  # noqa: E402
-from .summary import HEADLINE_METRICS, aggregate  # noqa: E402
+from .metrics import TUNING_CRITERIA
+from .summary import HEADLINE_METRICS, aggregate
 
 
 def _save(fig: plt.Figure, path) -> None:

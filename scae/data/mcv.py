@@ -6,8 +6,9 @@ the test cells, which also only saw c', are scored against the held-out molecule
 
 * ``mcv_mse``          mean over cells and genes of (x̂ − log1p(c''/ℓ'' · target_sum))², the
   MSE in normalize_total + log1p space (ℓ'' the held-out library size);
-* ``mcv_poisson_nll`` / ``mcv_nb_nll``  the count likelihoods of :func:`scae.metrics.count_nll`
-  of c'' under μ'' = μ' · Σℓ''/Σℓ', the denoised counts rescaled by the ratio of totals.
+* ``mcv_poisson_nll`` / ``mcv_nb_nll``  the count likelihoods of
+  :func:`scae.evaluation.metrics.count_nll` of c'' under μ'' = μ' · Σℓ''/Σℓ', the denoised
+  counts rescaled by the ratio of totals.
 
 A model that denoises predicts the held-out molecules better than the noisy c' itself (the
 ``no_denoising`` control).
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .metrics import count_nll, expected_counts, per_cell_metrics
+from ..evaluation.metrics import count_nll, expected_counts, per_cell_metrics
 
 #: Layer of the preprocessed AnnData holding the held-out molecules c'' of the kept genes.
 HELDOUT_LAYER = "mcv_heldout"

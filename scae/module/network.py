@@ -9,7 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .config import check_number
+from ..config import check_number
+from ._kernels import Dropout
 from .losses import DecoderOutput, Dispersion, OutputKind
 
 #: log θ is clipped to this range: θ = e^15 is Poisson for all practical purposes and
@@ -48,31 +49,6 @@ class ModelParams:
     @classmethod
     def from_dict(cls, values: dict) -> ModelParams:
         return cls(**{**values, "hidden": tuple(values["hidden"])})
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`AutoencoderModule.
-    use_dropout_generator`), ~5× cheaper than torch's CPU Bernoulli sampling (which took ~7 %
-    of a small MLP's training step): a unit is dropped iff a 16-bit word of PCG64 output is
-    below t = round(p·2¹⁶), and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
-    to within 2⁻¹⁷ and the layer stays unbiased. Without a generator, in eval mode or off
-    the CPU (where torch's own sampling is fast) it is plain ``nn.Dropout``.
-    """
-
-    generator: np.random.Generator | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        if (not self.training or not 0 < self.p < 1 or self.generator is None
-                or x.device.type != "cpu"):
-            return super().forward(x)
-        n = x.numel()
-        words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
-        threshold = min(round(self.p * 2**16), 2**16 - 1)
-        # The mask, already scaled, from one comparison and one multiply (5× faster than
-        # np.where with two scalars): one torch multiply remains.
-        scale = np.multiply(words >= threshold, np.float32(2**16 / (2**16 - threshold)),
-                            dtype=np.float32)
-        return x * torch.from_numpy(scale).view(x.shape).to(dtype=x.dtype)
 
 
 def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
@@ -141,3 +117,4 @@ class AutoencoderModule(nn.Module):
 
     def forward(self, x: Tensor, library: Tensor | None = None) -> DecoderOutput:
         return self.decode(self.encode(x), library)
+

@@ -4,7 +4,8 @@ Notation for one cell: x ∈ ℝ^G the target expression profile, x̂ the recons
 cos(a, b) = a·b / (max(‖a‖, ε)·max(‖b‖, ε)) (torch's convention, so an all-zero cell gives 0,
 never NaN), c ∈ ℕ^G raw counts, μ the predicted mean counts, θ the NB inverse dispersion,
 π the zero-inflation probability. Every function returns one value per cell; training
-minimises their mean over the minibatch.
+minimises their mean over the minibatch. The hand-written backward passes some of them use
+live in :mod:`scae.module._kernels`.
 
 Adding a loss is one decorated function here plus one entry in ``config/schema.yaml``.
 """
@@ -19,13 +20,25 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .config import InputError, check_number
+from ..config import InputError, check_number
+from ._kernels import (
+    LGAMMA_TABLE_COUNTS,
+    _CosineSimilarity,
+    _MeanSquaredError,
+    _NegativeBinomialNLL,
+)
 
 #: What the decoder must produce for a loss: a real-valued profile, or a count distribution.
 OutputKind = Literal["expression", "poisson", "nb", "zinb"]
+
+
 #: θ per gene (a learnt vector) or per gene and cell (a head of the decoder).
 Dispersion = Literal["gene", "gene-cell"]
+
+
 DISPERSIONS: tuple[str, ...] = get_args(Dispersion)
+
+
 EPS = 1e-8
 
 
@@ -195,39 +208,6 @@ def get_loss(name: str) -> LossSpec:
         ) from None
 
 
-# --- building blocks ---------------------------------------------------------------------
-
-
-class _CosineSimilarity(torch.autograd.Function):
-    """Row-wise cos(a, b) with a hand-written backward: two passes per input instead of
-    autograd's chain through two norms, a product and a sum (the gradient is the same,
-    including max(‖a‖, ε)'s: the norm term vanishes where ‖a‖ < ε)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, eps: float) -> Tensor:
-        norm_a = torch.linalg.vector_norm(a, dim=-1)
-        norm_b = torch.linalg.vector_norm(b, dim=-1)
-        denom_a, denom_b = norm_a.clamp_min(eps), norm_b.clamp_min(eps)
-        cos = torch.linalg.vecdot(a, b) / (denom_a * denom_b)
-        ctx.save_for_backward(a, b, norm_a, norm_b, denom_a, denom_b, cos)
-        ctx.eps = eps
-        return cos
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b, norm_a, norm_b, denom_a, denom_b, cos = ctx.saved_tensors
-        common = grad / (denom_a * denom_b)  # ∂cos/∂a = b/(‖a‖‖b‖) − cos·a/‖a‖²
-        grads = []
-        for x, y, norm, need in ((a, b, norm_a, ctx.needs_input_grad[0]),
-                                 (b, a, norm_b, ctx.needs_input_grad[1])):
-            if not need:
-                grads.append(None)
-                continue
-            own = torch.where(norm >= ctx.eps, grad * cos / norm.clamp_min(ctx.eps) ** 2, 0.0)
-            grads.append(torch.addcmul(y * common[..., None], x, own[..., None], value=-1))
-        return grads[0], grads[1], None
-
-
 def cosine_similarity(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     """Row-wise cos(a, b) = a·b / (max(‖a‖, ε)·max(‖b‖, ε)); 0 when either row is zero."""
     a, b = torch.broadcast_tensors(a, b)
@@ -298,10 +278,6 @@ def _nb_zero_log_prob(mu: Tensor, theta: Tensor) -> Tensor:
     return theta * (torch.log(theta + EPS) - torch.log(mu + (theta + EPS)))
 
 
-#: Integer counts up to this take log Γ(c+θ) − log Γ(θ) from a per-gene table (see below).
-LGAMMA_TABLE_COUNTS = 32
-
-
 def _lgamma_ratio(counts: SparseCounts, theta: Tensor) -> Tensor:
     """log Γ(c+θ) − log Γ(θ) at the non-zero entries (nnz,).
 
@@ -342,69 +318,10 @@ def _nb_nonzero_excess(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tenso
     )
 
 
-def _lgamma_ratio_with_grad(counts: SparseCounts, theta: Tensor) -> tuple[Tensor, Tensor]:
-    """log Γ(c+θ) − log Γ(θ) and its θ-derivative ψ(c+θ) − ψ(θ) = Σ_{j<c} 1/(θ+j) at the
-    non-zero entries, for θ per gene (tables as in :func:`_lgamma_ratio`), without autograd."""
-    c, k = counts.values, LGAMMA_TABLE_COUNTS
-    shifted = theta[:, None] + torch.arange(k, dtype=theta.dtype, device=theta.device)
-    tables = torch.stack([torch.log(shifted), shifted.reciprocal()], dim=-1).cumsum_(dim=1)
-    index = counts.cols * k + (c.clamp(1, k).long() - 1)
-    ratio, grad = tables.reshape(-1, 2).index_select(0, index).unbind(dim=1)
-    other = (c > k) | (c != torch.round(c))
-    if other.any():
-        where = other.nonzero().squeeze(1)
-        theta_other = theta.index_select(0, counts.cols.index_select(0, where))
-        c_other = c.index_select(0, where)
-        ratio[where] = torch.lgamma(c_other + theta_other) - torch.lgamma(theta_other)
-        grad[where] = torch.digamma(c_other + theta_other) - torch.digamma(theta_other)
-    return ratio, grad
-
-
-class _NegativeBinomialNLL(torch.autograd.Function):
-    """Σ_g −log NB(c_g; μ_g, θ_g) per cell for θ per gene and sparse counts, without the
-    log Γ(c+1) constant, with a hand-written backward.
-
-    Autograd's version of the same formula (:func:`_nb_nll_sparse` with θ per cell) walks the
-    B × G minibatch ~10 times in its backward pass and allocates a dense zero gradient for the
-    gathered non-zeros; here it is one outer-product/division pass plus sparse updates.
-    """
-
-    @staticmethod
-    def forward(ctx, mu: Tensor, theta: Tensor, counts: SparseCounts) -> Tensor:
-        theta_eps = theta + EPS
-        shifted = mu + theta_eps  # θ + μ + ε
-        log_shifted = torch.log(shifted)
-        zero = log_shifted @ theta - (theta * torch.log(theta_eps)).sum()  # −Σ_g log NB(0)
-        c = counts.values
-        mu_nz = counts.at(mu)
-        shifted_nz = mu_nz + counts.at(theta_eps)
-        mu_nz += EPS
-        ratio, ratio_grad = _lgamma_ratio_with_grad(counts, theta)
-        excess = c * (torch.log(mu_nz) - torch.log(shifted_nz)) + ratio  # log NB(c) − log NB(0)
-        ctx.save_for_backward(shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz,
-                              ratio_grad)
-        ctx.counts = counts
-        return zero - counts.per_cell(excess)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz, ratio_grad = ctx.saved_tensors
-        counts = ctx.counts
-        c = counts.values
-        grad_mu = torch.outer(grad, theta).div_(shifted)  # ∂/∂μ of θ log(θ+μ+ε)
-        grad_theta = (
-            log_shifted.t() @ grad + grad_mu.sum(dim=0)
-            - grad.sum() * (torch.log(theta_eps) + theta / theta_eps)
-        )
-        grad_nz = grad.index_select(0, counts.rows)
-        grad_mu.view(-1).index_add_(0, counts.flat, grad_nz * c * (1 / shifted_nz - 1 / mu_nz))
-        grad_theta.index_add_(0, counts.cols, grad_nz * (c / shifted_nz - ratio_grad))
-        return grad_mu, grad_theta, None
-
-
 def _nb_nll_sparse(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tensor:
     if theta.dim() == 1:
-        return _NegativeBinomialNLL.apply(mu.contiguous(), theta, counts) + counts.log_factorial
+        nll = _NegativeBinomialNLL.apply(mu.contiguous(), theta, counts, EPS)
+        return nll + counts.log_factorial
     zero = -_nb_zero_log_prob(mu, theta).sum(dim=-1)
     return zero - counts.per_cell(_nb_nonzero_excess(counts, mu, theta)) + counts.log_factorial
 
@@ -441,26 +358,6 @@ def zinb_nll(counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor,
     zero = torch.logaddexp(log_pi, log_not_pi + log_nb)
     log_prob = torch.where(counts < 0.5, zero, log_not_pi + log_nb)
     return -log_prob.sum(dim=-1)
-
-
-# --- the registered losses ---------------------------------------------------------------
-
-
-class _MeanSquaredError(torch.autograd.Function):
-    """mean_g (x̂_g − x_g)² per row in one pass each way (autograd's pow/mean chain makes ~9
-    passes over the B × G minibatch, a tenth of a small MLP's training step)."""
-
-    @staticmethod
-    def forward(ctx, recon: Tensor, target: Tensor) -> Tensor:
-        diff = recon - target
-        ctx.save_for_backward(diff)
-        return torch.linalg.vector_norm(diff, dim=-1).square_().div_(diff.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (diff,) = ctx.saved_tensors
-        grad_recon = diff * (grad * (2.0 / diff.shape[-1]))[..., None]
-        return grad_recon, (-grad_recon if ctx.needs_input_grad[1] else None)
 
 
 @register_loss("mse", "expression", "mean_g (x̂_g − x_g)²")
@@ -523,3 +420,4 @@ def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
                defaults={"dispersion": "gene"}, choices={"dispersion": DISPERSIONS})
 def zero_inflated_negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return zinb_nll(batch.count_targets, out.mu, out.theta, out.dropout_logits)
+

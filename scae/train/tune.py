@@ -40,13 +40,14 @@ import torch
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .losses import LossSpec
-from .metrics import TUNING_CRITERIA
-from .model import ModelParams
-from .train import CellData, TrainingDiverged, TrainParams, fit, resolve_device
+from ..evaluation.metrics import TUNING_CRITERIA
+from ..module.losses import LossSpec
+from ..module.network import ModelParams
+from .cells import CellData, resolve_device
+from .trainer import TrainingDiverged, TrainParams, fit
 
 if TYPE_CHECKING:
-    from .autoencoder import Autoencoder
+    from ..model.autoencoder import Autoencoder
 
 logger = logging.getLogger("scae")
 

@@ -197,7 +197,7 @@ def write_synthetic(path: str | Path, params: SyntheticParams = SyntheticParams(
     temporary name and moved onto ``path`` when complete."""
     from anndata.io import sparse_dataset, write_elem
 
-    from .io import atomic_path
+    from ..io import atomic_path
 
     path = Path(path)
     obs, var, blocks = _draw(params, chunk_cells)

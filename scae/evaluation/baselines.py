@@ -21,9 +21,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
-from .config import MIN_STD
-from .io import logger
-from .mcv import HELDOUT_LAYER, heldout_expression
+from ..config import MIN_STD
+from ..data.mcv import HELDOUT_LAYER, heldout_expression
+from ..io import logger
 from .metrics import CHUNK
 
 

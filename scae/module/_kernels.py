@@ -1,0 +1,280 @@
+"""The performance kernels: hand-written code on paths where torch's library path is slower.
+
+* backward passes written out for the cosine, MSE and sparse NB losses
+  (:class:`_CosineSimilarity`, :class:`_MeanSquaredError`, :class:`_NegativeBinomialNLL`), where
+  autograd would keep every intermediate of the forward pass;
+* :class:`Dropout`, whose masks are drawn with NumPy from (seed, epoch) so that a resumed run
+  draws the same masks;
+* :class:`FusedAdam`, Adam on torch's fused kernel without ``torch.optim``'s per-step
+  bookkeeping (:func:`fused_kernel_works` checks it, else :func:`scae.train.optim.adam` falls
+  back to ``torch.optim.Adam``);
+* :func:`keep_freed_memory`, glibc's ``mallopt`` so that a training process keeps the memory
+  it frees between minibatches instead of returning it to the system.
+
+bench/README.md holds each one's measured gain.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from .losses import SparseCounts
+
+
+class _CosineSimilarity(torch.autograd.Function):
+    """Row-wise cos(a, b) with a hand-written backward: two passes per input instead of
+    autograd's chain through two norms, a product and a sum (the gradient is the same,
+    including max(‖a‖, ε)'s: the norm term vanishes where ‖a‖ < ε)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, eps: float) -> Tensor:
+        norm_a = torch.linalg.vector_norm(a, dim=-1)
+        norm_b = torch.linalg.vector_norm(b, dim=-1)
+        denom_a, denom_b = norm_a.clamp_min(eps), norm_b.clamp_min(eps)
+        cos = torch.linalg.vecdot(a, b) / (denom_a * denom_b)
+        ctx.save_for_backward(a, b, norm_a, norm_b, denom_a, denom_b, cos)
+        ctx.eps = eps
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, norm_a, norm_b, denom_a, denom_b, cos = ctx.saved_tensors
+        common = grad / (denom_a * denom_b)  # ∂cos/∂a = b/(‖a‖‖b‖) − cos·a/‖a‖²
+        grads = []
+        for x, y, norm, need in ((a, b, norm_a, ctx.needs_input_grad[0]),
+                                 (b, a, norm_b, ctx.needs_input_grad[1])):
+            if not need:
+                grads.append(None)
+                continue
+            own = torch.where(norm >= ctx.eps, grad * cos / norm.clamp_min(ctx.eps) ** 2, 0.0)
+            grads.append(torch.addcmul(y * common[..., None], x, own[..., None], value=-1))
+        return grads[0], grads[1], None
+
+
+#: Integer counts up to this take log Γ(c+θ) − log Γ(θ) from a per-gene table (see below).
+LGAMMA_TABLE_COUNTS = 32
+
+
+def _lgamma_ratio_with_grad(counts: SparseCounts, theta: Tensor) -> tuple[Tensor, Tensor]:
+    """log Γ(c+θ) − log Γ(θ) and its θ-derivative ψ(c+θ) − ψ(θ) = Σ_{j<c} 1/(θ+j) at the
+    non-zero entries, for θ per gene (tables as in :func:`_lgamma_ratio`), without autograd."""
+    c, k = counts.values, LGAMMA_TABLE_COUNTS
+    shifted = theta[:, None] + torch.arange(k, dtype=theta.dtype, device=theta.device)
+    tables = torch.stack([torch.log(shifted), shifted.reciprocal()], dim=-1).cumsum_(dim=1)
+    index = counts.cols * k + (c.clamp(1, k).long() - 1)
+    ratio, grad = tables.reshape(-1, 2).index_select(0, index).unbind(dim=1)
+    other = (c > k) | (c != torch.round(c))
+    if other.any():
+        where = other.nonzero().squeeze(1)
+        theta_other = theta.index_select(0, counts.cols.index_select(0, where))
+        c_other = c.index_select(0, where)
+        ratio[where] = torch.lgamma(c_other + theta_other) - torch.lgamma(theta_other)
+        grad[where] = torch.digamma(c_other + theta_other) - torch.digamma(theta_other)
+    return ratio, grad
+
+
+class _NegativeBinomialNLL(torch.autograd.Function):
+    """Σ_g −log NB(c_g; μ_g, θ_g) per cell for θ per gene and sparse counts, without the
+    log Γ(c+1) constant, with a hand-written backward.
+
+    Autograd's version of the same formula (:func:`_nb_nll_sparse` with θ per cell) walks the
+    B × G minibatch ~10 times in its backward pass and allocates a dense zero gradient for the
+    gathered non-zeros; here it is one outer-product/division pass plus sparse updates.
+    """
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, theta: Tensor, counts: SparseCounts, eps: float) -> Tensor:
+        theta_eps = theta + eps
+        shifted = mu + theta_eps  # θ + μ + ε
+        log_shifted = torch.log(shifted)
+        zero = log_shifted @ theta - (theta * torch.log(theta_eps)).sum()  # −Σ_g log NB(0)
+        c = counts.values
+        mu_nz = counts.at(mu)
+        shifted_nz = mu_nz + counts.at(theta_eps)
+        mu_nz += eps
+        ratio, ratio_grad = _lgamma_ratio_with_grad(counts, theta)
+        excess = c * (torch.log(mu_nz) - torch.log(shifted_nz)) + ratio  # log NB(c) − log NB(0)
+        ctx.save_for_backward(shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz,
+                              ratio_grad)
+        ctx.counts = counts
+        return zero - counts.per_cell(excess)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz, ratio_grad = ctx.saved_tensors
+        counts = ctx.counts
+        c = counts.values
+        grad_mu = torch.outer(grad, theta).div_(shifted)  # ∂/∂μ of θ log(θ+μ+ε)
+        grad_theta = (
+            log_shifted.t() @ grad + grad_mu.sum(dim=0)
+            - grad.sum() * (torch.log(theta_eps) + theta / theta_eps)
+        )
+        grad_nz = grad.index_select(0, counts.rows)
+        grad_mu.view(-1).index_add_(0, counts.flat, grad_nz * c * (1 / shifted_nz - 1 / mu_nz))
+        grad_theta.index_add_(0, counts.cols, grad_nz * (c / shifted_nz - ratio_grad))
+        return grad_mu, grad_theta, None, None
+
+
+class _MeanSquaredError(torch.autograd.Function):
+    """mean_g (x̂_g − x_g)² per row in one pass each way (autograd's pow/mean chain makes ~9
+    passes over the B × G minibatch, a tenth of a small MLP's training step)."""
+
+    @staticmethod
+    def forward(ctx, recon: Tensor, target: Tensor) -> Tensor:
+        diff = recon - target
+        ctx.save_for_backward(diff)
+        return torch.linalg.vector_norm(diff, dim=-1).square_().div_(diff.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (diff,) = ctx.saved_tensors
+        grad_recon = diff * (grad * (2.0 / diff.shape[-1]))[..., None]
+        return grad_recon, (-grad_recon if ctx.needs_input_grad[1] else None)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`AutoencoderModule.
+    use_dropout_generator`), ~5× cheaper than torch's CPU Bernoulli sampling (which took ~7 %
+    of a small MLP's training step): a unit is dropped iff a 16-bit word of PCG64 output is
+    below t = round(p·2¹⁶), and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
+    to within 2⁻¹⁷ and the layer stays unbiased. Without a generator, in eval mode or off
+    the CPU (where torch's own sampling is fast) it is plain ``nn.Dropout``.
+    """
+
+    generator: np.random.Generator | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not self.training or not 0 < self.p < 1 or self.generator is None
+                or x.device.type != "cpu"):
+            return super().forward(x)
+        n = x.numel()
+        words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
+        threshold = min(round(self.p * 2**16), 2**16 - 1)
+        # The mask, already scaled, from one comparison and one multiply (5× faster than
+        # np.where with two scalars): one torch multiply remains.
+        scale = np.multiply(words >= threshold, np.float32(2**16 / (2**16 - threshold)),
+                            dtype=np.float32)
+        return x * torch.from_numpy(scale).view(x.shape).to(dtype=x.dtype)
+
+
+class FusedAdam:
+    """Adam (Kingma & Ba, 2015) with L2 weight decay λ, as ``torch.optim.Adam(fused=True)``.
+
+    Per parameter θ with gradient g, at step t:
+    g ← g + λθ;  m ← β₁m + (1 − β₁)g;  v ← β₂v + (1 − β₂)g²;
+    θ ← θ − lr · m̂ / (√v̂ + ε),  with m̂ = m / (1 − β₁ᵗ) and v̂ = v / (1 − β₂ᵗ).
+
+    It calls the kernel ``torch.optim.Adam(fused=True)`` calls, so the updates are bitwise the
+    same. What it leaves out: constructing any ``torch.optim`` optimizer imports
+    ``torch._dynamo`` (~2 s, paid by every training job), and ``step`` spends ~0.5 ms in
+    Python per call (~5 % of a small MLP's step at batch 128).
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        # One step counter per parameter, float32 on its device: the kernel's contract.
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device)
+                      for p in self.params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        # Parameters without a gradient this step are left alone, steps included (as torch).
+        active = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not active:
+            return
+        steps = [self.steps[i] for i in active]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(
+            [self.params[i] for i in active], [self.params[i].grad for i in active],
+            [self.exp_avg[i] for i in active], [self.exp_avg_sq[i] for i in active],
+            [], steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
+            weight_decay=self.weight_decay, eps=self.eps, maximize=False,
+        )
+
+    def state_dict(self) -> dict[str, list[Tensor]]:
+        return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+
+    def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+        for name, current in self.state_dict().items():
+            if len(state[name]) != len(current):
+                raise ValueError(f"optimizer state '{name}' holds {len(state[name])} tensors "
+                                 f"for {len(current)} parameters")
+            for mine, saved in zip(current, state[name]):
+                mine.copy_(saved)
+
+
+def fused_kernel_works(device: torch.device) -> bool:
+    """Whether torch's private ``_fused_adam_`` op exists for ``device`` and still computes,
+    with the signature :class:`FusedAdam` calls, one textbook Adam step.
+
+    The op is private: a torch release may rename it, change its signature or its meaning.
+    This probe (a 2-element step, microseconds) turns any of those into a fallback instead
+    of a crash or a silently different optimizer.
+    """
+    if device.type not in ("cpu", "cuda") or not hasattr(torch, "_fused_adam_"):
+        return False
+    param = torch.tensor([1.0, -2.0], device=device)
+    grad = torch.tensor([0.5, 0.25], device=device)
+    probe = FusedAdam([param.requires_grad_()], lr=0.1, weight_decay=0.01)
+    param.grad = grad
+    try:
+        probe.step()
+    except (RuntimeError, TypeError):
+        return False
+    with torch.no_grad():  # step 1: m̂ = g', v̂ = g'², so θ moves by lr·g'/(|g'| + ε)
+        expected = torch.tensor([1.0, -2.0], device=device)
+        g = grad + 0.01 * expected
+        expected -= 0.1 * g / (g.abs() + 1e-8)
+    return bool(torch.allclose(param.detach(), expected, rtol=1e-5, atol=1e-6))
+
+
+#: glibc's largest mmap threshold (64-bit): buffers below it come from the reusable heap.
+MMAP_THRESHOLD = 32 * 2**20
+
+
+#: Free heap memory kept before any is returned to the OS: a few training steps' buffers.
+TRIM_THRESHOLD = 256 * 2**20
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc reuse freed minibatch-sized buffers instead of unmapping them.
+
+    Every training step allocates a few B × G float32 buffers (the densified minibatch, the
+    reconstruction, the loss's difference and gradient: 8 MB each at B = 1024, G = 2000). By
+    default glibc hands back memory of that size to the OS once enough is free, so the next
+    step faults every 4 KiB page in again (~2,000 faults and ~3 ms per step at B = 1024 on a
+    single core, ~5 % of the step). Setting M_MMAP_THRESHOLD to 32 MiB and M_TRIM_THRESHOLD
+    to 256 MiB keeps such buffers in the heap; arrays above 32 MiB (the data) are mmapped and
+    returned as before. The price: the process may hold up to 256 MiB of freed memory.
+
+    Process-wide, so the training entry point calls it, not the library. Returns whether the
+    setting took: False where the C library has no ``mallopt`` (not glibc: a no-op).
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
+    except (AttributeError, OSError, TypeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1 and (
+        mallopt(m_trim_threshold, TRIM_THRESHOLD) == 1
+    )
+
