@@ -100,6 +100,22 @@ def alternatives(names):
     return "|".join(re.escape(name) for name in names)
 
 
+def in_report(name, subcategory):
+    """results/{dataset}/{name}, shown in the report under its dataset and captioned by
+    report/{the name's stem}.rst."""
+    return report(
+        f"results/{{dataset}}/{name}",
+        caption=f"../report/{Path(name).stem}.rst",
+        category="{dataset}",
+        subcategory=subcategory,
+    )
+
+
+def every_loss(pattern):
+    """pattern's files for every configured loss, its other wildcards left open."""
+    return expand(pattern, loss=LOSS_NAMES, allow_missing=True)
+
+
 wildcard_constraints:
     dataset=alternatives(DATASETS + MCV_DATASETS),
     loss=alternatives(LOSS_NAMES),

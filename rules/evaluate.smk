@@ -35,22 +35,16 @@ rule evaluate:
 rule evaluate_losses:
     input:
         data="results/{dataset}/preprocessed.h5ad",
-        embeddings=expand(
-            "results/{{dataset}}/k{{rank}}/embeddings/{loss}/seed{{seed}}.h5ad",
-            loss=LOSS_NAMES,
+        embeddings=every_loss(
+            "results/{dataset}/k{rank}/embeddings/{loss}/seed{seed}.h5ad"
         ),
-        reconstructions=expand(
-            "results/{{dataset}}/k{{rank}}/reconstructions/{loss}/seed{{seed}}.h5ad",
-            loss=LOSS_NAMES,
+        reconstructions=every_loss(
+            "results/{dataset}/k{rank}/reconstructions/{loss}/seed{seed}.h5ad"
         ),
     output:
-        metrics=expand(
-            "results/{{dataset}}/k{{rank}}/metrics/{loss}/seed{{seed}}.tsv",
-            loss=LOSS_NAMES,
-        ),
-        per_cell=expand(
-            "results/{{dataset}}/k{{rank}}/metrics/{loss}/seed{{seed}}.per_cell.tsv.gz",
-            loss=LOSS_NAMES,
+        metrics=every_loss("results/{dataset}/k{rank}/metrics/{loss}/seed{seed}.tsv"),
+        per_cell=every_loss(
+            "results/{dataset}/k{rank}/metrics/{loss}/seed{seed}.per_cell.tsv.gz"
         ),
     log:
         "logs/{dataset}/k{rank}/evaluate/seed{seed}.log",
@@ -77,24 +71,9 @@ rule summarize:
         histories=history_files,
     output:
         tidy="results/{dataset}/metrics.tsv",
-        summary=report(
-            "results/{dataset}/summary.tsv",
-            caption="../report/summary_table.rst",
-            category="{dataset}",
-            subcategory="Tables",
-        ),
-        comparisons=report(
-            "results/{dataset}/comparisons.tsv",
-            caption="../report/comparisons_table.rst",
-            category="{dataset}",
-            subcategory="Tables",
-        ),
-        ranks=report(
-            "results/{dataset}/ranks.tsv",
-            caption="../report/ranks_table.rst",
-            category="{dataset}",
-            subcategory="Tables",
-        ),
+        summary=in_report("summary.tsv", "Tables"),
+        comparisons=in_report("comparisons.tsv", "Tables"),
+        ranks=in_report("ranks.tsv", "Tables"),
         markdown="results/{dataset}/summary.md",
     log:
         "logs/{dataset}/summarize.log",

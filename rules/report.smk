@@ -4,24 +4,9 @@ rule plots:
         per_cell=reference_per_cell_files,
         histories=reference_history_files,
     output:
-        cosine=report(
-            "results/{dataset}/plots/cosine_distributions.png",
-            caption="../report/cosine_distributions.rst",
-            category="{dataset}",
-            subcategory="Reconstruction",
-        ),
-        heatmap=report(
-            "results/{dataset}/plots/metric_heatmap.png",
-            caption="../report/metric_heatmap.rst",
-            category="{dataset}",
-            subcategory="Reconstruction",
-        ),
-        curves=report(
-            "results/{dataset}/plots/training_curves.png",
-            caption="../report/training_curves.rst",
-            category="{dataset}",
-            subcategory="Training",
-        ),
+        cosine=in_report("plots/cosine_distributions.png", "Reconstruction"),
+        heatmap=in_report("plots/metric_heatmap.png", "Reconstruction"),
+        curves=in_report("plots/training_curves.png", "Training"),
     log:
         "logs/{dataset}/plots.log",
     benchmark:
@@ -46,12 +31,7 @@ rule plot_umap:
     input:
         embeddings=umap_embeddings,
     output:
-        umap=report(
-            "results/{dataset}/plots/umap.png",
-            caption="../report/umap.rst",
-            category="{dataset}",
-            subcategory="Embeddings",
-        ),
+        umap=in_report("plots/umap.png", "Embeddings"),
     log:
         "logs/{dataset}/plot_umap.log",
     benchmark:
@@ -78,18 +58,8 @@ rule plot_ranks:
         ranks="results/{dataset}/ranks.tsv",
         comparisons="results/{dataset}/comparisons.tsv",
     output:
-        curve=report(
-            "results/{dataset}/plots/rank_curve.png",
-            caption="../report/rank_curve.rst",
-            category="{dataset}",
-            subcategory="Answer",
-        ),
-        forest=report(
-            "results/{dataset}/plots/forest.png",
-            caption="../report/forest.rst",
-            category="{dataset}",
-            subcategory="Answer",
-        ),
+        curve=in_report("plots/rank_curve.png", "Answer"),
+        forest=in_report("plots/forest.png", "Answer"),
     log:
         "logs/{dataset}/plot_ranks.log",
     benchmark:

@@ -35,12 +35,7 @@ rule plot_tuning:
     input:
         trials=trial_tables,
     output:
-        figure=report(
-            "results/{dataset}/plots/tuning.png",
-            caption="../report/tuning.rst",
-            category="{dataset}",
-            subcategory="Training",
-        ),
+        figure=in_report("plots/tuning.png", "Training"),
     log:
         "logs/{dataset}/plot_tuning.log",
     benchmark:
