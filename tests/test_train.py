@@ -1,5 +1,6 @@
 """Training: early stopping, exact resume, divergence, never densifying the whole matrix."""
 
+import math
 import resource
 
 import numpy as np
@@ -239,3 +240,31 @@ def test_reduce_on_plateau_multiplies_the_rate_after_every_lr_patience_bad_epoch
     assert result.history["learning_rate"].tolist() == [
         1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
     assert result.best_epoch == 6 and result.stopped_by == "max_epochs"
+
+
+@pytest.mark.parametrize("lr_patience", [1, 2, 3])
+def test_reduce_on_plateau_follows_torch_reduce_lr_on_plateau(lr_patience):
+    """The rule in model selection is torch's ReduceLROnPlateau (mode min, no threshold, no
+    cooldown) with patience lr_patience − 1: kept by hand because that scheduler requires a
+    torch.optim optimizer, whose construction imports torch._dynamo (~3 s a job) where
+    FusedAdam costs nothing (bench/README.md). Same rates epoch by epoch, ties included."""
+    from scae.train.trainer import _select
+
+    rng = np.random.default_rng(lr_patience)
+    val_losses = np.round(rng.normal(size=60).cumsum() * 0.1 + 5.0, 1)  # rounding makes ties
+    params = TrainParams(lr_patience=lr_patience, lr_factor=0.5, learning_rate=1e-2)
+    model = torch.nn.Linear(2, 2)
+    ours = torch.optim.SGD(model.parameters(), lr=params.learning_rate)
+    theirs = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=params.learning_rate)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        theirs, mode="min", factor=params.lr_factor, patience=lr_patience - 1, threshold=0.0,
+        cooldown=0, eps=0.0)
+    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
+             "lr": params.learning_rate}
+    rates = []
+    for epoch, loss in enumerate(val_losses, start=1):
+        _select(state, epoch, float(loss), model, ours, params)
+        scheduler.step(float(loss))
+        rates.append((ours.param_groups[0]["lr"], theirs.param_groups[0]["lr"]))
+    assert [a for a, _ in rates] == pytest.approx([b for _, b in rates], rel=1e-12)
+    assert rates[-1][0] < params.learning_rate  # the sequence did reach plateaus
