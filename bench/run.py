@@ -124,19 +124,20 @@ def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
     """
     import torch
 
-    import scae.train
+    import scae.train.trainer
     from scae.module.losses import get_loss
     from scae.module.network import ModelParams
     from scae.train.trainer import TrainParams, fit
 
     if not validation:
-        real = scae.train.evaluate_split
-        scae.train.evaluate_split = lambda *args, **kwargs: {"val_loss": 0.0, "val_cosine": 0.0}
+        real = scae.train.trainer.evaluate_split
+        scae.train.trainer.evaluate_split = lambda *args, **kwargs: {"val_loss": 0.0,
+                                                                     "val_cosine": 0.0}
         try:
             return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed,
                                      device=device)
         finally:
-            scae.train.evaluate_split = real
+            scae.train.trainer.evaluate_split = real
 
     spec = get_loss(loss)
     params = ModelParams(n_genes=data.n_genes, hidden=tuple(hidden), latent_dim=32,
@@ -221,6 +222,7 @@ THROUGHPUT_TARGETS = {2: 3.0, 1: 4.0}
 def section_throughput(report: Report, args, workdir: Path) -> None:
     import torch
 
+    from scae.module._kernels import library_path
     from scae.train.cells import CellData
 
     rounds, epochs = (2 if args.quick else 5), (3 if args.quick else 4)
@@ -246,7 +248,7 @@ def section_throughput(report: Report, args, workdir: Path) -> None:
                 data, "nb", (128, 128), 256, epochs, seed=r))
             loop += _epoch_rates(n_train, fit_epoch_seconds(
                 data, "nb", (128, 128), 256, epochs, seed=r, validation=False))
-            with torch_fused_adam():
+            with library_path("adam"):
                 torch_adam += _epoch_rates(n_train, fit_epoch_seconds(
                     data, "nb", (128, 128), 256, epochs, seed=r, validation=False))
             if have_scvi:
@@ -287,22 +289,6 @@ def section_throughput(report: Report, args, workdir: Path) -> None:
     report.add("throughput", "first optimizer in a fresh process, s: FusedAdam | torch",
                " | ".join(f"{v:.2f}" for v in start.values()),
                note="paid once per training job")
-
-
-@contextlib.contextmanager
-def torch_fused_adam():
-    """Train with ``torch.optim.Adam(fused=True)`` (the fallback) instead of FusedAdam."""
-    import torch
-
-    import scae.train
-
-    real = scae.train.adam
-    scae.train.adam = lambda params, device, lr, weight_decay: torch.optim.Adam(
-        params, lr=lr, weight_decay=weight_decay, fused=True)
-    try:
-        yield
-    finally:
-        scae.train.adam = real
 
 
 def optimizer_start_seconds(repeats: int = 5) -> dict[str, float]:
@@ -725,7 +711,43 @@ def section_profile(report: Report, args, workdir: Path) -> None:
         print()
 
 
-SECTIONS = {"throughput": section_throughput, "flops": section_flops,
+#: Each kernel of scae.module._kernels, and the loss whose training it serves. (mallopt is
+#: process-wide once set, so it is measured by the throughput runs' own process, not here.)
+KERNEL_LOSSES = {"cosine": "cosine", "mse": "mse", "nb": "nb", "dropout": "mse", "adam": "nb"}
+
+
+def section_kernels(report: Report, args, workdir: Path) -> None:
+    """What each hand-written kernel gains: the training loop's cells/s with every kernel
+    against the same run with that one kernel on torch's library path, alternated round by
+    round in one process so both see the same machine load (a ratio, not a timing)."""
+    import torch
+
+    from scae.module._kernels import library_path
+    from scae.train.cells import CellData
+
+    rounds, epochs = (2 if args.quick else 4), (3 if args.quick else 4)
+    _, pre = preprocessed_synthetic(10_000, workdir)
+    data = CellData(pre, "none")
+    n_train = len(data.rows("train"))
+    torch.set_num_threads(args.threads[-1])
+    details = report.details.setdefault("kernels", {"threads": args.threads[-1]})
+    for kernel, loss in KERNEL_LOSSES.items():
+        ours, library = [], []
+        for r in range(rounds):
+            ours += _epoch_rates(n_train, fit_epoch_seconds(
+                data, loss, (128, 128), 256, epochs, seed=r, validation=False))
+            with library_path(kernel):
+                library += _epoch_rates(n_train, fit_epoch_seconds(
+                    data, loss, (128, 128), 256, epochs, seed=r, validation=False))
+        details[kernel] = {"loss": loss, "ours": ours, "library": library}
+        gain = statistics.median(ours) / statistics.median(library) - 1
+        report.add(f"kernels {args.threads[-1]}t", f"{kernel} kernel ({loss} loss), loop cells/s",
+                   f"{gain:+.1%}", note=f"{statistics.median(ours):,.0f} vs library path "
+                   f"{statistics.median(library):,.0f}")
+        print(f"    {kernel}: {gain:+.1%}", flush=True)
+
+
+SECTIONS = {"throughput": section_throughput, "kernels": section_kernels, "flops": section_flops,
             "scaling": section_scaling, "workflow": section_workflow,
             "profile": section_profile}
 

@@ -16,9 +16,10 @@ bench/README.md holds each one's measured gain.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -27,6 +28,36 @@ from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from .losses import SparseCounts
+
+
+#: The kernels, by name; each has a library path that computes the same thing.
+KERNELS = ("cosine", "mse", "nb", "dropout", "adam", "mallopt")
+#: The kernels in use. Changed only through :func:`library_path` (tests and bench/), so a
+#: training job always runs with all of them.
+_enabled: set[str] = set(KERNELS)
+
+
+def kernel_enabled(name: str) -> bool:
+    """Whether kernel ``name`` (one of :data:`KERNELS`) is in use, else its library path."""
+    return name in _enabled
+
+
+@contextlib.contextmanager
+def library_path(*names: str) -> Iterator[None]:
+    """Inside the block, the named kernels (all when none is named) give way to torch's
+    library path: autograd through the loss formulas (``cosine``, ``mse``, ``nb``),
+    ``nn.Dropout``'s sampling (``dropout``), ``torch.optim.Adam(fused=True)`` (``adam``), and
+    glibc's default allocator settings (``mallopt``). Tests hold both paths equal; bench/
+    measures what each kernel gains."""
+    unknown = set(names) - set(KERNELS)
+    if unknown:
+        raise ValueError(f"unknown kernels {sorted(unknown)}; kernels are {', '.join(KERNELS)}")
+    off = set(names or KERNELS) & _enabled
+    _enabled.difference_update(off)
+    try:
+        yield
+    finally:
+        _enabled.update(off)
 
 
 class _CosineSimilarity(torch.autograd.Function):
@@ -153,7 +184,7 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: Tensor) -> Tensor:
         if (not self.training or not 0 < self.p < 1 or self.generator is None
-                or x.device.type != "cpu"):
+                or x.device.type != "cpu" or not kernel_enabled("dropout")):
             return super().forward(x)
         n = x.numel()
         words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
@@ -269,6 +300,8 @@ def keep_freed_memory() -> bool:
     Process-wide, so the training entry point calls it, not the library. Returns whether the
     setting took: False where the C library has no ``mallopt`` (not glibc: a no-op).
     """
+    if not kernel_enabled("mallopt"):
+        return False
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c")).mallopt
     except (AttributeError, OSError, TypeError):

@@ -26,6 +26,7 @@ from ._kernels import (
     _CosineSimilarity,
     _MeanSquaredError,
     _NegativeBinomialNLL,
+    kernel_enabled,
 )
 
 #: What the decoder must produce for a loss: a real-valued profile, or a count distribution.
@@ -211,7 +212,10 @@ def get_loss(name: str) -> LossSpec:
 def cosine_similarity(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
     """Row-wise cos(a, b) = a·b / (max(‖a‖, ε)·max(‖b‖, ε)); 0 when either row is zero."""
     a, b = torch.broadcast_tensors(a, b)
-    return _CosineSimilarity.apply(a, b, eps)
+    if kernel_enabled("cosine"):
+        return _CosineSimilarity.apply(a, b, eps)
+    norm_a = torch.linalg.vector_norm(a, dim=-1).clamp_min(eps)
+    return torch.linalg.vecdot(a, b) / (norm_a * torch.linalg.vector_norm(b, dim=-1).clamp_min(eps))
 
 
 def pearson_correlation(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
@@ -319,7 +323,7 @@ def _nb_nonzero_excess(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tenso
 
 
 def _nb_nll_sparse(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tensor:
-    if theta.dim() == 1:
+    if theta.dim() == 1 and kernel_enabled("nb"):
         nll = _NegativeBinomialNLL.apply(mu.contiguous(), theta, counts, EPS)
         return nll + counts.log_factorial
     zero = -_nb_zero_log_prob(mu, theta).sum(dim=-1)
@@ -362,7 +366,9 @@ def zinb_nll(counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor,
 
 @register_loss("mse", "expression", "mean_g (x̂_g − x_g)²")
 def mse(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
-    return _MeanSquaredError.apply(out.expression, batch.x)
+    if kernel_enabled("mse"):
+        return _MeanSquaredError.apply(out.expression, batch.x)
+    return (out.expression - batch.x).pow(2).mean(dim=-1)
 
 
 @register_loss("cosine", "expression", "1 − cos(x̂, x)")

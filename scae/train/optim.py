@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ..module._kernels import FusedAdam, fused_kernel_works
+from ..module._kernels import FusedAdam, fused_kernel_works, kernel_enabled
 
 logger = logging.getLogger("scae")
 
@@ -18,9 +18,11 @@ def adam(params: Iterable[Tensor], device: torch.device, lr: float,
     """:class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
     else ``torch.optim.Adam``, fused where torch fuses for that device (one log line says so).
     """
+    fused = device.type in ("cpu", "cuda")
+    if not kernel_enabled("adam"):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if fused_kernel_works(device):
         return FusedAdam(params, lr=lr, weight_decay=weight_decay)
-    fused = device.type in ("cpu", "cuda")
     logger.info("torch %s: the private _fused_adam_ op is missing or changed on %s; "
                 "using torch.optim.Adam(fused=%s)", torch.__version__, device.type, fused)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
