@@ -11,7 +11,9 @@
 * :func:`keep_freed_memory`, glibc's ``mallopt`` so that a training process keeps the memory
   it frees between minibatches instead of returning it to the system.
 
-bench/README.md holds each one's measured gain.
+Each has a library path that computes the same thing; :func:`library_path` switches to it
+(tests/test_kernels.py holds the two equal; ``python bench/run.py --only kernels``
+measures what each kernel gains, recorded in bench/README.md).
 """
 
 from __future__ import annotations
