@@ -19,7 +19,7 @@ from scae.data.hvg import GeneMoments, gene_mean_std, seurat_hvg
 from scae.data.mcv import HELDOUT_LAYER, binomial_split
 from scae.data.params import MCVParams, PreprocessParams
 from scae.data.preprocess import preprocess
-from scae.data.readers import HDF5Rows, open_counts, preprocess_mem_mb, read_counts
+from scae.data.readers import H5adRows, HDF5Rows, open_counts, preprocess_mem_mb, read_counts
 from scae.data.split import stratified_split
 
 from .conftest import PBMC3K, pbmc_subset
@@ -110,7 +110,7 @@ def test_bundled_data_matches_the_in_memory_scanpy_pipeline(pbmc3k, pbmc3k_refer
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 18)  # blocks of ~300 cells
         with open_counts(PBMC3K) as rows:
-            assert isinstance(rows, HDF5Rows)
+            assert isinstance(rows, H5adRows)
             assert sum(1 for _ in rows.blocks(scae.data.readers.CHUNK_NNZ)) > 5
             out_of_core = preprocess_rows(rows, DEFAULT, dataset="pbmc3k",
                                           label_key="cell_type")
@@ -171,27 +171,25 @@ def test_gene_moments_in_blocks_equal_the_whole():
 # --- the memory claim -------------------------------------------------------------------------
 
 
-class GuardedDataset:
-    """An h5py dataset that fails on any read of more than ``limit`` elements (a whole-matrix
-    read, np.asarray, [()]), recording the largest read."""
+class ReadGuard:
+    """Wraps h5py's Dataset reads: a read of a matrix's ``data`` or ``indices`` (by whichever
+    reader: ours, or anndata's sparse_dataset) must be a bounded slice of at most ``limit``
+    elements; records the largest."""
 
     largest = 0
 
-    def __init__(self, dataset, limit):
-        self.dataset, self.limit = dataset, limit
-        self.shape, self.dtype = dataset.shape, dataset.dtype
+    def __init__(self, limit):
+        self.limit, self.real = limit, h5py.Dataset.__getitem__
 
-    def __getitem__(self, key):
-        if not isinstance(key, slice) or key.start is None or key.stop is None:
-            raise AssertionError(f"read of {key!r}: not a bounded block")
-        n = key.stop - key.start
-        GuardedDataset.largest = max(GuardedDataset.largest, n)
-        if n > self.limit:
-            raise AssertionError(f"read of {n} elements > {self.limit}: the whole matrix")
-        return self.dataset[key]
-
-    def __array__(self, *args, **kwargs):
-        raise AssertionError("the whole dataset was read")
+    def __call__(self, dataset, key):
+        if dataset.name.rsplit("/", 1)[-1] in ("data", "indices"):
+            start, stop = (key.start, key.stop) if isinstance(key, slice) else (None, None)
+            if start is None or stop is None:
+                raise AssertionError(f"read of {dataset.name}[{key!r}]: not a bounded block")
+            ReadGuard.largest = max(ReadGuard.largest, stop - start)
+            if stop - start > self.limit:
+                raise AssertionError(f"read of {stop - start} elements > {self.limit}")
+        return self.real(dataset, key)
 
 
 def test_the_full_matrix_is_never_read(tmp_path, monkeypatch):
@@ -203,23 +201,17 @@ def test_the_full_matrix_is_never_read(tmp_path, monkeypatch):
     nnz = raw.X.nnz
     limit = nnz // 8
     monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", limit)
-    real_init = HDF5Rows.__init__
-
-    def guarded_init(self, element, *args, **kwargs):
-        real_init(self, element, *args, **kwargs)
-        self.element = {"data": GuardedDataset(element["data"], limit),
-                        "indices": GuardedDataset(element["indices"], limit)}
-
-    monkeypatch.setattr(HDF5Rows, "__init__", guarded_init)
-    GuardedDataset.largest = 0
     params = PreprocessParams(n_top_genes=300)
-    with open_counts(path) as rows:
+    ReadGuard.largest = 0
+    with open_counts(path) as rows, pytest.MonkeyPatch.context() as guard:
+        reads = ReadGuard(limit)
+        guard.setattr(h5py.Dataset, "__getitem__", lambda dataset, key: reads(dataset, key))
         validate_counts(rows, str(path), "t", require_integers=True)
         got = preprocess_rows(rows, params, dataset="t", label_key="cell_type")
-    assert 0 < GuardedDataset.largest <= limit
+    assert 0 < ReadGuard.largest <= limit
     assert_same_result(got, reference_preprocess(raw, params, "cell_type", "MT-"))
-    with pytest.raises(AssertionError, match="whole"):
-        np.asarray(GuardedDataset(h5py.File(path)["X/data"], limit))
+    with h5py.File(path) as file, pytest.raises(AssertionError, match="not a bounded block"):
+        ReadGuard(limit)(file["X/data"], ())  # the guard itself refuses a whole read
 
 
 def test_memory_scales_with_the_result_not_the_input(tmp_path):
@@ -278,7 +270,7 @@ def test_h5ad_blocks_equal_read_counts(tmp_path, counts):
     adata.write_h5ad(path)
     whole = read_counts(path, counts=counts)
     with open_counts(path, counts=counts) as rows:
-        assert isinstance(rows, HDF5Rows)
+        assert isinstance(rows, H5adRows)
         blocks = sp.vstack([b for _, b in rows.blocks(max_nnz=5000)])
         pd.testing.assert_frame_equal(rows.obs, whole.obs)
         pd.testing.assert_frame_equal(rows.var, whole.var)
@@ -312,7 +304,7 @@ def test_other_layouts_are_read_whole(tmp_path):
     raw = pbmc_subset(100)
     ad.AnnData(X=sp.csc_matrix(raw.X), obs=raw.obs, var=raw.var).write_h5ad(tmp_path / "c.h5ad")
     with open_counts(tmp_path / "c.h5ad") as rows:
-        assert not isinstance(rows, HDF5Rows)
+        assert not isinstance(rows, (H5adRows, HDF5Rows))
         assert_same_matrix(rows.read(0, rows.shape[0]), raw.X)
 
 

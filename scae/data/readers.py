@@ -179,11 +179,12 @@ class MatrixRows(CountRows):
 
 
 class HDF5Rows(CountRows):
-    """Rows of a matrix in an open HDF5 file, read with h5py one block at a time.
+    """Rows of a matrix in an open HDF5 file that anndata has no encoding for, read with h5py
+    one block at a time.
 
-    ``element`` is a dense dataset, or a group of ``data``/``indices``/``indptr`` over rows:
-    an ``.h5ad`` CSR matrix, or a 10x ``.h5`` matrix, whose genes × cells CSC is the same
-    three arrays as cells × genes CSR. Only ``indptr`` (one integer per cell) is held in
+    ``element`` is a dense dataset (an ``.h5ad`` whose ``X`` is dense), or a 10x ``.h5``
+    matrix group, whose genes × cells CSC ``data``/``indices``/``indptr`` are the same three
+    arrays as cells × genes CSR (``.h5ad`` CSR matrices are :class:`H5adRows`). Only ``indptr`` (one integer per cell) is held in
     memory. ``columns`` keeps a subset of the stored columns (10x: gene-expression features).
     """
 
@@ -217,13 +218,36 @@ class HDF5Rows(CountRows):
         return block if self.columns is None else block[:, self.columns]
 
 
+class H5adRows(CountRows):
+    """Rows of an ``.h5ad`` CSR matrix through anndata's ``sparse_dataset``, which reads the
+    stored entries of rows ``start:stop`` and nothing else. Only ``indptr`` (one integer per
+    cell) is held in memory."""
+
+    def __init__(self, element: h5py.Group, obs: pd.DataFrame, var: pd.DataFrame, uns: dict,
+                 source: str) -> None:
+        from anndata.io import sparse_dataset
+
+        super().__init__(obs, var, uns, source)
+        self.matrix = sparse_dataset(element)
+        self.indptr = element["indptr"][:].astype(np.int64)
+
+    def row_nnz(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def read(self, start: int, stop: int) -> sp.csr_matrix:
+        try:
+            return sp.csr_matrix(self.matrix[start:stop], dtype=np.float32)
+        except (OSError, KeyError, ValueError) as err:  # truncated or corrupt on disk
+            raise _unreadable(Path(self.source), format_of(self.source), err) from err
+
+
 def rows_of(adata: ad.AnnData, source: str, layer: str | None = None) -> MatrixRows:
     """An in-memory AnnData's counts (``X``, or ``layers[layer]``) as :class:`CountRows`."""
     counts = adata.X if layer is None else adata.layers[layer]
     return MatrixRows(counts, adata.obs.copy(), adata.var.copy(), dict(adata.uns), source)
 
 
-def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> HDF5Rows | None:
+def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> H5adRows | HDF5Rows | None:
     """The counts of an ``.h5ad`` as :class:`HDF5Rows`; None when they are stored column-wise
     (CSC) or in a layout this reader does not know (e.g. anndata < 0.7)."""
     from anndata.io import read_elem
@@ -245,7 +269,7 @@ def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> HDF5Rows | None:
         return HDF5Rows(element, element.shape[1], obs, var, uns, str(path))
     if element.attrs.get("encoding-type") != "csr_matrix":
         return None
-    return HDF5Rows(element, len(var), obs, var, uns, str(path))
+    return H5adRows(element, obs, var, uns, str(path))
 
 
 def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
