@@ -86,8 +86,9 @@ def pbmc3k():
     return adata
 
 
-def history(adata, loss: str, loss_params: dict, device: str, epochs: int, seed: int,
-            **model_kwargs):
+def history(
+    adata, loss: str, loss_params: dict, device: str, epochs: int, seed: int, **model_kwargs
+):
     """The per-epoch history of one training run (no early stop within ``epochs``)."""
     from scae import Autoencoder
 
@@ -110,37 +111,53 @@ def deviations(a, b) -> dict[str, float]:
 def check_agreement(args) -> tuple[list[dict], bool]:
     adata = pbmc3k()
     rows, all_agree = [], True
-    print(f"agreement: {args.device} vs {args.reference_device}, {args.epochs} epochs, "
-          f"pbmc3k {adata.n_obs} cells × {adata.n_vars} genes; rtol {args.rtol:g} "
-          f"({', '.join(RELATIVE)}), atol {args.atol:g} ({', '.join(ABSOLUTE)})", flush=True)
+    print(
+        f"agreement: {args.device} vs {args.reference_device}, {args.epochs} epochs, "
+        f"pbmc3k {adata.n_obs} cells × {adata.n_vars} genes; rtol {args.rtol:g} "
+        f"({', '.join(RELATIVE)}), atol {args.atol:g} ({', '.join(ABSOLUTE)})",
+        flush=True,
+    )
     for loss, params in configurations():
         label = loss + "".join(f" {k}={v}" for k, v in params.items())
         runs, seconds = {}, {}
         for device in (args.device, args.reference_device):
             started = time.perf_counter()
-            runs[device] = history(adata, loss, params, device, args.epochs, args.seed,
-                                   dropout=0.0)
+            runs[device] = history(adata, loss, params, device, args.epochs, args.seed, dropout=0.0)
             seconds[device] = time.perf_counter() - started
         a, b = runs[args.device], runs[args.reference_device]
         with_dropout = history(adata, loss, params, args.device, args.epochs, args.seed)
-        finite = all(math.isfinite(v) for h in (a, with_dropout)
-                     for c in RELATIVE + ABSOLUTE for v in h[c])
+        finite = all(
+            math.isfinite(v) for h in (a, with_dropout) for c in RELATIVE + ABSOLUTE for v in h[c]
+        )
         dev = deviations(a, b)
-        agree = finite and all(dev[c] <= args.rtol for c in RELATIVE) and all(
-            dev[c] <= args.atol for c in ABSOLUTE)
+        agree = (
+            finite
+            and all(dev[c] <= args.rtol for c in RELATIVE)
+            and all(dev[c] <= args.atol for c in ABSOLUTE)
+        )
         all_agree &= agree
-        rows.append({"run": label, "agree": agree, "finite": finite, **dev,
-                     "final_val_loss": {args.device: float(a["val_loss"].iloc[-1]),
-                                        args.reference_device: float(b["val_loss"].iloc[-1]),
-                                        f"{args.device}_default_dropout":
-                                            float(with_dropout["val_loss"].iloc[-1])},
-                     "seconds": seconds})
-        print(f"  {label:<42} {'ok ' if agree else 'NO '} "
-              + "  ".join(f"{c} {dev[c]:.1e}" for c in RELATIVE + ABSOLUTE)
-              + f"  val_loss with default dropout {with_dropout['val_loss'].iloc[-1]:.4g} vs "
-              f"{b['val_loss'].iloc[-1]:.4g} without"
-              + f"  ({seconds[args.device]:.1f} s / {seconds[args.reference_device]:.1f} s)",
-              flush=True)
+        rows.append(
+            {
+                "run": label,
+                "agree": agree,
+                "finite": finite,
+                **dev,
+                "final_val_loss": {
+                    args.device: float(a["val_loss"].iloc[-1]),
+                    args.reference_device: float(b["val_loss"].iloc[-1]),
+                    f"{args.device}_default_dropout": float(with_dropout["val_loss"].iloc[-1]),
+                },
+                "seconds": seconds,
+            }
+        )
+        print(
+            f"  {label:<42} {'ok ' if agree else 'NO '} "
+            + "  ".join(f"{c} {dev[c]:.1e}" for c in RELATIVE + ABSOLUTE)
+            + f"  val_loss with default dropout {with_dropout['val_loss'].iloc[-1]:.4g} vs "
+            f"{b['val_loss'].iloc[-1]:.4g} without"
+            + f"  ({seconds[args.device]:.1f} s / {seconds[args.reference_device]:.1f} s)",
+            flush=True,
+        )
     return rows, all_agree
 
 
@@ -165,27 +182,49 @@ def check_throughput(args) -> dict:
     accelerator = "gpu" if torch.device(args.device).type == "cuda" else "cpu"
     ours, loop, theirs = [], [], []
     for r in range(args.rounds):  # alternating, so both see the same machine
-        ours += _epoch_rates(n_train, fit_epoch_seconds(
-            data, "nb", (128, 128), 256, args.epochs, seed=r, device=args.device))
-        loop += _epoch_rates(n_train, fit_epoch_seconds(
-            data, "nb", (128, 128), 256, args.epochs, seed=r, validation=False,
-            device=args.device))
+        ours += _epoch_rates(
+            n_train,
+            fit_epoch_seconds(data, "nb", (128, 128), 256, args.epochs, seed=r, device=args.device),
+        )
+        loop += _epoch_rates(
+            n_train,
+            fit_epoch_seconds(
+                data,
+                "nb",
+                (128, 128),
+                256,
+                args.epochs,
+                seed=r,
+                validation=False,
+                device=args.device,
+            ),
+        )
         if have_scvi:
-            n_scvi, seconds = scvi_cells_per_second(raw, 256, args.epochs, seed=r,
-                                                    accelerator=accelerator)
+            n_scvi, seconds = scvi_cells_per_second(
+                raw, 256, args.epochs, seed=r, accelerator=accelerator
+            )
             theirs += _epoch_rates(n_scvi, seconds)
-    result = {"data": f"{pre.n_obs} cells × {pre.n_vars} genes", "device": args.device,
-              "scae_cells_per_s": statistics.median(ours),
-              "scae_loop_cells_per_s": statistics.median(loop)}
-    print(f"throughput on {args.device}, NB, {result['data']}: scae "
-          f"{result['scae_cells_per_s']:,.0f} cells/s per epoch incl. validation, "
-          f"{result['scae_loop_cells_per_s']:,.0f} training loop only", flush=True)
+    result = {
+        "data": f"{pre.n_obs} cells × {pre.n_vars} genes",
+        "device": args.device,
+        "scae_cells_per_s": statistics.median(ours),
+        "scae_loop_cells_per_s": statistics.median(loop),
+    }
+    print(
+        f"throughput on {args.device}, NB, {result['data']}: scae "
+        f"{result['scae_cells_per_s']:,.0f} cells/s per epoch incl. validation, "
+        f"{result['scae_loop_cells_per_s']:,.0f} training loop only",
+        flush=True,
+    )
     if theirs:
         result["scvi_cells_per_s"] = statistics.median(theirs)
         result["ratio_loop"] = result["scae_loop_cells_per_s"] / result["scvi_cells_per_s"]
-        print(f"  scvi-tools SCVI on {accelerator}: {result['scvi_cells_per_s']:,.0f} cells/s; "
-              f"scae / scvi-tools, training loop against training loop: "
-              f"{result['ratio_loop']:.2f}×", flush=True)
+        print(
+            f"  scvi-tools SCVI on {accelerator}: {result['scvi_cells_per_s']:,.0f} cells/s; "
+            f"scae / scvi-tools, training loop against training loop: "
+            f"{result['ratio_loop']:.2f}×",
+            flush=True,
+        )
     return result
 
 
@@ -197,12 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rtol", type=float, default=1e-2)
     parser.add_argument("--atol", type=float, default=5e-3)
-    parser.add_argument("--cells", type=int, default=50_000,
-                        help="synthetic cells of the throughput check (default 50k)")
+    parser.add_argument(
+        "--cells",
+        type=int,
+        default=50_000,
+        help="synthetic cells of the throughput check (default 50k)",
+    )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where the synthetic data go (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the synthetic data go (default: a temporary folder)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -210,25 +257,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("scae").setLevel(logging.ERROR)  # a few epochs never "converge"
     for device in (args.device, args.reference_device):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-            print(f"skipped: --device {device} but torch {torch.__version__} sees no CUDA "
-                  "device; run on a GPU machine, or pass --device cpu for a dry run",
-                  file=sys.stderr)
+            print(
+                f"skipped: --device {device} but torch {torch.__version__} sees no CUDA "
+                "device; run on a GPU machine, or pass --device cpu for a dry run",
+                file=sys.stderr,
+            )
             return SKIPPED
     if torch.cuda.is_available():
         print(f"CUDA: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
     started = time.perf_counter()
     rows, agree = check_agreement(args)
-    report = {"device": args.device, "reference_device": args.reference_device,
-              "epochs": args.epochs, "rtol": args.rtol, "atol": args.atol, "runs": rows}
+    report = {
+        "device": args.device,
+        "reference_device": args.reference_device,
+        "epochs": args.epochs,
+        "rtol": args.rtol,
+        "atol": args.atol,
+        "runs": rows,
+    }
     if not args.skip_throughput:
         report["throughput"] = check_throughput(args)
     report["seconds"] = time.perf_counter() - started
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gpu_check.json").write_text(json.dumps(report, indent=1))
     failed = [row["run"] for row in rows if not row["agree"]]
-    print(f"{len(rows) - len(failed)} of {len(rows)} runs agree"
-          + (f"; disagreeing: {', '.join(failed)}" if failed else "")
-          + f"; {report['seconds']:.0f} s; {RESULTS / 'gpu_check.json'}")
+    print(
+        f"{len(rows) - len(failed)} of {len(rows)} runs agree"
+        + (f"; disagreeing: {', '.join(failed)}" if failed else "")
+        + f"; {report['seconds']:.0f} s; {RESULTS / 'gpu_check.json'}"
+    )
     return 0 if agree else 1
 
 

@@ -57,16 +57,24 @@ def preprocessed(config: dict):
     """pbmc3k as the workflow's preprocess job makes it (scripts/preprocess.py)."""
     spec = config["datasets"][DATASET]
     losses = config["losses"]
-    clusters = ("cosine_embedding" in losses
-                and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster")
+    clusters = (
+        "cosine_embedding" in losses
+        and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster"
+    )
     latent = config["model"]["latent_dim"]
     return preprocess_file(
-        REPO / spec["path"], PreprocessParams(**config["preprocess"] | spec.get("preprocess", {})),
-        dataset=DATASET, counts=spec["counts"], transpose=spec.get("transpose", False),
-        label_key=spec["label_key"] or None, mito_prefix=spec["mito_prefix"] or None,
-        clusters=clusters, require_integers=any(loss in COUNT_LOSSES for loss in losses),
-        needs=SizeNeeds(latent_dim=max(latent if isinstance(latent, list) else [latent]),
-                        clusters=clusters),
+        REPO / spec["path"],
+        PreprocessParams(**config["preprocess"] | spec.get("preprocess", {})),
+        dataset=DATASET,
+        counts=spec["counts"],
+        transpose=spec.get("transpose", False),
+        label_key=spec["label_key"] or None,
+        mito_prefix=spec["mito_prefix"] or None,
+        clusters=clusters,
+        require_integers=any(loss in COUNT_LOSSES for loss in losses),
+        needs=SizeNeeds(
+            latent_dim=max(latent if isinstance(latent, list) else [latent]), clusters=clusters
+        ),
     )
 
 
@@ -75,8 +83,10 @@ def model_settings(config: dict) -> dict:
     settings = {k: v for k, v in config["model"].items() if k != "reference_rank"}
     latent = settings["latent_dim"]
     ranks = latent if isinstance(latent, list) else [latent]
-    return settings | {"latent_dim": config["model"].get("reference_rank") or max(ranks),
-                       "hidden": tuple(settings["hidden"])}
+    return settings | {
+        "latent_dim": config["model"].get("reference_rank") or max(ranks),
+        "hidden": tuple(settings["hidden"]),
+    }
 
 
 def recording_fit(fit, histories: list[list[dict]]):
@@ -105,12 +115,15 @@ def reported(history: list[dict], column: str) -> dict[int, float]:
     return values
 
 
-def replay(curves: list[dict[int, float]], failed: list[bool], maximize: bool,
-           pruner: optuna.pruners.BasePruner) -> list[int | None]:
+def replay(
+    curves: list[dict[int, float]],
+    failed: list[bool],
+    maximize: bool,
+    pruner: optuna.pruners.BasePruner,
+) -> list[int | None]:
     """The epoch after which ``pruner`` would have stopped each trial of a run that pruned
     nothing (None: it runs to its end, or failed as it did), the trials taken in order."""
-    study = optuna.create_study(direction="maximize" if maximize else "minimize",
-                                pruner=pruner)
+    study = optuna.create_study(direction="maximize" if maximize else "minimize", pruner=pruner)
     stops = []
     for curve, fail in zip(curves, failed, strict=True):
         trial, stop = study.ask(), None
@@ -137,10 +150,12 @@ def epochs_list(epochs) -> str:
 def run(adata, config: dict, loss: str, pruner: str, n_trials: int, max_epochs: int) -> dict:
     settings = model_settings(config)
     model = Autoencoder(adata, loss, config["loss_params"].get(loss, {}), **settings)
-    train = TrainParams(**{k: v for k, v in config["train"].items()
-                           if k not in ("threads", "device")})
+    train = TrainParams(
+        **{k: v for k, v in config["train"].items() if k not in ("threads", "device")}
+    )
     params = TuneParams.from_config(
-        config["tune"] | {"n_trials": n_trials, "max_epochs": max_epochs, "pruner": pruner})
+        config["tune"] | {"n_trials": n_trials, "max_epochs": max_epochs, "pruner": pruner}
+    )
     histories: list[list[dict]] = []
     fit = scae.train.tune.fit
     scae.train.tune.fit = recording_fit(fit, histories)
@@ -153,21 +168,33 @@ def run(adata, config: dict, loss: str, pruner: str, n_trials: int, max_epochs: 
     OUT.mkdir(parents=True, exist_ok=True)
     trials.to_csv(OUT / f"{loss}_{pruner}.tsv", sep="\t", index=False)
     pd.concat([pd.DataFrame(rows).assign(trial=i) for i, rows in enumerate(histories)]).to_csv(
-        OUT / f"{loss}_{pruner}_history.tsv", sep="\t", index=False)
+        OUT / f"{loss}_{pruner}_history.tsv", sep="\t", index=False
+    )
     winner = trials.set_index("trial").loc[best["trial"]]
     history = pd.DataFrame(histories[best["trial"]]).set_index("epoch")
     pruned = trials["pruned_at"].dropna()
     column, maximize = CRITERIA[params.criterion]
     return {
-        "loss": loss, "pruner": pruner, "trials": trials, "seconds": seconds,
-        "curves": [reported(h, column) for h in histories], "maximize": maximize,
+        "loss": loss,
+        "pruner": pruner,
+        "trials": trials,
+        "seconds": seconds,
+        "curves": [reported(h, column) for h in histories],
+        "maximize": maximize,
         "row": [
-            loss, pruner, best["trial"], f"{winner['learning_rate']:.2e}",
-            int(winner["batch_size"]), winner["hidden"], f"{winner['dropout']:.3f}",
-            int(winner["best_epoch"]), f"{best['score']:.5f}",
+            loss,
+            pruner,
+            best["trial"],
+            f"{winner['learning_rate']:.2e}",
+            int(winner["batch_size"]),
+            winner["hidden"],
+            f"{winner['dropout']:.3f}",
+            int(winner["best_epoch"]),
+            f"{best['score']:.5f}",
             f"{history.loc[winner['best_epoch'], 'val_centred_cosine']:.4f}",
             f"{len(pruned)}" + (f": {epochs_list(pruned)}" if len(pruned) else ""),
-            int(trials["converged"].eq(False).sum()), int(trials["epochs"].sum()),
+            int(trials["converged"].eq(False).sum()),
+            int(trials["epochs"].sum()),
             f"{seconds / 60:.1f}",
         ],
     }
@@ -192,15 +219,32 @@ def main() -> None:
     keep_freed_memory()
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     adata = preprocessed(config)
-    Autoencoder.setup_anndata(adata, layer="counts",
-                              labels_key=config["datasets"][DATASET]["label_key"] or None)
-    print(f"# tune.pruner on {DATASET} ({adata.n_obs} cells x {adata.n_vars} genes): "
-          f"{args.n_trials} trials, tune.max_epochs {args.max_epochs}, criterion "
-          f"{config['tune']['criterion']}, train.patience {config['train']['patience']}, "
-          "1 torch thread, CPU\n", flush=True)
-    header = ["loss", "pruner", "winner", "learning_rate", "batch_size", "hidden", "dropout",
-              "best epoch", "val score (criterion)", "val_centred_cosine", "pruned: after epoch",
-              "capped still improving", "epochs trained", "wall (min)"]
+    Autoencoder.setup_anndata(
+        adata, layer="counts", labels_key=config["datasets"][DATASET]["label_key"] or None
+    )
+    print(
+        f"# tune.pruner on {DATASET} ({adata.n_obs} cells x {adata.n_vars} genes): "
+        f"{args.n_trials} trials, tune.max_epochs {args.max_epochs}, criterion "
+        f"{config['tune']['criterion']}, train.patience {config['train']['patience']}, "
+        "1 torch thread, CPU\n",
+        flush=True,
+    )
+    header = [
+        "loss",
+        "pruner",
+        "winner",
+        "learning_rate",
+        "batch_size",
+        "hidden",
+        "dropout",
+        "best epoch",
+        "val score (criterion)",
+        "val_centred_cosine",
+        "pruned: after epoch",
+        "capped still improving",
+        "epochs trained",
+        "wall (min)",
+    ]
     print(markdown(header, []), flush=True)
     runs = []
     for loss in args.losses:
@@ -209,16 +253,20 @@ def main() -> None:
             runs.append(result)
             print("| " + " | ".join(map(str, result["row"])) + " |", flush=True)
             logger.info("%s / %s trials:\n%s", loss, pruner, result["trials"].to_string())
-    rules = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3,
-                                                           n_warmup_steps=5),
-             "endpoint": EndpointPruner, "endpoint x2": lambda: EndpointPruner(2.0)}
+    rules = {
+        "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5),
+        "endpoint": EndpointPruner,
+        "endpoint x2": lambda: EndpointPruner(2.0),
+    }
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the replays' trials
     rows = []
     for result in (r for r in runs if r["pruner"] == "none"):
         curves, maximize = result["curves"], result["maximize"]
         failed = (result["trials"]["state"] == "fail").tolist()
-        finals = pd.Series([c[max(c)] for c, fail in zip(curves, failed) if not fail],
-                           index=[i for i, fail in enumerate(failed) if not fail])
+        finals = pd.Series(
+            [c[max(c)] for c, fail in zip(curves, failed) if not fail],
+            index=[i for i, fail in enumerate(failed) if not fail],
+        )
         order = finals.sort_values(ascending=not maximize).index.tolist()
         total = sum(len(c) for c in curves)
         for name, make in rules.items():
@@ -226,19 +274,46 @@ def main() -> None:
             kept = [i for i in order if stops[i] is None]
             best_kept = kept[0]
             trained = sum(len(c) if stop is None else stop for c, stop in zip(curves, stops))
-            stopped = [f"{i}@{stop} (rank {order.index(i) + 1})"
-                       for i, stop in enumerate(stops) if stop is not None]
-            rows.append([result["loss"], name, len(stopped), ", ".join(stopped) or "-",
-                         f"{order[0]}: {'kept' if order[0] in kept else 'PRUNED'}",
-                         (f"{best_kept} (rank {order.index(best_kept) + 1}, "
-                          f"{finals[best_kept]:.5f} vs {finals[order[0]]:.5f})"),
-                         f"{1 - trained / total:.0%}"])
+            stopped = [
+                f"{i}@{stop} (rank {order.index(i) + 1})"
+                for i, stop in enumerate(stops)
+                if stop is not None
+            ]
+            rows.append(
+                [
+                    result["loss"],
+                    name,
+                    len(stopped),
+                    ", ".join(stopped) or "-",
+                    f"{order[0]}: {'kept' if order[0] in kept else 'PRUNED'}",
+                    (
+                        f"{best_kept} (rank {order.index(best_kept) + 1}, "
+                        f"{finals[best_kept]:.5f} vs {finals[order[0]]:.5f})"
+                    ),
+                    f"{1 - trained / total:.0%}",
+                ]
+            )
     if rows:
         print("\n## Replayed on the trials of the `none` run (each trained to its end)\n")
-        print("trial@epoch it would be stopped after, and that trial's rank by end-point score "
-              "among the run's trials (1 = best).\n")
-        print(markdown(["loss", "rule", "stopped", "trial@epoch (end-point rank)",
-                        "none's winner", "best trial kept", "epochs saved"], rows), flush=True)
+        print(
+            "trial@epoch it would be stopped after, and that trial's rank by end-point score "
+            "among the run's trials (1 = best).\n"
+        )
+        print(
+            markdown(
+                [
+                    "loss",
+                    "rule",
+                    "stopped",
+                    "trial@epoch (end-point rank)",
+                    "none's winner",
+                    "best trial kept",
+                    "epochs saved",
+                ],
+                rows,
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -63,27 +63,35 @@ class Report:
     def add(self, *args, **kwargs) -> None:
         row = Row(*args, **kwargs)
         self.rows.append(row)
-        print(f"  {row.section:<11} {row.metric:<44} {row.value:>16}  {row.target:<12} "
-              f"{row.verdict()}", flush=True)
+        print(
+            f"  {row.section:<11} {row.metric:<44} {row.value:>16}  {row.target:<12} "
+            f"{row.verdict()}",
+            flush=True,
+        )
 
     def markdown(self) -> str:
         lines = ["| section | metric | value | target | met |", "|---|---|---|---|---|"]
-        lines += [f"| {r.section} | {r.metric} | {r.value} | {r.target} | {r.verdict()} |"
-                  for r in self.rows]
+        lines += [
+            f"| {r.section} | {r.metric} | {r.value} | {r.target} | {r.verdict()} |"
+            for r in self.rows
+        ]
         return "\n".join(lines)
 
     def tsv(self) -> str:
         lines = ["section\tmetric\tvalue\ttarget\tmet\tnote"]
-        lines += [f"{r.section}\t{r.metric}\t{r.value}\t{r.target}\t{r.verdict()}\t{r.note}"
-                  for r in self.rows]
+        lines += [
+            f"{r.section}\t{r.metric}\t{r.value}\t{r.target}\t{r.verdict()}\t{r.note}"
+            for r in self.rows
+        ]
         return "\n".join(lines) + "\n"
 
 
 # --- shared helpers ---------------------------------------------------------------------------
 
 
-def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0, n_genes: int = 2000,
-                   depth: float | None = None) -> Path:
+def synthetic_h5ad(
+    path: Path, n_cells: int, seed: int = 0, n_genes: int = 2000, depth: float | None = None
+) -> Path:
     """Seeded synthetic counts (scae.data.synthetic, written block by block), cached by file name;
     ``depth``: median UMIs per cell (default: the generator's, 550 over 2000 genes)."""
     from scae.data.synthetic import SyntheticParams, write_synthetic
@@ -91,10 +99,14 @@ def synthetic_h5ad(path: Path, n_cells: int, seed: int = 0, n_genes: int = 2000,
     if not path.exists():
         started = time.perf_counter()
         shape = {"n_cells": n_cells, "n_genes": n_genes, "seed": seed}
-        write_synthetic(path, SyntheticParams(**shape, **({"median_library": depth}
-                                                           if depth else {})))
-        print(f"  (generated {n_cells:,} × {n_genes:,} synthetic cells in "
-              f"{time.perf_counter() - started:.0f} s)", flush=True)
+        write_synthetic(
+            path, SyntheticParams(**shape, **({"median_library": depth} if depth else {}))
+        )
+        print(
+            f"  (generated {n_cells:,} × {n_genes:,} synthetic cells in "
+            f"{time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
     return path
 
 
@@ -106,15 +118,22 @@ def preprocessed_synthetic(n_cells: int, workdir: Path):
     from scae.data.preprocess import preprocess
 
     raw = ad.read_h5ad(synthetic_h5ad(workdir / f"synthetic_{n_cells}.h5ad", n_cells))
-    params = PreprocessParams(min_genes=0, min_cells=0, max_pct_mito=100.0,
-                              n_top_genes=raw.n_vars)
-    return raw, preprocess(raw, params, dataset="synthetic", label_key="cell_type",
-                           mito_prefix=None)
+    params = PreprocessParams(min_genes=0, min_cells=0, max_pct_mito=100.0, n_top_genes=raw.n_vars)
+    return raw, preprocess(
+        raw, params, dataset="synthetic", label_key="cell_type", mito_prefix=None
+    )
 
 
-def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
-                      seed: int = 0, validation: bool = True, device: str = "cpu"
-                      ) -> list[float]:
+def fit_epoch_seconds(
+    data,
+    loss: str,
+    hidden,
+    batch_size: int,
+    epochs: int,
+    seed: int = 0,
+    validation: bool = True,
+    device: str = "cpu",
+) -> list[float]:
     """Train with scae.train.fit on ``device``; the seconds of every epoch (see
     ``_epoch_rates``).
 
@@ -131,19 +150,28 @@ def fit_epoch_seconds(data, loss: str, hidden, batch_size: int, epochs: int,
 
     if not validation:
         real = scae.train.trainer.evaluate_split
-        scae.train.trainer.evaluate_split = lambda *args, **kwargs: {"val_loss": 0.0,
-                                                                     "val_cosine": 0.0}
+        scae.train.trainer.evaluate_split = lambda *args, **kwargs: {
+            "val_loss": 0.0,
+            "val_cosine": 0.0,
+        }
         try:
-            return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed,
-                                     device=device)
+            return fit_epoch_seconds(data, loss, hidden, batch_size, epochs, seed, device=device)
         finally:
             scae.train.trainer.evaluate_split = real
 
     spec = get_loss(loss)
-    params = ModelParams(n_genes=data.n_genes, hidden=tuple(hidden), latent_dim=32,
-                         dropout=0.1, batch_norm=True, output=spec.output, dispersion="gene")
-    train = TrainParams(batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs,
-                        patience=epochs + 1)
+    params = ModelParams(
+        n_genes=data.n_genes,
+        hidden=tuple(hidden),
+        latent_dim=32,
+        dropout=0.1,
+        batch_norm=True,
+        output=spec.output,
+        dispersion="gene",
+    )
+    train = TrainParams(
+        batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs, patience=epochs + 1
+    )
     result = fit(data, spec, {}, params, train, seed=seed, device=torch.device(device))
     return list(result.history["seconds"])
 
@@ -181,8 +209,9 @@ def gemm_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
 # --- 1. throughput vs scvi-tools -------------------------------------------------------------
 
 
-def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0,
-                          accelerator: str = "cpu"):
+def scvi_cells_per_second(
+    raw, batch_size: int, epochs: int, seed: int = 0, accelerator: str = "cpu"
+):
     """scvi-tools SCVI at the matched architecture: (training cells, seconds of each epoch).
     No validation pass (scvi-tools' default), unlike ours. ``accelerator``: Lightning's
     (``"cpu"`` or ``"gpu"``)."""
@@ -204,14 +233,30 @@ def scvi_cells_per_second(raw, batch_size: int, epochs: int, seed: int = 0,
     scvi.settings.seed = seed
     adata = raw.copy()
     scvi.model.SCVI.setup_anndata(adata)
-    model = scvi.model.SCVI(adata, n_hidden=128, n_latent=32, n_layers=2, dropout_rate=0.1,
-                            gene_likelihood="nb", dispersion="gene")
+    model = scvi.model.SCVI(
+        adata,
+        n_hidden=128,
+        n_latent=32,
+        n_layers=2,
+        dropout_rate=0.1,
+        gene_likelihood="nb",
+        dispersion="gene",
+    )
     timer = EpochTimer()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.train(max_epochs=epochs, batch_size=batch_size, accelerator=accelerator, devices=1,
-                    train_size=0.9, early_stopping=False, enable_progress_bar=False,
-                    logger=False, callbacks=[timer], enable_model_summary=False)
+        model.train(
+            max_epochs=epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=1,
+            train_size=0.9,
+            early_stopping=False,
+            enable_progress_bar=False,
+            logger=False,
+            callbacks=[timer],
+            enable_model_summary=False,
+        )
     return len(model.train_indices), timer.seconds
 
 
@@ -237,73 +282,124 @@ def section_throughput(report: Report, args, workdir: Path) -> None:
         have_scvi = False
         print("  scvi-tools is not installed (pip install -e '.[bench]'); measuring ours only")
     n_train = len(data.rows("train"))
-    report.details["throughput"] = {"data": f"{pre.n_obs} cells × {pre.n_vars} genes",
-                                    "epochs_per_run": epochs, "rounds": rounds}
+    report.details["throughput"] = {
+        "data": f"{pre.n_obs} cells × {pre.n_vars} genes",
+        "epochs_per_run": epochs,
+        "rounds": rounds,
+    }
     for threads in args.threads:
         # per-epoch cells/s, epoch 1 of every run left out
         ours, loop, torch_adam, theirs = [], [], [], []
         for r in range(rounds):  # alternate, so all see the same machine load
             torch.set_num_threads(threads)
-            ours += _epoch_rates(n_train, fit_epoch_seconds(
-                data, "nb", (128, 128), 256, epochs, seed=r))
-            loop += _epoch_rates(n_train, fit_epoch_seconds(
-                data, "nb", (128, 128), 256, epochs, seed=r, validation=False))
+            ours += _epoch_rates(
+                n_train, fit_epoch_seconds(data, "nb", (128, 128), 256, epochs, seed=r)
+            )
+            loop += _epoch_rates(
+                n_train,
+                fit_epoch_seconds(data, "nb", (128, 128), 256, epochs, seed=r, validation=False),
+            )
             with library_path("adam"):
-                torch_adam += _epoch_rates(n_train, fit_epoch_seconds(
-                    data, "nb", (128, 128), 256, epochs, seed=r, validation=False))
+                torch_adam += _epoch_rates(
+                    n_train,
+                    fit_epoch_seconds(
+                        data, "nb", (128, 128), 256, epochs, seed=r, validation=False
+                    ),
+                )
             if have_scvi:
                 torch.set_num_threads(threads)
                 n_scvi, seconds = scvi_cells_per_second(raw, 256, epochs, seed=r)
                 theirs += _epoch_rates(n_scvi, seconds)
-            print(f"    {threads} thr., round {r + 1}: medians so far: ours "
-                  f"{statistics.median(ours):,.0f} cells/s, training loop only "
-                  f"{statistics.median(loop):,.0f}"
-                  + (f", scvi-tools {statistics.median(theirs):,.0f}" if have_scvi else ""),
-                  flush=True)
+            print(
+                f"    {threads} thr., round {r + 1}: medians so far: ours "
+                f"{statistics.median(ours):,.0f} cells/s, training loop only "
+                f"{statistics.median(loop):,.0f}"
+                + (f", scvi-tools {statistics.median(theirs):,.0f}" if have_scvi else ""),
+                flush=True,
+            )
         report.details["throughput"][f"{threads}_threads"] = {
-            "ours": ours, "ours_loop": loop, "ours_loop_torch_adam": torch_adam,
-            "scvi": theirs}
+            "ours": ours,
+            "ours_loop": loop,
+            "ours_loop_torch_adam": torch_adam,
+            "scvi": theirs,
+        }
         section = f"throughput {threads}t"
         if threads == args.threads[0]:
             density = pre.X.nnz / (pre.n_obs * pre.n_vars)
-            report.add(section, "data: synthetic cells × genes, density",
-                       f"{pre.n_obs:,} × {pre.n_vars:,}, {density:.1%}")
-        report.add(section, "scae NB, cells/s, epoch incl. its validation",
-                   f"{statistics.median(ours):,.0f}", note=f"best epoch {max(ours):,.0f}")
-        report.add(section, "scae NB, cells/s, training loop only",
-                   f"{statistics.median(loop):,.0f}", note=f"best epoch {max(loop):,.0f}")
+            report.add(
+                section,
+                "data: synthetic cells × genes, density",
+                f"{pre.n_obs:,} × {pre.n_vars:,}, {density:.1%}",
+            )
+        report.add(
+            section,
+            "scae NB, cells/s, epoch incl. its validation",
+            f"{statistics.median(ours):,.0f}",
+            note=f"best epoch {max(ours):,.0f}",
+        )
+        report.add(
+            section,
+            "scae NB, cells/s, training loop only",
+            f"{statistics.median(loop):,.0f}",
+            note=f"best epoch {max(loop):,.0f}",
+        )
         gain = statistics.median(loop) / statistics.median(torch_adam) - 1
-        report.add(section, "FusedAdam vs torch.optim.Adam(fused=True), loop",
-                   f"{gain:+.1%}", note=f"torch's: {statistics.median(torch_adam):,.0f} cells/s")
+        report.add(
+            section,
+            "FusedAdam vs torch.optim.Adam(fused=True), loop",
+            f"{gain:+.1%}",
+            note=f"torch's: {statistics.median(torch_adam):,.0f} cells/s",
+        )
         if have_scvi:
-            report.add(section, "scvi-tools SCVI NB, cells/s (trains without validation)",
-                       f"{statistics.median(theirs):,.0f}", note=f"best epoch {max(theirs):,.0f}")
+            report.add(
+                section,
+                "scvi-tools SCVI NB, cells/s (trains without validation)",
+                f"{statistics.median(theirs):,.0f}",
+                note=f"best epoch {max(theirs):,.0f}",
+            )
             ratio = statistics.median(loop) / statistics.median(theirs)
             target = THROUGHPUT_TARGETS.get(threads, 3.0)
-            report.add(section, "ratio scae / scvi-tools, like for like", f"{ratio:.2f}×",
-                       f"≥ {target:g}×", ratio >= target)
+            report.add(
+                section,
+                "ratio scae / scvi-tools, like for like",
+                f"{ratio:.2f}×",
+                f"≥ {target:g}×",
+                ratio >= target,
+            )
             with_val = statistics.median(ours) / statistics.median(theirs)
             report.add(section, "ratio counting scae's validation pass", f"{with_val:.2f}×")
     start = optimizer_start_seconds()
     report.details["throughput"]["optimizer_start_s"] = start
-    report.add("throughput", "first optimizer in a fresh process, s: FusedAdam | torch",
-               " | ".join(f"{v:.2f}" for v in start.values()),
-               note="paid once per training job")
+    report.add(
+        "throughput",
+        "first optimizer in a fresh process, s: FusedAdam | torch",
+        " | ".join(f"{v:.2f}" for v in start.values()),
+        note="paid once per training job",
+    )
 
 
 def optimizer_start_seconds(repeats: int = 5) -> dict[str, float]:
     """Median seconds a fresh process spends building its first optimizer, per kind: torch's
     constructor imports torch._dynamo once per process, i.e. once per training job."""
-    code = ("import time, torch; from scae.module._kernels import FusedAdam; "
-            "p = [torch.zeros(8, requires_grad=True)]; t = time.perf_counter(); "
-            "{} ; print(time.perf_counter() - t)")
-    kinds = {"FusedAdam": "FusedAdam(p, lr=1e-3)",
-             "torch.optim.Adam(fused=True)": "torch.optim.Adam(p, lr=1e-3, fused=True)"}
+    code = (
+        "import time, torch; from scae.module._kernels import FusedAdam; "
+        "p = [torch.zeros(8, requires_grad=True)]; t = time.perf_counter(); "
+        "{} ; print(time.perf_counter() - t)"
+    )
+    kinds = {
+        "FusedAdam": "FusedAdam(p, lr=1e-3)",
+        "torch.optim.Adam(fused=True)": "torch.optim.Adam(p, lr=1e-3, fused=True)",
+    }
     seconds = {kind: [] for kind in kinds}
     for _ in range(repeats):
         for kind, build in kinds.items():
-            out = subprocess.run([sys.executable, "-c", code.format(build)], cwd=REPO,
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, "-c", code.format(build)],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             seconds[kind].append(float(out.split()[-1]))
     return {kind: statistics.median(values) for kind, values in seconds.items()}
 
@@ -315,8 +411,9 @@ def _epoch_rates(n_cells: int, seconds: list[float]) -> list[float]:
 # --- 2. FLOP/s of MSE training ---------------------------------------------------------------
 
 
-def linear_layers_gflops(n_genes: int, hidden, latent: int, batch: int, repeats: int = 30
-                         ) -> list[float]:
+def linear_layers_gflops(
+    n_genes: int, hidden, latent: int, batch: int, repeats: int = 30
+) -> list[float]:
     """Model GFLOP/s of the same Linear layers alone (forward and backward, nothing else), one
     rate per repeat: the ceiling these GEMM shapes allow, without batch norm, dropout, loss or
     optimizer."""
@@ -342,8 +439,9 @@ def linear_layers_gflops(n_genes: int, hidden, latent: int, batch: int, repeats:
     return [batch * model_flops_per_cell(n_genes, hidden, latent) / t / 1e9 for t in times]
 
 
-def anchor_cells_per_second(data, hidden, latent: int, batch_size: int, epochs: int,
-                            seed: int = 0) -> list[float]:
+def anchor_cells_per_second(
+    data, hidden, latent: int, batch_size: int, epochs: int, seed: int = 0
+) -> list[float]:
     """The issue's anchor, in this process: a plain dense torch MSE autoencoder with the same
     Linear layers (ReLU between them; no batch norm, dropout or validation), ``nn.MSELoss``
     and ``torch.optim.Adam``, the training cells held as one dense tensor. Cells/s of epochs
@@ -405,8 +503,9 @@ def section_flops(report: Report, args, workdir: Path) -> None:
     measurements = {
         "scae": lambda batch: scae_rates(batch, validation=False),
         "scae_validated": lambda batch: scae_rates(batch, validation=True),
-        "anchor": lambda batch: [rate * flops / 1e9 for rate in
-                                 anchor_cells_per_second(data, hidden, 32, batch, epochs)],
+        "anchor": lambda batch: [
+            rate * flops / 1e9 for rate in anchor_cells_per_second(data, hidden, 32, batch, epochs)
+        ],
         "linear_only": lambda batch: linear_layers_gflops(n_genes, hidden, 32, batch),
     }
     for threads in args.threads:
@@ -430,31 +529,57 @@ def section_flops(report: Report, args, workdir: Path) -> None:
                     fractions[batch][name] += [r / max(peaks[-2:]) for r in measured]
         peak = max(peaks)
         report.details["flops"][f"{threads}_threads"] = {
-            "gemm_gflops": peaks, "gflops": rates, "fraction_of_peak_beside": fractions}
-        report.add(section, f"torch 2048³ GEMM peak, GFLOP/s: best of {len(peaks)} samples "
-                   "(median, lowest)",
-                   f"{peak:.0f} ({statistics.median(peaks):.0f}, {min(peaks):.0f})")
+            "gemm_gflops": peaks,
+            "gflops": rates,
+            "fraction_of_peak_beside": fractions,
+        }
+        report.add(
+            section,
+            f"torch 2048³ GEMM peak, GFLOP/s: best of {len(peaks)} samples (median, lowest)",
+            f"{peak:.0f} ({statistics.median(peaks):.0f}, {min(peaks):.0f})",
+        )
         for batch in BATCH_SIZES:
             best = {name: max(r) / peak for name, r in rates[batch].items()}
             beside = {name: statistics.median(f) for name, f in fractions[batch].items()}
             default = " (workflow default)" if batch == 128 else ""
-            report.add(section, f"batch {batch}{default}: scae MSE training loop, cells/s "
-                       "(best epoch, median)",
-                       f"{max(rates[batch]['scae']) * 1e9 / flops:,.0f}, "
-                       f"{statistics.median(rates[batch]['scae']) * 1e9 / flops:,.0f}")
-            report.add(section, "  model FLOP/s (6 × weights / cell), % of peak: best epoch "
-                       "vs best GEMM", f"{best['scae']:.1%}", "≥ 60 %", best["scae"] >= 0.6)
-            report.add(section, "  the same: median epoch vs the GEMM peak beside it",
-                       f"{beside['scae']:.0%}")
-            report.add(section, "  whole epochs incl. fit's validation pass, % of peak (best, "
-                       "median)", f"{best['scae_validated']:.0%}, {beside['scae_validated']:.0%}")
-            report.add(section, "  plain torch MSE autoencoder (anchor), % of peak (best, "
-                       "median)", f"{best['anchor']:.0%}, {beside['anchor']:.0%}")
-            report.add(section, "  ratio scae / anchor, model FLOP/s (best, median)",
-                       f"{best['scae'] / best['anchor']:.2f}×, "
-                       f"{beside['scae'] / beside['anchor']:.2f}×")
-            report.add(section, "  the Linear layers alone, % of peak (best, median; ceiling)",
-                       f"{best['linear_only']:.0%}, {beside['linear_only']:.0%}")
+            report.add(
+                section,
+                f"batch {batch}{default}: scae MSE training loop, cells/s (best epoch, median)",
+                f"{max(rates[batch]['scae']) * 1e9 / flops:,.0f}, "
+                f"{statistics.median(rates[batch]['scae']) * 1e9 / flops:,.0f}",
+            )
+            report.add(
+                section,
+                "  model FLOP/s (6 × weights / cell), % of peak: best epoch vs best GEMM",
+                f"{best['scae']:.1%}",
+                "≥ 60 %",
+                best["scae"] >= 0.6,
+            )
+            report.add(
+                section,
+                "  the same: median epoch vs the GEMM peak beside it",
+                f"{beside['scae']:.0%}",
+            )
+            report.add(
+                section,
+                "  whole epochs incl. fit's validation pass, % of peak (best, median)",
+                f"{best['scae_validated']:.0%}, {beside['scae_validated']:.0%}",
+            )
+            report.add(
+                section,
+                "  plain torch MSE autoencoder (anchor), % of peak (best, median)",
+                f"{best['anchor']:.0%}, {beside['anchor']:.0%}",
+            )
+            report.add(
+                section,
+                "  ratio scae / anchor, model FLOP/s (best, median)",
+                f"{best['scae'] / best['anchor']:.2f}×, {beside['scae'] / beside['anchor']:.2f}×",
+            )
+            report.add(
+                section,
+                "  the Linear layers alone, % of peak (best, median; ceiling)",
+                f"{best['linear_only']:.0%}, {beside['linear_only']:.0%}",
+            )
 
 
 # --- 3. scaling with the real workflow -------------------------------------------------------
@@ -464,21 +589,37 @@ def read_benchmark(path: Path) -> dict:
     import pandas as pd
 
     row = pd.read_csv(path, sep="\t").iloc[-1]
-    return {"s": float(row["s"]), "cpu_s": float(row["cpu_time"]),
-            "max_rss_mb": float(row["max_rss"])}
+    return {
+        "s": float(row["s"]),
+        "cpu_s": float(row["cpu_time"]),
+        "max_rss_mb": float(row["max_rss"]),
+    }
 
 
-def run_workflow(workdir: Path, configfile: Path, targets: list[str], cores: int = 2,
-                 timeout: int | None = None) -> float:
-    command = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(workdir), "--configfile", str(configfile),
-               "--cores", str(cores), *targets]
+def run_workflow(
+    workdir: Path, configfile: Path, targets: list[str], cores: int = 2, timeout: int | None = None
+) -> float:
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        str(cores),
+        *targets,
+    ]
     started = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - started
     if proc.returncode != 0:
-        raise RuntimeError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return seconds
 
 
@@ -490,8 +631,7 @@ ATLAS_REFERENCE = 100_000
 ATLAS_PREPROCESS_GB, MACHINE_GB = 12, 24
 
 
-def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int,
-                label: str) -> dict:
+def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int, label: str) -> dict:
     """The workflow's preprocess + train (one epoch; the train job also embeds every cell and
     reconstructs the test cells) on ``data``: rows in the report, and the numbers."""
     import yaml
@@ -500,8 +640,9 @@ def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int,
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     config = {
-        "datasets": {name: {"path": str(data), "counts": "X", "label_key": "cell_type",
-                            "mito_prefix": ""}},
+        "datasets": {
+            name: {"path": str(data), "counts": "X", "label_key": "cell_type", "mito_prefix": ""}
+        },
         "preprocess": {"min_genes": 50, "n_top_genes": 2000},
         "losses": ["mse"],
         "seeds": [0],
@@ -514,34 +655,54 @@ def scaling_run(report: Report, workdir: Path, name: str, data: Path, n: int,
     configfile.write_text(yaml.safe_dump(config))
     target = f"results/{name}/k32/models/mse/seed0/model.pt"
     wall = run_workflow(run_dir, configfile, [target], cores=2)
-    rules = {"preprocess": read_benchmark(run_dir / "benchmarks" / name / "preprocess.tsv"),
-             "train": read_benchmark(run_dir / "benchmarks" / name / "k32" / "train" / "mse" /
-                                     "seed0.tsv")}
+    rules = {
+        "preprocess": read_benchmark(run_dir / "benchmarks" / name / "preprocess.tsv"),
+        "train": read_benchmark(
+            run_dir / "benchmarks" / name / "k32" / "train" / "mse" / "seed0.tsv"
+        ),
+    }
     total = sum(r["s"] for r in rules.values())
     for rule, r in rules.items():
-        report.add("scaling", f"{label}: {rule} s / peak RSS GB",
-                   f"{r['s']:.1f} / {r['max_rss_mb'] / 1024:.2f}", f"< {MACHINE_GB} GB",
-                   r["max_rss_mb"] < MACHINE_GB * 1024)
+        report.add(
+            "scaling",
+            f"{label}: {rule} s / peak RSS GB",
+            f"{r['s']:.1f} / {r['max_rss_mb'] / 1024:.2f}",
+            f"< {MACHINE_GB} GB",
+            r["max_rss_mb"] < MACHINE_GB * 1024,
+        )
     report.add("scaling", f"{label}: preprocess + train, µs/cell", f"{total / n * 1e6:.0f}")
     shutil.rmtree(run_dir / "results", ignore_errors=True)  # GBs at 1M cells
-    return {"cells": n, "snakemake_wall_s": wall, "per_cell_s": total / n,
-            **{f"{rule}_{k}": v for rule, r in rules.items() for k, v in r.items()}}
+    return {
+        "cells": n,
+        "snakemake_wall_s": wall,
+        "per_cell_s": total / n,
+        **{f"{rule}_{k}": v for rule, r in rules.items() for k, v in r.items()},
+    }
 
 
 def section_scaling(report: Report, args, workdir: Path) -> None:
-    sizes = args.sizes if args.sizes is not None else (
-        [10_000, 30_000] if args.quick else [10_000, 100_000, 1_000_000])
+    sizes = (
+        args.sizes
+        if args.sizes is not None
+        else ([10_000, 30_000] if args.quick else [10_000, 100_000, 1_000_000])
+    )
     details = {}
     for n in sizes:
         data = synthetic_h5ad(workdir / f"synthetic_{n}.h5ad", n)
-        details[f"syn{n // 1000}k"] = scaling_run(report, workdir, f"syn{n // 1000}k", data, n,
-                                                  f"{n:>9,} cells")
+        details[f"syn{n // 1000}k"] = scaling_run(
+            report, workdir, f"syn{n // 1000}k", data, n, f"{n:>9,} cells"
+        )
     per_cell = {d["cells"]: d["per_cell_s"] for d in details.values()}
     if len(sizes) > 1:
         big, ref = sizes[-1], sizes[-2]
         ratio = per_cell[big] / per_cell[ref]
-        report.add("scaling", f"cost per cell {big // 1000}k / {ref // 1000}k", f"{ratio:.2f}×",
-                   "≤ 1.5×", ratio <= 1.5)
+        report.add(
+            "scaling",
+            f"cost per cell {big // 1000}k / {ref // 1000}k",
+            f"{ratio:.2f}×",
+            "≤ 1.5×",
+            ratio <= 1.5,
+        )
     if args.atlas:
         details["atlas"] = section_atlas(report, args, workdir, per_cell.get(ATLAS_REFERENCE))
     report.details["scaling"] = details
@@ -558,33 +719,60 @@ def section_atlas(report: Report, args, workdir: Path, per_cell_2000: float | No
     sizes = args.atlas_sizes or ([10_000, 50_000] if args.quick else [ATLAS_REFERENCE, n_atlas])
     runs = {}
     for n in sizes:
-        data = synthetic_h5ad(workdir / f"synthetic_{n}x{n_genes}_d{depth:.0f}.h5ad", n,
-                              n_genes=n_genes, depth=depth)
+        data = synthetic_h5ad(
+            workdir / f"synthetic_{n}x{n_genes}_d{depth:.0f}.h5ad", n, n_genes=n_genes, depth=depth
+        )
         with h5py.File(data, "r") as f:
             nnz = f["X/data"].shape[0]
-        report.add("scaling", f"atlas {n:>9,} × {n_genes:,}: non-zeros, per cell",
-                   f"{nnz:.3g}, {nnz / n:,.0f}", note=f"{data.stat().st_size / 2**30:.1f} GB file")
-        run = scaling_run(report, workdir, f"atlas{n // 1000}k", data, n,
-                          f"atlas {n:>9,} × {n_genes:,}")
+        report.add(
+            "scaling",
+            f"atlas {n:>9,} × {n_genes:,}: non-zeros, per cell",
+            f"{nnz:.3g}, {nnz / n:,.0f}",
+            note=f"{data.stat().st_size / 2**30:.1f} GB file",
+        )
+        run = scaling_run(
+            report, workdir, f"atlas{n // 1000}k", data, n, f"atlas {n:>9,} × {n_genes:,}"
+        )
         run["nnz"] = nnz
         runs[n] = run
     big, ref = sizes[-1], sizes[0]
     pre_gb = runs[big]["preprocess_max_rss_mb"] / 1024
     row_gb = max(runs[big]["preprocess_max_rss_mb"], runs[big]["train_max_rss_mb"]) / 1024
-    report.add("scaling", f"atlas {big:,}: preprocess peak RSS GB", f"{pre_gb:.2f}",
-               f"≤ {ATLAS_PREPROCESS_GB} GB", pre_gb <= ATLAS_PREPROCESS_GB)
-    report.add("scaling", f"atlas {big:,}: largest job of the row, peak RSS GB", f"{row_gb:.2f}",
-               f"< {MACHINE_GB} GB", row_gb < MACHINE_GB)
-    report.add("scaling", f"atlas {big:,}: preprocess + 1 epoch + embedding, wall s",
-               f"{runs[big]['preprocess_s'] + runs[big]['train_s']:.0f}",
-               note=f"snakemake wall {runs[big]['snakemake_wall_s']:.0f} s")
+    report.add(
+        "scaling",
+        f"atlas {big:,}: preprocess peak RSS GB",
+        f"{pre_gb:.2f}",
+        f"≤ {ATLAS_PREPROCESS_GB} GB",
+        pre_gb <= ATLAS_PREPROCESS_GB,
+    )
+    report.add(
+        "scaling",
+        f"atlas {big:,}: largest job of the row, peak RSS GB",
+        f"{row_gb:.2f}",
+        f"< {MACHINE_GB} GB",
+        row_gb < MACHINE_GB,
+    )
+    report.add(
+        "scaling",
+        f"atlas {big:,}: preprocess + 1 epoch + embedding, wall s",
+        f"{runs[big]['preprocess_s'] + runs[big]['train_s']:.0f}",
+        note=f"snakemake wall {runs[big]['snakemake_wall_s']:.0f} s",
+    )
     ratio = runs[big]["per_cell_s"] / runs[ref]["per_cell_s"]
-    report.add("scaling", f"atlas cost per cell {big // 1000}k / {ref // 1000}k (same shape)",
-               f"{ratio:.2f}×", "≤ 1.5×", ratio <= 1.5)
+    report.add(
+        "scaling",
+        f"atlas cost per cell {big // 1000}k / {ref // 1000}k (same shape)",
+        f"{ratio:.2f}×",
+        "≤ 1.5×",
+        ratio <= 1.5,
+    )
     if per_cell_2000:
-        report.add("scaling", f"atlas cost per cell {big // 1000}k / the 100k × 2000-gene row",
-                   f"{runs[big]['per_cell_s'] / per_cell_2000:.2f}×",
-                   note="~5× the non-zeros per cell of that row")
+        report.add(
+            "scaling",
+            f"atlas cost per cell {big // 1000}k / the 100k × 2000-gene row",
+            f"{runs[big]['per_cell_s'] / per_cell_2000:.2f}×",
+            note="~5× the non-zeros per cell of that row",
+        )
     return {str(n): run for n, run in runs.items()}
 
 
@@ -602,20 +790,39 @@ def section_workflow(report: Report, args, workdir: Path) -> None:
     for path in (run_dir / "benchmarks").rglob("*.tsv"):
         rule = path.relative_to(run_dir / "benchmarks").parts[1].removesuffix(".tsv")
         by_rule.setdefault(rule, []).append(read_benchmark(path))
-    totals = {rule: {"jobs": len(jobs), "wall_s": sum(j["s"] for j in jobs),
-                     "cpu_s": sum(j["cpu_s"] for j in jobs)} for rule, jobs in by_rule.items()}
+    totals = {
+        rule: {
+            "jobs": len(jobs),
+            "wall_s": sum(j["s"] for j in jobs),
+            "cpu_s": sum(j["cpu_s"] for j in jobs),
+        }
+        for rule, jobs in by_rule.items()
+    }
     report.details["workflow"] = {"wall_s": wall, "rules": totals}
-    report.add("workflow", "default workflow, snakemake --cores 2, minutes", f"{wall / 60:.1f}",
-               "≤ 10", wall <= 600)
+    report.add(
+        "workflow",
+        "default workflow, snakemake --cores 2, minutes",
+        f"{wall / 60:.1f}",
+        "≤ 10",
+        wall <= 600,
+    )
     for rule, total in sorted(totals.items(), key=lambda kv: -kv[1]["wall_s"]):
-        report.add("workflow", f"  {rule}: {total['jobs']} jobs, job-seconds wall / CPU",
-                   f"{total['wall_s']:.0f} / {total['cpu_s']:.0f}")
+        report.add(
+            "workflow",
+            f"  {rule}: {total['jobs']} jobs, job-seconds wall / CPU",
+            f"{total['wall_s']:.0f} / {total['cpu_s']:.0f}",
+        )
     runs = workflow_convergence(run_dir)
     report.details["workflow"]["runs"] = runs.to_dict(orient="records")
     n_bad = int((~runs["converged"]).sum())
-    report.add("workflow", "training runs stopped at max_epochs while improving",
-               f"{n_bad} of {len(runs)}", "0", n_bad == 0,
-               note=f"epochs run {runs['epochs'].min()}-{runs['epochs'].max()}")
+    report.add(
+        "workflow",
+        "training runs stopped at max_epochs while improving",
+        f"{n_bad} of {len(runs)}",
+        "0",
+        n_bad == 0,
+        note=f"epochs run {runs['epochs'].min()}-{runs['epochs'].max()}",
+    )
 
 
 def workflow_convergence(run_dir: Path):
@@ -632,8 +839,7 @@ def workflow_convergence(run_dir: Path):
 # --- 5. where an NB training step's time goes ------------------------------------------------
 
 #: The phases scae.train.train_epoch labels for torch.profiler.
-PHASES = ("scae.batch", "scae.forward", "scae.loss", "scae.backward", "scae.optimizer",
-          "scae.sync")
+PHASES = ("scae.batch", "scae.forward", "scae.loss", "scae.backward", "scae.optimizer", "scae.sync")
 
 
 def profile_epoch(data, threads: int, loss: str, hidden, batch_size: int, seed: int = 0):
@@ -650,8 +856,15 @@ def profile_epoch(data, threads: int, loss: str, hidden, batch_size: int, seed: 
 
     torch.set_num_threads(threads)
     spec = get_loss(loss)
-    params = ModelParams(n_genes=data.n_genes, hidden=tuple(hidden), latent_dim=32,
-                         dropout=0.1, batch_norm=True, output=spec.output, dispersion="gene")
+    params = ModelParams(
+        n_genes=data.n_genes,
+        hidden=tuple(hidden),
+        latent_dim=32,
+        dropout=0.1,
+        batch_norm=True,
+        output=spec.output,
+        dispersion="gene",
+    )
     torch.manual_seed(seed)
     model = AutoencoderModule(params)
     optimizer = adam(model.parameters(), torch.device("cpu"), lr=1e-3, weight_decay=0.0)
@@ -672,8 +885,10 @@ def profile_epoch(data, threads: int, loss: str, hidden, batch_size: int, seed: 
 
 #: What the profile section profiles: the throughput section's NB model at its batch, and the
 #: workflow's default MSE model at its default batch (the flops section's target row).
-PROFILED = {"NB, batch 256, hidden 128-128": ("nb", (128, 128), 256),
-            "MSE, batch 128, hidden 256-128": ("mse", (256, 128), 128)}
+PROFILED = {
+    "NB, batch 256, hidden 128-128": ("nb", (128, 128), 256),
+    "MSE, batch 128, hidden 256-128": ("mse", (256, 128), 128),
+}
 
 
 def section_profile(report: Report, args, workdir: Path) -> None:
@@ -691,18 +906,25 @@ def section_profile(report: Report, args, workdir: Path) -> None:
                     results[threads] = run
         report.details["profile"][name] = {
             t: {"step_ms": r[0] * 1e3, "phases_ms": r[1], "ops_ms": r[2]}
-            for t, r in results.items()}
+            for t, r in results.items()
+        }
         counts = sorted(results)
         one, many = counts[0], counts[-1]
         section = f"profile {loss}"
-        report.add(section, f"{name}: ms/step ({' | '.join(f'{t} thr.' for t in counts)})",
-                   " | ".join(f"{results[t][0] * 1e3:.2f}" for t in counts),
-                   note=f"{results[one][3]} steps per epoch, profiler on")
+        report.add(
+            section,
+            f"{name}: ms/step ({' | '.join(f'{t} thr.' for t in counts)})",
+            " | ".join(f"{results[t][0] * 1e3:.2f}" for t in counts),
+            note=f"{results[one][3]} steps per epoch, profiler on",
+        )
         for phase in PHASES:
             values = [results[t][1].get(phase, 0.0) for t in counts]
-            report.add(section, f"  {phase.removeprefix('scae.')}, ms/step",
-                       " | ".join(f"{v:.2f}" for v in values),
-                       note=f"speed-up {values[0] / values[-1]:.2f}×" if values[-1] else "")
+            report.add(
+                section,
+                f"  {phase.removeprefix('scae.')}, ms/step",
+                " | ".join(f"{v:.2f}" for v in values),
+                note=f"speed-up {values[0] / values[-1]:.2f}×" if values[-1] else "",
+            )
         ops_one, ops_many = results[one][2], results[many][2]
         print(f"\n  {name}: top ops by self CPU ms/step at {one} thread(s), beside {many}:")
         for op in sorted(ops_one, key=ops_one.get, reverse=True)[:16]:
@@ -734,22 +956,37 @@ def section_kernels(report: Report, args, workdir: Path) -> None:
     for kernel, loss in KERNEL_LOSSES.items():
         ours, library = [], []
         for r in range(rounds):
-            ours += _epoch_rates(n_train, fit_epoch_seconds(
-                data, loss, (128, 128), 256, epochs, seed=r, validation=False))
+            ours += _epoch_rates(
+                n_train,
+                fit_epoch_seconds(data, loss, (128, 128), 256, epochs, seed=r, validation=False),
+            )
             with library_path(kernel):
-                library += _epoch_rates(n_train, fit_epoch_seconds(
-                    data, loss, (128, 128), 256, epochs, seed=r, validation=False))
+                library += _epoch_rates(
+                    n_train,
+                    fit_epoch_seconds(
+                        data, loss, (128, 128), 256, epochs, seed=r, validation=False
+                    ),
+                )
         details[kernel] = {"loss": loss, "ours": ours, "library": library}
         gain = statistics.median(ours) / statistics.median(library) - 1
-        report.add(f"kernels {args.threads[-1]}t", f"{kernel} kernel ({loss} loss), loop cells/s",
-                   f"{gain:+.1%}", note=f"{statistics.median(ours):,.0f} vs library path "
-                   f"{statistics.median(library):,.0f}")
+        report.add(
+            f"kernels {args.threads[-1]}t",
+            f"{kernel} kernel ({loss} loss), loop cells/s",
+            f"{gain:+.1%}",
+            note=f"{statistics.median(ours):,.0f} vs library path "
+            f"{statistics.median(library):,.0f}",
+        )
         print(f"    {kernel}: {gain:+.1%}", flush=True)
 
 
-SECTIONS = {"throughput": section_throughput, "kernels": section_kernels, "flops": section_flops,
-            "scaling": section_scaling, "workflow": section_workflow,
-            "profile": section_profile}
+SECTIONS = {
+    "throughput": section_throughput,
+    "kernels": section_kernels,
+    "flops": section_flops,
+    "scaling": section_scaling,
+    "workflow": section_workflow,
+    "profile": section_profile,
+}
 
 
 def machine_description() -> str:
@@ -767,34 +1004,75 @@ def machine_description() -> str:
         size = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
         l2 = f", L2 {size} per core"
     config = torch.__config__.show()
-    blas = next((part.split("=", 1)[1] for part in config.replace(",", " ").split()
-                 if part.startswith("BLAS_INFO=")), "unknown BLAS")
-    backend = next((line.split(":", 1)[1].strip() for line in
-                    torch.__config__.parallel_info().splitlines()
-                    if line.startswith("ATen parallel backend")), "unknown threading")
-    capability = next((line.split(":", 1)[1].strip() for line in config.splitlines()
-                       if "CPU capability usage" in line), "")
-    return (f"{model}, {os.cpu_count()} cores{l2}; torch {torch.__version__} ({blas}, "
-            f"{backend}, {capability or 'default'} kernels); 1-min load "
-            f"{os.getloadavg()[0]:.1f}")
+    blas = next(
+        (
+            part.split("=", 1)[1]
+            for part in config.replace(",", " ").split()
+            if part.startswith("BLAS_INFO=")
+        ),
+        "unknown BLAS",
+    )
+    backend = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in torch.__config__.parallel_info().splitlines()
+            if line.startswith("ATen parallel backend")
+        ),
+        "unknown threading",
+    )
+    capability = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in config.splitlines()
+            if "CPU capability usage" in line
+        ),
+        "",
+    )
+    return (
+        f"{model}, {os.cpu_count()} cores{l2}; torch {torch.__version__} ({blas}, "
+        f"{backend}, {capability or 'default'} kernels); 1-min load "
+        f"{os.getloadavg()[0]:.1f}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="scae performance benchmark")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer rounds")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
-    parser.add_argument("--threads", type=int, nargs="+", default=[2, 1],
-                        help="torch thread counts for throughput and flops (default 2 1)")
-    parser.add_argument("--sizes", type=int, nargs="*", default=None,
-                        help="cell counts of the scaling section's 2000-gene rows (default 10k "
-                             "100k 1M; none: --sizes alone, e.g. for the atlas rows only)")
-    parser.add_argument("--atlas", action="store_true",
-                        help="scaling: add the atlas row, 1,306,127 × 27,998 at 2,000 UMIs/cell "
-                             "beside a 100k reference of that shape (--quick: 10k and 50k)")
-    parser.add_argument("--atlas-sizes", type=int, nargs="+", default=None,
-                        help="cell counts of the atlas-shaped rows (reference first)")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where data and workflow runs go (default: a temporary folder)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[2, 1],
+        help="torch thread counts for throughput and flops (default 2 1)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="cell counts of the scaling section's 2000-gene rows (default 10k "
+        "100k 1M; none: --sizes alone, e.g. for the atlas rows only)",
+    )
+    parser.add_argument(
+        "--atlas",
+        action="store_true",
+        help="scaling: add the atlas row, 1,306,127 × 27,998 at 2,000 UMIs/cell "
+        "beside a 100k reference of that shape (--quick: 10k and 50k)",
+    )
+    parser.add_argument(
+        "--atlas-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="cell counts of the atlas-shaped rows (reference first)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where data and workflow runs go (default: a temporary folder)",
+    )
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="scae-bench-"))
@@ -805,8 +1083,10 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # as the workflow's training jobs do; in-process runs all share it
 
     machine = machine_description()
-    print(f"scae benchmark ({'quick' if args.quick else 'full'}) on {machine}; work in {workdir}",
-          flush=True)
+    print(
+        f"scae benchmark ({'quick' if args.quick else 'full'}) on {machine}; work in {workdir}",
+        flush=True,
+    )
     report = Report()
     report.details["machine"] = machine
     started = time.perf_counter()
@@ -816,8 +1096,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] (1-min load average {loads[-1]:.1f})", flush=True)
         SECTIONS[name](report, args, workdir)
     loads.append(os.getloadavg()[0])
-    report.add("machine", "1-min load average at each section's start, end",
-               " ".join(f"{x:.1f}" for x in loads), note="other processes slow 2-thread runs")
+    report.add(
+        "machine",
+        "1-min load average at each section's start, end",
+        " ".join(f"{x:.1f}" for x in loads),
+        note="other processes slow 2-thread runs",
+    )
     report.details["total_s"] = time.perf_counter() - started
 
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -825,7 +1109,8 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / f"results{suffix}.tsv").write_text(report.tsv())
     (RESULTS / f"results{suffix}.md").write_text(
         f"{machine}; `python bench/run.py{' --quick' if args.quick else ''}`\n\n"
-        f"{report.markdown()}\n")
+        f"{report.markdown()}\n"
+    )
     (RESULTS / f"details{suffix}.json").write_text(json.dumps(report.details, indent=1))
     print()
     print(report.markdown())

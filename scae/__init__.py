@@ -14,8 +14,13 @@ __all__ = ["LOSSES", "Autoencoder", "MCVParams", "PreprocessParams", "preprocess
 
 #: Public name → the module defining it. Imported on first use, so that ``import scae.config``
 #: (Snakemake's parse step, in an env without torch) stays free of torch and scanpy.
-_PUBLIC = {"Autoencoder": "model", "preprocess": "data", "PreprocessParams": "data",
-           "MCVParams": "data", "LOSSES": "module"}
+_PUBLIC = {
+    "Autoencoder": "model",
+    "preprocess": "data",
+    "PreprocessParams": "data",
+    "MCVParams": "data",
+    "LOSSES": "module",
+}
 
 
 def __getattr__(name: str):

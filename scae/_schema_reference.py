@@ -30,10 +30,15 @@ README = REPO / "config" / "README.md"
 #: The default column of a key that has no default, and of one that must be given.
 NO_DEFAULT, REQUIRED = "—", "required"
 #: How each JSON Schema type reads in the page (singular, plural).
-TYPE_NAMES = {"integer": ("integer", "integers"), "number": ("number", "numbers"),
-              "boolean": ("boolean", "booleans"), "string": ("string", "strings"),
-              "null": ("null", "nulls"), "object": ("object", "objects"),
-              "array": ("list", "lists")}
+TYPE_NAMES = {
+    "integer": ("integer", "integers"),
+    "number": ("number", "numbers"),
+    "boolean": ("boolean", "booleans"),
+    "string": ("string", "strings"),
+    "null": ("null", "nulls"),
+    "object": ("object", "objects"),
+    "array": ("list", "lists"),
+}
 #: A number's bounds as JSON Schema states them, and how each reads.
 LOWER = {"minimum": "≥", "exclusiveMinimum": ">"}
 UPPER = {"maximum": "≤", "exclusiveMaximum": "<"}
@@ -103,8 +108,12 @@ def render(schema: dict) -> str:
             summary += f"; allowed: {top.limits}"
         lines += [f"## {top.path}", "", _cell(top.description), "", _cell(summary) + ".", ""]
         if nested:
-            lines += ["| key | type | default | allowed | description |",
-                      "|---|---|---|---|---|", *map(_row, nested), ""]
+            lines += [
+                "| key | type | default | allowed | description |",
+                "|---|---|---|---|---|",
+                *map(_row, nested),
+                "",
+            ]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -113,10 +122,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     stale or a key of ``config/schema.yaml`` has no description (reported either way)."""
     parser = argparse.ArgumentParser(
         prog="python -m scae._schema_reference",
-        description="Generate config/README.md from config/schema.yaml.")
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if config/README.md is stale or a key of "
-                             "the schema has no description")
+        description="Generate config/README.md from config/schema.yaml.",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if config/README.md is stale or a key of "
+        "the schema has no description",
+    )
     args = parser.parse_args(argv)
     schema = load_schema()
     page, missing = render(schema), undescribed(schema)
@@ -134,12 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _walk(root: dict, node: dict, path: str, required: bool) -> Iterator[Key]:
     """The key ``node`` at ``path`` (none for the root), then the keys below it."""
     if path:
-        yield Key(path=path, type=_type_text(node), default=_default_text(node, required),
-                  limits=_limits(node), description=" ".join(node.get("description", "").split()))
+        yield Key(
+            path=path,
+            type=_type_text(node),
+            default=_default_text(node, required),
+            limits=_limits(node),
+            description=" ".join(node.get("description", "").split()),
+        )
     needed = set(node.get("required", []))
     for name, child in node.get("properties", {}).items():
-        yield from _walk(root, _resolve(root, child), f"{path}.{name}" if path else name,
-                         name in needed)
+        yield from _walk(
+            root, _resolve(root, child), f"{path}.{name}" if path else name, name in needed
+        )
     entries = node.get("additionalProperties")
     if isinstance(entries, dict):
         yield from _walk(root, _resolve(root, entries), f"{path}.<name>", required=False)
@@ -227,8 +246,11 @@ def _limits(node: dict) -> str:
     """The allowed column: a number's range, a list's length, uniqueness and item range, a
     mapping's size and entry names (each option's, for ``oneOf``); empty if unconstrained."""
     if "oneOf" in node:
-        return "; ".join(f"{_type_text(option)}: {limits}" for option in node["oneOf"]
-                         if (limits := _limits(option)))
+        return "; ".join(
+            f"{_type_text(option)}: {limits}"
+            for option in node["oneOf"]
+            if (limits := _limits(option))
+        )
     parts = [_bounds(node)]
     low, high = node.get("minItems"), node.get("maxItems")
     if low is not None and low == high:

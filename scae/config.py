@@ -23,8 +23,12 @@ class InputError(ValueError):
 
 
 #: JSON Schema's range keywords, as config/schema.yaml states a number's limits.
-RANGE_KEYWORDS = {"minimum": (operator.ge, ">="), "exclusiveMinimum": (operator.gt, ">"),
-                  "maximum": (operator.le, "<="), "exclusiveMaximum": (operator.lt, "<")}
+RANGE_KEYWORDS = {
+    "minimum": (operator.ge, ">="),
+    "exclusiveMinimum": (operator.gt, ">"),
+    "maximum": (operator.le, "<="),
+    "exclusiveMaximum": (operator.lt, "<"),
+}
 
 
 def check_number(where: str, value: object, limits: dict[str, float], integer: bool) -> None:
@@ -72,8 +76,10 @@ def check_input_path(path: str | Path, dataset: str) -> None:
     except InputError as err:
         raise InputError(f"dataset {dataset!r}: {err}; {fix}") from None
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
-        raise InputError(f"dataset {dataset!r}: {path} is not readable (permission denied); {fix} "
-                         "or make the file readable (chmod a+r)")
+        raise InputError(
+            f"dataset {dataset!r}: {path} is not readable (permission denied); {fix} "
+            "or make the file readable (chmod a+r)"
+        )
     if kind == "<directory>":
         if not any((path / name).exists() for name in ("matrix.mtx.gz", "matrix.mtx")):
             raise InputError(
@@ -111,8 +117,9 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
     """One line for a jsonschema ``ValidationError``: the key, what is wrong, what is allowed."""
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
     where = where.lstrip(".") or "(top level)"
-    allowed_keys = ", ".join(error.schema.get("properties", {})) if isinstance(
-        error.schema, dict) else ""
+    allowed_keys = (
+        ", ".join(error.schema.get("properties", {})) if isinstance(error.schema, dict) else ""
+    )
     if error.validator == "additionalProperties":
         known = set(error.schema.get("properties", {}))
         unknown = ", ".join(repr(k) for k in error.instance if k not in known)
@@ -121,14 +128,17 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
         allowed = ", ".join(map(str, error.validator_value))
         problem = f"{where} = {error.instance!r} is not allowed; allowed values: {allowed}"
     elif error.validator == "type":
-        problem = (f"{where} = {error.instance!r} has the wrong type; expected "
-                   f"{error.validator_value}")
+        problem = (
+            f"{where} = {error.instance!r} has the wrong type; expected {error.validator_value}"
+        )
     elif error.validator == "required":
         problem = f"{where}: {error.message}"
     else:
         problem = f"{where} = {error.instance!r}: {error.message}"
-    return (f"invalid configuration: {problem}; fix it in {configfile} "
-            "(config/schema.yaml lists every key, its type and default)")
+    return (
+        f"invalid configuration: {problem}; fix it in {configfile} "
+        "(config/schema.yaml lists every key, its type and default)"
+    )
 
 
 #: Reference reconstructions evaluated beside every autoencoder

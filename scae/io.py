@@ -41,9 +41,7 @@ def rule_logging(log_path: str | os.PathLike) -> Iterator[logging.Logger]:
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w", buffering=1) as stream:
         handler = logging.StreamHandler(stream)
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logging.captureWarnings(True)
@@ -52,7 +50,8 @@ def rule_logging(log_path: str | os.PathLike) -> Iterator[logging.Logger]:
         sys.stderr = stream
         # Which scheduler job ran this rule: cluster users (and the SLURM test) look here.
         logger.info(
-            "running on %s, SLURM_JOB_ID=%s", os.uname().nodename,
+            "running on %s, SLURM_JOB_ID=%s",
+            os.uname().nodename,
             os.environ.get("SLURM_JOB_ID", "none"),
         )
         try:

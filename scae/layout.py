@@ -28,8 +28,7 @@ def scope(rank: int | None) -> str:
     return SHARED if rank is None else f"k{rank}"
 
 
-def run_file(dataset: str, scope_name: str, kind: str, model: str, run: str, suffix: str
-             ) -> str:
+def run_file(dataset: str, scope_name: str, kind: str, model: str, run: str, suffix: str) -> str:
     """``results/{dataset}/{scope}/{kind}/{model}/{run}{suffix}``."""
     return f"{RESULTS}/{dataset}/{scope_name}/{kind}/{model}/{run}{suffix}"
 

@@ -60,20 +60,26 @@ class SizeNeeds:
         need = self.minimums()
         train = [f"model.latent_dim = {self.latent_dim} needs latent_dim + 1 for PCA at that rank"]
         if self.clusters:
-            train.append(f"negative_sampling: cluster needs {CLUSTER_NEIGHBOURS + 1} for "
-                         "the training-cell neighbour graph")
-        return (f"at least {need['train']} training cells ({'; '.join(train)}), "
-                f"{need['val']} validation cell (early stopping) and {need['test']} test cells "
-                "(library-size quartiles and intervals over cells), and "
-                f"{MIN_GENES} genes (expression deciles)")
+            train.append(
+                f"negative_sampling: cluster needs {CLUSTER_NEIGHBOURS + 1} for "
+                "the training-cell neighbour graph"
+            )
+        return (
+            f"at least {need['train']} training cells ({'; '.join(train)}), "
+            f"{need['val']} validation cell (early stopping) and {need['test']} test cells "
+            "(library-size quartiles and intervals over cells), and "
+            f"{MIN_GENES} genes (expression deciles)"
+        )
 
     def cells_in_all(self, test_fraction: float, val_fraction: float) -> int:
         """About how many cells after QC give every split its minimum (unstratified split)."""
         need = self.minimums()
         train_fraction = 1 - test_fraction - val_fraction
-        return max(math.ceil(need["train"] / train_fraction),
-                   math.ceil((need["test"] - 0.5) / test_fraction),
-                   math.ceil((need["val"] - 0.5) / val_fraction))
+        return max(
+            math.ceil(need["train"] / train_fraction),
+            math.ceil((need["test"] - 0.5) / test_fraction),
+            math.ceil((need["val"] - 0.5) / val_fraction),
+        )
 
     def check_input(self, n_cells: int, n_genes: int, source: str, dataset: str) -> None:
         """Refuse an input too small for any QC and split (``snakemake -n`` calls this)."""
@@ -88,16 +94,22 @@ class SizeNeeds:
             )
 
     def check_split(
-        self, split_sizes: dict[str, int], n_genes: int, dataset: str, qc: str,
-        test_fraction: float, val_fraction: float,
+        self,
+        split_sizes: dict[str, int],
+        n_genes: int,
+        dataset: str,
+        qc: str,
+        test_fraction: float,
+        val_fraction: float,
     ) -> None:
         """Refuse a split (cells per ``train``/``val``/``test`` after QC) or a gene count the
         later stages cannot use; ``qc`` describes the cells QC kept, for the message."""
         need = self.minimums()
-        short = [f"{split_sizes.get(name, 0)} {word} cells (need {need[name]})"
-                 for name, word in (("train", "training"), ("val", "validation"),
-                                    ("test", "test"))
-                 if split_sizes.get(name, 0) < need[name]]
+        short = [
+            f"{split_sizes.get(name, 0)} {word} cells (need {need[name]})"
+            for name, word in (("train", "training"), ("val", "validation"), ("test", "test"))
+            if split_sizes.get(name, 0) < need[name]
+        ]
         if n_genes < MIN_GENES:
             short.append(f"{n_genes} genes after the min_cells filter (need {MIN_GENES})")
         if not short:
@@ -124,8 +136,9 @@ def input_shape(path: str | Path, counts: str = "X") -> tuple[int, int] | None:
                 n_features, n_cells = file["matrix/shape"][:]
                 return int(n_cells), int(n_features)
             element = file[{"X": "X", "raw": "raw/X"}.get(counts, f"layers/{counts}")]
-            shape = element.shape if isinstance(element, h5py.Dataset) else element.attrs.get(
-                "shape")
+            shape = (
+                element.shape if isinstance(element, h5py.Dataset) else element.attrs.get("shape")
+            )
             if shape is None or len(shape) != 2:
                 return None
             return int(shape[0]), int(shape[1])

@@ -12,11 +12,17 @@ from scae.outputs import run_label
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
     data = ad.read_h5ad(sm.input.data)
-    runs = zip(sm.input.embeddings, sm.input.reconstructions, sm.output.metrics,
-               sm.output.per_cell, strict=True)
+    runs = zip(
+        sm.input.embeddings,
+        sm.input.reconstructions,
+        sm.output.metrics,
+        sm.output.per_cell,
+        strict=True,
+    )
     for embedding, reconstruction, metrics_path, per_cell_path in runs:
-        values, per_cell = evaluate_run(data, ad.read_h5ad(reconstruction),
-                                        ad.read_h5ad(embedding), sm.params.label_key or None)
+        values, per_cell = evaluate_run(
+            data, ad.read_h5ad(reconstruction), ad.read_h5ad(embedding), sm.params.label_key or None
+        )
         model = run_label(embedding)
         rows = tidy(
             values,

@@ -1,7 +1,6 @@
 """Snakemake entry point: the per-cell, metric and training-curve figures of one dataset, at
 its reference rank."""
 
-
 import pandas as pd
 
 from scae import layout
@@ -17,8 +16,10 @@ with rule_logging(sm.log[0]):
     for path in sm.input.per_cell:
         per_cell.setdefault(run_label(path), []).append(pd.read_csv(path, sep="\t"))
     per_cell = {name: pd.concat(tables) for name, tables in per_cell.items()}
-    histories = {(run.model, run.seed): pd.read_csv(path, sep="\t")
-                 for path, run in ((p, layout.parse(p)) for p in sm.input.histories)}
+    histories = {
+        (run.model, run.seed): pd.read_csv(path, sep="\t")
+        for path, run in ((p, layout.parse(p)) for p in sm.input.histories)
+    }
     figures = [
         (sm.output.cosine, lambda p: plots.cosine_distributions(per_cell, p)),
         (sm.output.heatmap, lambda p: plots.metric_heatmap(tidy, p)),

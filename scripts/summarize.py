@@ -32,19 +32,29 @@ with rule_logging(sm.log[0]) as log:
         else:
             ranked.setdefault(run.rank, {})[(run.label, run.seed)] = table
     per_cell = {rank: runs | shared for rank, runs in ranked.items()}
-    runs = convergence(read_histories(sm.input.histories), sm.params.max_epochs,
-                       sm.params.patience)
+    runs = convergence(read_histories(sm.input.histories), sm.params.max_epochs, sm.params.patience)
     stats = aggregate(tidy)
     comparisons = rank_comparisons(per_cell, stats, primary, level)
     ranks = rank_table(stats, comparisons, primary)
     summary = wide_summary(tidy, runs)
-    markdown = markdown_summary(tidy, comparisons, sm.wildcards.dataset, primary, runs, level,
-                                preprocess=sm.params.preprocess,
-                                reference_rank=sm.params.reference_rank,
-                                source=sm.params.dataset)
+    markdown = markdown_summary(
+        tidy,
+        comparisons,
+        sm.wildcards.dataset,
+        primary,
+        runs,
+        level,
+        preprocess=sm.params.preprocess,
+        reference_rank=sm.params.reference_rank,
+        source=sm.params.dataset,
+    )
     log.info("\n%s", markdown)
-    for path, frame in [(sm.output.tidy, tidy), (sm.output.summary, summary),
-                        (sm.output.comparisons, comparisons), (sm.output.ranks, ranks)]:
+    for path, frame in [
+        (sm.output.tidy, tidy),
+        (sm.output.summary, summary),
+        (sm.output.comparisons, comparisons),
+        (sm.output.ranks, ranks),
+    ]:
         with atomic_path(path) as tmp:
             frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g")
     with atomic_path(sm.output.markdown) as tmp:

@@ -26,23 +26,49 @@ with rule_logging(sm.log[0]) as log:
     settings, train = dict(sm.params.model), dict(sm.params.train)
     if sm.input.tuned:  # tune.enabled: this loss's settings chosen on validation cells
         settings, train = apply_best(settings, train, yaml.safe_load(open(sm.input.tuned)))
-    model = Autoencoder(adata, sm.wildcards.loss, sm.params.loss_params,
-                        hidden=tuple(settings.pop("hidden")), **settings)
+    model = Autoencoder(
+        adata,
+        sm.wildcards.loss,
+        sm.params.loss_params,
+        hidden=tuple(settings.pop("hidden")),
+        **settings,
+    )
     train.pop("threads")
-    log.info("training %s at rank %s, seed %s, with %d threads: %s", sm.wildcards.loss,
-             sm.wildcards.rank, sm.wildcards.seed, sm.threads, train)
+    log.info(
+        "training %s at rank %s, seed %s, with %d threads: %s",
+        sm.wildcards.loss,
+        sm.wildcards.rank,
+        sm.wildcards.seed,
+        sm.threads,
+        train,
+    )
     model.train(**train, seed=int(sm.wildcards.seed), checkpoint=sm.params.checkpoint)
     model.save(Path(sm.output.model).parent, overwrite=True)  # model.pt and history.tsv
     split = adata.obs["split"].to_numpy()
-    fitted = training_scores(adata.X, lambda rows: model.get_reconstruction(indices=rows),
-                             np.flatnonzero(split == "train"),
-                             adata.var["train_mean"].to_numpy(), adata.var["train_std"].to_numpy())
+    fitted = training_scores(
+        adata.X,
+        lambda rows: model.get_reconstruction(indices=rows),
+        np.flatnonzero(split == "train"),
+        adata.var["train_mean"].to_numpy(),
+        adata.var["train_std"].to_numpy(),
+    )
     test_rows = np.flatnonzero(split == "test")
     # Test cells are read only now: training and model selection never saw them.
-    write_run_outputs(adata, test_rows, model.get_latent_representation(),
-                      model.get_reconstruction(indices=test_rows), sm.output.embedding,
-                      sm.output.reconstruction,
-                      {"model": sm.wildcards.loss, "seed": int(sm.wildcards.seed),
-                       "best_epoch": model.best_epoch, "stopped_by": model.stopped_by,
-                       **model.settings, "tuned": bool(sm.input.tuned), "train_scores": fitted})
+    write_run_outputs(
+        adata,
+        test_rows,
+        model.get_latent_representation(),
+        model.get_reconstruction(indices=test_rows),
+        sm.output.embedding,
+        sm.output.reconstruction,
+        {
+            "model": sm.wildcards.loss,
+            "seed": int(sm.wildcards.seed),
+            "best_epoch": model.best_epoch,
+            "stopped_by": model.stopped_by,
+            **model.settings,
+            "tuned": bool(sm.input.tuned),
+            "train_scores": fitted,
+        },
+    )
     Path(sm.params.checkpoint).unlink(missing_ok=True)

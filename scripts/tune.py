@@ -18,11 +18,20 @@ with rule_logging(sm.log[0]):
     label_key = sm.params.label_key if sm.params.label_key in adata.obs else None
     Autoencoder.setup_anndata(adata, layer="counts", labels_key=label_key)
     settings = dict(sm.params.model)
-    model = Autoencoder(adata, sm.wildcards.loss, sm.params.loss_params,
-                        hidden=tuple(settings.pop("hidden")), **settings)
+    model = Autoencoder(
+        adata,
+        sm.wildcards.loss,
+        sm.params.loss_params,
+        hidden=tuple(settings.pop("hidden")),
+        **settings,
+    )
     train = {k: v for k, v in sm.params.train.items() if k not in ("threads", "device")}
-    trials, best = tune(model, TrainParams(**train), TuneParams.from_config(sm.params.tune),
-                        device=sm.params.train["device"])
+    trials, best = tune(
+        model,
+        TrainParams(**train),
+        TuneParams.from_config(sm.params.tune),
+        device=sm.params.train["device"],
+    )
     with atomic_path(sm.output.trials) as tmp:
         trials.to_csv(tmp, sep="\t", index=False)
     with atomic_path(sm.output.best) as tmp:

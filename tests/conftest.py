@@ -44,8 +44,11 @@ def write_small_workflow_config(
         # converges by patience within 23-55 epochs (measured for every loss, seeds 0-1)
         "train": {"batch_size": 64, "learning_rate": 0.003, "max_epochs": 150, "patience": 5},
         # every loss gets the same small search: 2 trials of at most 10 epochs
-        "tune": {"n_trials": 2, "max_epochs": 10,
-                 "space": {"batch_size": [32, 64], "hidden": [[64], [32]]}},
+        "tune": {
+            "n_trials": 2,
+            "max_epochs": 10,
+            "space": {"batch_size": [32, 64], "hidden": [[64], [32]]},
+        },
     }
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -58,13 +61,22 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1
     import sys
 
     command = [
-        sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(configfile), *extra,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *extra,
     ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
-        pytest.fail(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n"
-                    f"{proc.stderr[-5000:]}")
+        pytest.fail(
+            f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
+        )
     return proc
 
 

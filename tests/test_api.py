@@ -28,8 +28,12 @@ SMALL = {"hidden": (32,), "latent_dim": 4}
 @pytest.fixture(scope="module")
 def adata() -> ad.AnnData:
     """400 real pbmc3k cells, preprocessed with clusters, registered with labels."""
-    pre = scae.preprocess(pbmc_subset(400), scae.PreprocessParams(n_top_genes=200),
-                          label_key="cell_type", clusters=True)
+    pre = scae.preprocess(
+        pbmc_subset(400),
+        scae.PreprocessParams(n_top_genes=200),
+        label_key="cell_type",
+        clusters=True,
+    )
     scae.Autoencoder.setup_anndata(pre, labels_key="cell_type")
     return pre
 
@@ -41,7 +45,7 @@ def trained(adata) -> scae.Autoencoder:
 
 def readme_example() -> str:
     text = (REPO / "README.md").read_text()
-    section = text[text.index("## In a notebook"):]
+    section = text[text.index("## In a notebook") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -80,8 +84,9 @@ def test_workflow_train_job_is_the_api(small_run):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workflow's train.threads: float sums depend on it
     try:
-        model = scae.Autoencoder(adata, "mse", hidden=tuple(model_settings.pop("hidden")),
-                                 **model_settings)
+        model = scae.Autoencoder(
+            adata, "mse", hidden=tuple(model_settings.pop("hidden")), **model_settings
+        )
         model.train(**train_settings, seed=SMALL_RUN_SEEDS[0], device="cpu")
         latent = model.get_latent_representation()
     finally:
@@ -110,8 +115,9 @@ def test_save_load_round_trip_and_new_cells(trained, adata, tmp_path):
     fresh = adata.copy()
     del fresh.uns["_scae_setup"]  # load registers it with the saved setup
     loaded = scae.Autoencoder.load(tmp_path / "m", fresh, device="cpu")
-    np.testing.assert_array_equal(loaded.get_latent_representation(),
-                                  trained.get_latent_representation())
+    np.testing.assert_array_equal(
+        loaded.get_latent_representation(), trained.get_latent_representation()
+    )
     pd.testing.assert_frame_equal(loaded.history, trained.history)
     assert (loaded.best_epoch, loaded.stopped_by) == (trained.best_epoch, trained.stopped_by)
     # new cells: a separate AnnData of 50 of them, embedded with the training cells' scaling
@@ -123,13 +129,17 @@ def test_save_load_round_trip_and_new_cells(trained, adata, tmp_path):
     del new.uns["_scae_setup"], new.uns["scae"]
     scae.Autoencoder.setup_anndata(new, target_sum=1e4)
     new.obs["library_size"] = adata.obs["library_size"].to_numpy()[rows]
-    np.testing.assert_allclose(trained.get_latent_representation(new),
-                               trained.get_latent_representation(indices=rows),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        trained.get_latent_representation(new),
+        trained.get_latent_representation(indices=rows),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_save_writes_atomically(trained, tmp_path, monkeypatch):
     """A save that dies half-way leaves neither file (the workflow's outputs rely on it)."""
+
     def dies(*args, **kwargs):
         raise OSError("disk full")
 
@@ -151,8 +161,9 @@ def test_counts_space_inverts_the_common_space(trained):
     expression = trained.get_reconstruction(indices=np.arange(20))
     counts = trained.get_reconstruction(indices=np.arange(20), space="counts")
     library = trained.adata.obs["library_size"].to_numpy()[:20, None]
-    np.testing.assert_allclose(np.log1p(counts / library * trained.target_sum), expression,
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.log1p(counts / library * trained.target_sum), expression, rtol=1e-4, atol=1e-5
+    )
 
 
 def test_unknown_loss_and_parameter_list_the_valid_ones(adata):
@@ -162,17 +173,26 @@ def test_unknown_loss_and_parameter_list_the_valid_ones(adata):
         scae.Autoencoder(adata, "cosine_embedding", {"margn": 0.5})
 
 
-@pytest.mark.parametrize("loss, params, message", [
-    ("nb", {"dispersion": "cell"}, "dispersion='cell'; choose one of: gene, gene-cell"),
-    ("cosine_embedding", {"negative_sampling": "labels"},
-     "negative_sampling='labels'; choose one of: random, label, cluster"),
-    ("cosine_embedding", {"margin": 1.5}, "margin=1.5; it must be >= -1 and <= 1"),
-    ("cosine_embedding", {"negatives_per_cell": 0}, "negatives_per_cell=0; it must be >= 1"),
-    ("cosine_embedding", {"negatives_per_cell": 2.5},
-     "negatives_per_cell=2.5; it takes an integer"),
-    ("mse_cosine", {"alpha": "0.5"}, "alpha='0.5'; it takes a number"),
-    ("mse_cosine", {"alpha": True}, "it takes a number"),
-])
+@pytest.mark.parametrize(
+    "loss, params, message",
+    [
+        ("nb", {"dispersion": "cell"}, "dispersion='cell'; choose one of: gene, gene-cell"),
+        (
+            "cosine_embedding",
+            {"negative_sampling": "labels"},
+            "negative_sampling='labels'; choose one of: random, label, cluster",
+        ),
+        ("cosine_embedding", {"margin": 1.5}, "margin=1.5; it must be >= -1 and <= 1"),
+        ("cosine_embedding", {"negatives_per_cell": 0}, "negatives_per_cell=0; it must be >= 1"),
+        (
+            "cosine_embedding",
+            {"negatives_per_cell": 2.5},
+            "negatives_per_cell=2.5; it takes an integer",
+        ),
+        ("mse_cosine", {"alpha": "0.5"}, "alpha='0.5'; it takes a number"),
+        ("mse_cosine", {"alpha": True}, "it takes a number"),
+    ],
+)
 def test_out_of_range_parameters_name_what_is_valid(adata, loss, params, message):
     """As the workflow's schema would: a mistyped choice no longer trains silently as another
     (dispersion 'cell' was the per-cell head, sampling 'labels' random negatives)."""
@@ -180,19 +200,23 @@ def test_out_of_range_parameters_name_what_is_valid(adata, loss, params, message
         scae.Autoencoder(adata, loss, params)
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"batch_size": 0}, "train.batch_size=0; it must be >= 2"),
-    ({"batch_size": 1}, "train.batch_size=1; it must be >= 2"),  # batch norm needs 2 cells
-    ({"max_epochs": 0}, "train.max_epochs=0; it must be >= 1"),
-    ({"patience": 0}, "train.patience=0; it must be >= 1"),
-    ({"learning_rate": 0}, "train.learning_rate=0; it must be > 0"),
-    ({"learning_rate": -1e-3}, "train.learning_rate=-0.001; it must be > 0"),
-    ({"lr_factor": 1.0}, "train.lr_factor=1.0; it must be > 0 and < 1"),
-    ({"batch_size": 12.5}, "train.batch_size=12.5; it takes an integer"),
-    ({"max_epochs": True}, "train.max_epochs=True; it takes an integer"),
-])
-def test_training_settings_the_schema_refuses_are_refused_before_any_work(trained, settings,
-                                                                          message):
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"batch_size": 0}, "train.batch_size=0; it must be >= 2"),
+        ({"batch_size": 1}, "train.batch_size=1; it must be >= 2"),  # batch norm needs 2 cells
+        ({"max_epochs": 0}, "train.max_epochs=0; it must be >= 1"),
+        ({"patience": 0}, "train.patience=0; it must be >= 1"),
+        ({"learning_rate": 0}, "train.learning_rate=0; it must be > 0"),
+        ({"learning_rate": -1e-3}, "train.learning_rate=-0.001; it must be > 0"),
+        ({"lr_factor": 1.0}, "train.lr_factor=1.0; it must be > 0 and < 1"),
+        ({"batch_size": 12.5}, "train.batch_size=12.5; it takes an integer"),
+        ({"max_epochs": True}, "train.max_epochs=True; it takes an integer"),
+    ],
+)
+def test_training_settings_the_schema_refuses_are_refused_before_any_work(
+    trained, settings, message
+):
     """They failed deep in training (ZeroDivisionError, a None state dict, batch norm's
     "more than 1 value per channel") or, a negative learning rate, trained uphill silently."""
     before = trained.get_latent_representation()
@@ -201,21 +225,29 @@ def test_training_settings_the_schema_refuses_are_refused_before_any_work(traine
     np.testing.assert_array_equal(trained.get_latent_representation(), before)  # untouched
 
 
-@pytest.mark.parametrize("settings, message", [
-    ({"hidden": (256, 0)}, "model.hidden[]=0; it must be >= 1"),
-    ({"latent_dim": 0}, "model.latent_dim=0; it must be >= 1"),
-    ({"dropout": 1.0}, "model.dropout=1.0; it must be >= 0 and < 1"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"hidden": (256, 0)}, "model.hidden[]=0; it must be >= 1"),
+        ({"latent_dim": 0}, "model.latent_dim=0; it must be >= 1"),
+        ({"dropout": 1.0}, "model.dropout=1.0; it must be >= 0 and < 1"),
+    ],
+)
 def test_architectures_the_schema_refuses_are_refused(adata, settings, message):
     with pytest.raises(InputError, match=re.escape(message)):
         scae.Autoencoder(adata, "mse", **settings)
 
 
 def test_range_check_reads_the_schema_keywords_as_json_schema_does():
-    for value, limits, ok in [(0, {"minimum": 0}, True), (0, {"exclusiveMinimum": 0}, False),
-                              (1, {"maximum": 1}, True), (1, {"exclusiveMaximum": 1}, False),
-                              (0.5, {"exclusiveMinimum": 0, "exclusiveMaximum": 1}, True),
-                              (np.int64(3), {"minimum": 2}, True), (2, {"minimum": 2.5}, False)]:
+    for value, limits, ok in [
+        (0, {"minimum": 0}, True),
+        (0, {"exclusiveMinimum": 0}, False),
+        (1, {"maximum": 1}, True),
+        (1, {"exclusiveMaximum": 1}, False),
+        (0.5, {"exclusiveMinimum": 0, "exclusiveMaximum": 1}, True),
+        (np.int64(3), {"minimum": 2}, True),
+        (2, {"minimum": 2.5}, False),
+    ]:
         if ok:
             check_number("x", value, limits, integer=False)
         else:
@@ -224,8 +256,11 @@ def test_range_check_reads_the_schema_keywords_as_json_schema_does():
 
 
 def test_parameters_on_their_bounds_are_valid(adata):
-    for loss, params in [("cosine_embedding", {"margin": -1.0, "negatives_per_cell": 1}),
-                         ("mse_cosine", {"alpha": 1}), ("nb", {"dispersion": "gene-cell"})]:
+    for loss, params in [
+        ("cosine_embedding", {"margin": -1.0, "negatives_per_cell": 1}),
+        ("mse_cosine", {"alpha": 1}),
+        ("nb", {"dispersion": "gene-cell"}),
+    ]:
         assert scae.Autoencoder(adata, loss, params).loss_params.items() >= params.items()
 
 
@@ -236,8 +271,11 @@ def test_wrong_layers_are_named(adata):
         scae.Autoencoder.setup_anndata(logged, layer="missing")
     with pytest.warns(UserWarning, match="non-integer values"):
         scae.Autoencoder.setup_anndata(logged, layer="lognorm")
-    with pytest.raises(InputError, match=r"adata.layers\['lognorm'\].*is not raw counts.*"
-                                          r"pass layer= the layer holding raw UMI counts"):
+    with pytest.raises(
+        InputError,
+        match=r"adata.layers\['lognorm'\].*is not raw counts.*"
+        r"pass layer= the layer holding raw UMI counts",
+    ):
         scae.Autoencoder(logged, "nb")
     negative = adata.copy()
     negative.layers["counts"] = -negative.layers["counts"]
@@ -253,12 +291,14 @@ def test_label_and_cluster_negatives_need_their_columns(adata):
     no_labels = adata.copy()
     scae.Autoencoder.setup_anndata(no_labels, labels_key=None)
     with pytest.raises(InputError, match="no labels_key was registered"):
-        scae.Autoencoder(no_labels, "cosine_embedding", {"negative_sampling": "label"},
-                         **SMALL).train(max_epochs=1)
+        scae.Autoencoder(
+            no_labels, "cosine_embedding", {"negative_sampling": "label"}, **SMALL
+        ).train(max_epochs=1)
     del no_labels.obs["scae_cluster"]
     with pytest.raises(InputError, match=r"clusters=True"):
-        scae.Autoencoder(no_labels, "cosine_embedding", {"negative_sampling": "cluster"},
-                         **SMALL).train(max_epochs=1)
+        scae.Autoencoder(
+            no_labels, "cosine_embedding", {"negative_sampling": "cluster"}, **SMALL
+        ).train(max_epochs=1)
     with pytest.raises(InputError, match="labels_key 'celltype' is not a column"):
         scae.Autoencoder.setup_anndata(adata.copy(), labels_key="celltype")
 
@@ -272,14 +312,19 @@ def test_untrained_model_and_other_genes_are_refused(adata, trained):
 
 def test_setup_anndata_fills_a_split_from_labels_and_moments_from_training_cells():
     counts = pbmc_subset(300)
-    adata = ad.AnnData(X=sp.csr_matrix(np.log1p(counts.X.toarray())), obs=counts.obs.copy(),
-                       var=counts.var.copy(), layers={"counts": counts.X.copy()})
+    adata = ad.AnnData(
+        X=sp.csr_matrix(np.log1p(counts.X.toarray())),
+        obs=counts.obs.copy(),
+        var=counts.var.copy(),
+        layers={"counts": counts.X.copy()},
+    )
     scae.Autoencoder.setup_anndata(adata, layer="counts", labels_key="cell_type")
     split = adata.obs["split"].astype(str)
     assert set(split) == {"train", "val", "test"}
     train = (split == "train").to_numpy()
-    np.testing.assert_allclose(adata.var["train_mean"], adata.X[train].mean(axis=0).A1,
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        adata.var["train_mean"], adata.X[train].mean(axis=0).A1, rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(adata.obs["library_size"], counts.X.sum(axis=1).A1)
     assert adata.uns["_scae_setup"]["target_sum"] == 1e4
 
@@ -308,8 +353,7 @@ def test_api_defaults_are_the_schemas():
         return {k: v for k, v in found.items() if v}
 
     def defaults(section: str) -> dict:
-        return {k: v["default"] for k, v in schema[section]["properties"].items()
-                if "default" in v}
+        return {k: v["default"] for k, v in schema[section]["properties"].items() if "default" in v}
 
     init = inspect.signature(scae.Autoencoder).parameters
     model = defaults("model")
@@ -318,7 +362,8 @@ def test_api_defaults_are_the_schemas():
     assert {k: init[k].default for k in model} == {**model, "hidden": tuple(model["hidden"])}
     train = inspect.signature(scae.Autoencoder.train).parameters
     assert {k: train[k].default for k in defaults("train") if k != "threads"} == {
-        k: v for k, v in defaults("train").items() if k != "threads"}
+        k: v for k, v in defaults("train").items() if k != "threads"
+    }
     assert vars(scae.PreprocessParams()) == defaults("preprocess")
     mcv = defaults("mcv")
     assert vars(scae.MCVParams()) == {k: mcv[k] for k in ("train_fraction", "seed")}
@@ -326,8 +371,9 @@ def test_api_defaults_are_the_schemas():
     for name, spec in LOSSES.items():
         declared = loss_schema.get(name, {}).get("properties", {})
         assert spec.defaults == {k: v["default"] for k, v in declared.items()}, name
-        assert spec.choices == {k: tuple(v["enum"]) for k, v in declared.items()
-                                if "enum" in v}, name
+        assert spec.choices == {k: tuple(v["enum"]) for k, v in declared.items() if "enum" in v}, (
+            name
+        )
         assert spec.limits == limits(declared), name
     train_limits = limits(schema["train"]["properties"])
     assert train_limits.pop("threads") == {"minimum": 1}  # the job's, not the optimiser's
@@ -340,16 +386,21 @@ def test_api_defaults_are_the_schemas():
     dataset = schema["datasets"]["additionalProperties"]
     assert dataset["$ref"] == "#/definitions/dataset"
     mito = yaml.safe_load((REPO / "config/schema.yaml").read_text())["definitions"]["dataset"]
-    assert inspect.signature(scae.preprocess).parameters["mito_prefix"].default == (
-        mito["properties"]["mito_prefix"]["default"])
+    assert (
+        inspect.signature(scae.preprocess).parameters["mito_prefix"].default
+        == (mito["properties"]["mito_prefix"]["default"])
+    )
 
 
 def test_training_imports_neither_scanpy_nor_sklearn():
     """The train job's env (envs/torch.yaml) has neither: its imports must not need them."""
-    code = ("import sys; from scae import Autoencoder; import scae.outputs, scae.io, "
-            "scae.train; print([m for m in ('scanpy', 'sklearn') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout
+    code = (
+        "import sys; from scae import Autoencoder; import scae.outputs, scae.io, "
+        "scae.train; print([m for m in ('scanpy', 'sklearn') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
     scripts = (REPO / "scripts/train.py").read_text()
     assert "scanpy" not in scripts and "sklearn" not in scripts

@@ -17,8 +17,14 @@ SCHEMA = yaml.safe_load((REPO / "config/schema.yaml").read_text(encoding="utf-8"
 #: Where some keys' schema nodes live (the dataset entry behind its $ref).
 NODES = {
     "datasets.<name>": ["definitions", "dataset"],
-    "datasets.<name>.thin.fraction": ["definitions", "dataset", "properties", "thin",
-                                      "properties", "fraction"],
+    "datasets.<name>.thin.fraction": [
+        "definitions",
+        "dataset",
+        "properties",
+        "thin",
+        "properties",
+        "fraction",
+    ],
     "model.latent_dim": ["properties", "model", "properties", "latent_dim"],
     "tune.space.hidden": ["properties", "tune", "properties", "space", "properties", "hidden"],
     "summary.primary_metric": ["properties", "summary", "properties", "primary_metric"],
@@ -47,15 +53,18 @@ def cells(row: str) -> list[str]:
 
 def test_every_schema_key_has_a_description():
     missing = undescribed(SCHEMA)
-    assert missing == [], (f"config/schema.yaml: {len(missing)} key(s) without a description: "
-                           f"{', '.join(missing)}; add one to each")
+    assert missing == [], (
+        f"config/schema.yaml: {len(missing)} key(s) without a description: "
+        f"{', '.join(missing)}; add one to each"
+    )
 
 
 def test_config_readme_is_generated_from_the_schema():
     page = (REPO / "config/README.md").read_text(encoding="utf-8")
     assert page == render(SCHEMA), (
         "config/README.md is stale (config/schema.yaml changed since it was generated): run "
-        "python -m scae._schema_reference")
+        "python -m scae._schema_reference"
+    )
     assert reference.main(["--check"]) == 0
 
 
@@ -70,8 +79,9 @@ def test_keys_walks_every_key_of_the_schema_in_its_order():
             walk(child, f"{path}.{name}" if path else name)
         entries = node.get("additionalProperties")
         if isinstance(entries, dict):
-            walk(SCHEMA["definitions"]["dataset"] if "$ref" in entries else entries,
-                 f"{path}.<name>")
+            walk(
+                SCHEMA["definitions"]["dataset"] if "$ref" in entries else entries, f"{path}.<name>"
+            )
 
     walk(SCHEMA, "")
     assert [key.path for key in keys(SCHEMA)] == expected
@@ -85,10 +95,13 @@ def test_removing_a_description_names_exactly_that_key(path):
     assert undescribed(SCHEMA) == []  # the copy, not the schema, lost it
 
 
-@pytest.mark.parametrize(("path", "default", "shown"), [
-    ("preprocess.min_genes", 123, "`123`"),
-    ("tune.space.hidden", [[64]], "`[[64]]`"),
-])
+@pytest.mark.parametrize(
+    ("path", "default", "shown"),
+    [
+        ("preprocess.min_genes", 123, "`123`"),
+        ("tune.space.hidden", [[64]], "`[[64]]`"),
+    ],
+)
 def test_a_changed_default_changes_that_keys_row_only(path, default, shown):
     schema = copy.deepcopy(SCHEMA)
     node_of(schema, path)["default"] = default
@@ -108,8 +121,12 @@ def test_a_changed_top_level_default_changes_its_section():
 def test_every_key_appears_in_the_page():
     page = render(SCHEMA)
     paths = [key.path for key in keys(SCHEMA)]
-    for path in ("datasets.<name>.thin.fraction", "model.latent_dim", "tune.space.hidden",
-                 "summary.primary_metric"):
+    for path in (
+        "datasets.<name>.thin.fraction",
+        "model.latent_dim",
+        "tune.space.hidden",
+        "summary.primary_metric",
+    ):
         assert path in paths
     for path in paths:
         marker = f"\n## {path}\n" if "." not in path else f"\n| `{path}` |"
@@ -121,7 +138,10 @@ def test_every_key_appears_in_the_page():
 def test_rows_state_type_default_limits_and_description():
     page = render(SCHEMA)
     assert cells(row_of(page, "datasets.<name>.thin.fraction"))[1:4] == [
-        "number", "required", "0 < x < 1"]
+        "number",
+        "required",
+        "0 < x < 1",
+    ]
     assert cells(row_of(page, "datasets.<name>.path"))[2] == "required"
     assert cells(row_of(page, "datasets.<name>.seeds"))[2] == "—"
     assert cells(row_of(page, "model.latent_dim"))[1:3] == ["integer or list of integers", "`32`"]
@@ -179,8 +199,11 @@ def test_check_fails_when_a_key_is_undescribed(tmp_path, monkeypatch, capsys):
 
 
 def test_the_generator_imports_neither_torch_nor_scanpy():
-    code = ("import sys, scae._schema_reference; "
-            "print([m for m in ('torch', 'scanpy', 'anndata') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True).stdout
+    code = (
+        "import sys, scae._schema_reference; "
+        "print([m for m in ('torch', 'scanpy', 'anndata') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -130,8 +130,12 @@ def test_reads_every_format_to_the_same_matrix(tmp_path):
     X, genes, cells = _small_counts()
     dense = X.toarray()
     # h5ad, counts in a layer
-    adata = ad.AnnData(X=sp.csr_matrix(np.log1p(dense)), obs=pd.DataFrame(index=cells),
-                       var=pd.DataFrame(index=genes), layers={"raw_counts": X})
+    adata = ad.AnnData(
+        X=sp.csr_matrix(np.log1p(dense)),
+        obs=pd.DataFrame(index=cells),
+        var=pd.DataFrame(index=genes),
+        layers={"raw_counts": X},
+    )
     adata.write_h5ad(tmp_path / "a.h5ad")
     # csv (cells × genes) and tsv (genes × cells, needs transpose)
     pd.DataFrame(dense, index=cells, columns=genes).to_csv(tmp_path / "a.csv")
@@ -141,10 +145,12 @@ def test_reads_every_format_to_the_same_matrix(tmp_path):
     mtx.mkdir()
     scipy.io.mmwrite(mtx / "matrix.mtx", sp.coo_matrix(X.T))
     pd.DataFrame({"id": genes, "name": genes, "type": "Gene Expression"}).to_csv(
-        mtx / "features.tsv", sep="\t", header=False, index=False)
+        mtx / "features.tsv", sep="\t", header=False, index=False
+    )
     pd.Series(cells).to_csv(mtx / "barcodes.tsv", header=False, index=False)
     import gzip
     import shutil
+
     for name in ("matrix.mtx", "features.tsv", "barcodes.tsv"):
         with open(mtx / name, "rb") as src, gzip.open(mtx / f"{name}.gz", "wb") as dst:
             shutil.copyfileobj(src, dst)
@@ -196,8 +202,9 @@ def test_duplicate_gene_names_made_unique(pbmc_small):
 def test_training_clusters_ignore_held_out_cells(pbmc_small):
     from scae.config import CLUSTER_KEY
 
-    out = preprocess(pbmc_small, SMALL, dataset="t", label_key="cell_type", mito_prefix="MT-",
-                     clusters=True)
+    out = preprocess(
+        pbmc_small, SMALL, dataset="t", label_key="cell_type", mito_prefix="MT-", clusters=True
+    )
     clusters = out.obs[CLUSTER_KEY]
     assert clusters.nunique() >= 3
     # clusters agree with the annotated cell types far beyond chance
@@ -226,15 +233,14 @@ def test_binomial_thinning_keeps_each_molecule_with_the_fraction_whatever_the_bl
     counts.data = np.ceil(counts.data * 20)
     whole = binomial_thin(counts, 0.25, np.random.default_rng(7))
     rng = np.random.default_rng(7)
-    blocks = sp.vstack([binomial_thin(counts[a:a + 37], 0.25, rng) for a in range(0, 400, 37)])
+    blocks = sp.vstack([binomial_thin(counts[a : a + 37], 0.25, rng) for a in range(0, 400, 37)])
     assert (whole != blocks).nnz == 0  # one generator through the blocks: the same draws
     assert (whole <= counts).toarray().all() and whole.nnz < counts.nnz  # zeros dropped
     assert whole.sum() / counts.sum() == pytest.approx(0.25, abs=0.01)
     assert (binomial_thin(counts, 0.25, 8) != whole).nnz > 0  # the seed matters
 
 
-def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_path,
-                                                                           monkeypatch):
+def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_path, monkeypatch):
     import scae.data
     from scae.data.params import Thinning
     from scae.data.preprocess import preprocess_file
@@ -246,8 +252,9 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
     pbmc_subset(300).write_h5ad(path)
     loose = PreprocessParams(min_genes=10, max_pct_mito=100, n_top_genes=300)
     full = preprocess_file(path, loose, dataset="p", label_key="cell_type")
-    thin = preprocess_file(path, loose, dataset="p", label_key="cell_type",
-                           thin=Thinning(0.25, seed=3))
+    thin = preprocess_file(
+        path, loose, dataset="p", label_key="cell_type", thin=Thinning(0.25, seed=3)
+    )
     assert thin.uns["scae"]["thin"] == {"fraction": 0.25, "seed": 3}
     cells = full.obs_names.intersection(thin.obs_names)
     assert len(cells) == full.n_obs  # loose QC: every cell is kept at a quarter of its depth
@@ -266,6 +273,7 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
 
     assert (binomial_thin(stored, 0.25, 3) != first).nnz > 0
     monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 12)
-    small_blocks = preprocess_file(path, loose, dataset="p", label_key="cell_type",
-                                   thin=Thinning(0.25, seed=3))
+    small_blocks = preprocess_file(
+        path, loose, dataset="p", label_key="cell_type", thin=Thinning(0.25, seed=3)
+    )
     assert (small_blocks.layers["counts"] != thin.layers["counts"]).nnz == 0

@@ -97,8 +97,12 @@ def adata():
     raw = pbmc_subset(200)
     genes = np.argsort(-raw.X.sum(axis=0).A1, kind="stable")[:100]
     counts = sp.csr_matrix(raw.X[:, genes])
-    adata = ad.AnnData(X=counts.log1p(), obs=raw.obs.copy(), var=raw.var.iloc[genes].copy(),
-                       layers={"counts": counts})
+    adata = ad.AnnData(
+        X=counts.log1p(),
+        obs=raw.obs.copy(),
+        var=raw.var.iloc[genes].copy(),
+        layers={"counts": counts},
+    )
     adata.obs[CLUSTER_KEY] = pd.Categorical((np.arange(adata.n_obs) % 3).astype(str))
     scae.Autoencoder.setup_anndata(adata, labels_key="cell_type")
     return adata
@@ -113,8 +117,11 @@ def _autoencoder(adata, loss, overrides) -> scae.Autoencoder:
 
 
 def _assert_on_meta(tensors, what):
-    wrong = {name: t if t is None else t.device for name, t in tensors.items()
-             if t is None or t.device != META}
+    wrong = {
+        name: t if t is None else t.device
+        for name, t in tensors.items()
+        if t is None or t.device != META
+    }
     assert not wrong, f"{what} not on meta: {wrong}"
 
 
@@ -142,8 +149,14 @@ def test_training_step_on_meta(adata, loss, overrides):
     assert loss_value.device == META and loss_value.shape == ()
     params = dict(model.named_parameters())
     _assert_on_meta({name: p.grad for name, p in params.items()}, "gradients")
-    _assert_on_meta({f"{name}.{key}": optimizer.state[p][key] for name, p in params.items()
-                     for key in ("exp_avg", "exp_avg_sq")}, "Adam's moments")
+    _assert_on_meta(
+        {
+            f"{name}.{key}": optimizer.state[p][key]
+            for name, p in params.items()
+            for key in ("exp_avg", "exp_avg_sq")
+        },
+        "Adam's moments",
+    )
 
 
 @pytest.mark.parametrize(("loss", "overrides"), CONFIGS)
@@ -169,8 +182,15 @@ def test_fit_on_meta(adata, loss, overrides):
     one minibatch: the step itself is the test above."""
     ae = _autoencoder(adata, loss, overrides)
     with HostReadsOfMeta():
-        result = fit(ae.training_data(), ae.loss, ae.loss_params, ae.module_params,
-                     TrainParams(batch_size=adata.n_obs, max_epochs=1), seed=0, device=META)
+        result = fit(
+            ae.training_data(),
+            ae.loss,
+            ae.loss_params,
+            ae.module_params,
+            TrainParams(batch_size=adata.n_obs, max_epochs=1),
+            seed=0,
+            device=META,
+        )
     assert len(result.history) == 1
     _assert_on_meta(dict(result.model.state_dict()), "restored best weights")
 
@@ -178,11 +198,18 @@ def test_fit_on_meta(adata, loss, overrides):
 def test_fused_adam_keeps_its_state_on_the_parameters_device(adata):
     """What CUDA steps (``adam`` picks FusedAdam there): its moments and step counters must
     live on the parameters' device, which the kernel's meta version does not check."""
-    params = list(AutoencoderModule(_autoencoder(adata, "zinb", {}).module_params)
-                  .to(META).parameters())
+    params = list(
+        AutoencoderModule(_autoencoder(adata, "zinb", {}).module_params).to(META).parameters()
+    )
     optimizer = FusedAdam(params, lr=1e-3, weight_decay=1e-4)
     for p in params:
         p.grad = torch.ones_like(p)
     optimizer.step()
-    _assert_on_meta({f"{key}[{i}]": t for key, tensors in optimizer.state_dict().items()
-                     for i, t in enumerate(tensors)}, "FusedAdam's state")
+    _assert_on_meta(
+        {
+            f"{key}[{i}]": t
+            for key, tensors in optimizer.state_dict().items()
+            for i, t in enumerate(tensors)
+        },
+        "FusedAdam's state",
+    )

@@ -21,8 +21,12 @@ from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 #: conda-forge package name → the Python distribution it installs.
-CONDA_TO_PIP = {"pytorch": "torch", "matplotlib-base": "matplotlib", "python-igraph": "igraph",
-                "pyyaml": "PyYAML"}
+CONDA_TO_PIP = {
+    "pytorch": "torch",
+    "matplotlib-base": "matplotlib",
+    "python-igraph": "igraph",
+    "pyyaml": "PyYAML",
+}
 ENV_FILES = sorted((REPO / "envs").glob("*.yaml"))
 CHECK_INSTALLED = bool(os.environ.get("CI") or os.environ.get("SCAE_CHECK_PINS"))
 
@@ -65,8 +69,9 @@ def disagreements(files: dict[str, dict[str, str]]) -> list[str]:
     return problems
 
 
-def outside_ranges(pinned: dict[str, str], python: SpecifierSet,
-                   ranges: dict[str, SpecifierSet]) -> list[str]:
+def outside_ranges(
+    pinned: dict[str, str], python: SpecifierSet, ranges: dict[str, SpecifierSet]
+) -> list[str]:
     """Pins that pyproject.toml's ranges (or requires-python) exclude."""
     problems = []
     for name, value in pinned.items():
@@ -76,8 +81,9 @@ def outside_ranges(pinned: dict[str, str], python: SpecifierSet,
             continue
         distribution = CONDA_TO_PIP.get(name, name).lower()
         if distribution in ranges and Version(value) not in ranges[distribution]:
-            problems.append(f"{name}={value} is outside pyproject's {distribution}"
-                            f"{ranges[distribution]}")
+            problems.append(
+                f"{name}={value} is outside pyproject's {distribution}{ranges[distribution]}"
+            )
     return problems
 
 
@@ -95,23 +101,33 @@ def test_pins_lie_in_pyproject_ranges(env):
 
 
 def test_the_comparisons_catch_what_they_name():
-    python, ranges = SpecifierSet(">=3.10"), {"torch": SpecifierSet(">=2.4"),
-                                               "igraph": SpecifierSet(">=0.11")}
-    assert outside_ranges({"python": "3.9", "pytorch": "2.2.0", "python-igraph": "0.10.1",
-                           "h5py": "1.0"}, python, ranges) == [
+    python, ranges = (
+        SpecifierSet(">=3.10"),
+        {"torch": SpecifierSet(">=2.4"), "igraph": SpecifierSet(">=0.11")},
+    )
+    assert outside_ranges(
+        {"python": "3.9", "pytorch": "2.2.0", "python-igraph": "0.10.1", "h5py": "1.0"},
+        python,
+        ranges,
+    ) == [
         "python=3.9 is outside requires-python >=3.10",
         "pytorch=2.2.0 is outside pyproject's torch>=2.4",
         "python-igraph=0.10.1 is outside pyproject's igraph>=0.11",
     ]
     assert outside_ranges({"python": "3.13", "pytorch": "2.13.0"}, python, ranges) == []
-    assert disagreements({"a.yaml": {"numpy": "2.4.6", "python": "3.11"},
-                          "b.yaml": {"numpy": "2.4.5", "python": "3.11"}}) == [
-        "numpy: a.yaml pins 2.4.6, b.yaml 2.4.5"]
+    assert disagreements(
+        {
+            "a.yaml": {"numpy": "2.4.6", "python": "3.11"},
+            "b.yaml": {"numpy": "2.4.5", "python": "3.11"},
+        }
+    ) == ["numpy: a.yaml pins 2.4.6, b.yaml 2.4.5"]
 
 
-@pytest.mark.skipif(not CHECK_INSTALLED,
-                    reason="pins are compared with the installed versions in CI only "
-                           "(set CI=1 or SCAE_CHECK_PINS=1)")
+@pytest.mark.skipif(
+    not CHECK_INSTALLED,
+    reason="pins are compared with the installed versions in CI only "
+    "(set CI=1 or SCAE_CHECK_PINS=1)",
+)
 @pytest.mark.parametrize("env", ENV_FILES, ids=lambda p: p.name)
 def test_pins_equal_the_tested_install(env):
     for name, pinned in pins(env).items():
@@ -139,12 +155,18 @@ def test_the_gpu_kit_pins_what_the_envs_and_the_bench_extra_pin():
             name, _, pinned = line.partition("==")
             assert pinned, f"bench/device_requirements.txt: {name} is not pinned"
             kit[name.lower()] = pinned
-    expected = {CONDA_TO_PIP.get(name, name).lower(): value
-                for env in ENV_FILES for name, value in pins(env).items()}
+    expected = {
+        CONDA_TO_PIP.get(name, name).lower(): value
+        for env in ENV_FILES
+        for name, value in pins(env).items()
+    }
     extra = re.search(r"^bench = \[(.*?)\]", (REPO / "pyproject.toml").read_text(), re.M)
     for entry in re.findall(r'"([^"]+)"', extra.group(1)):
         name, _, pinned = entry.partition("==")
         expected[name.lower()] = pinned
     assert "scvi-tools" in kit and "anndata" in kit
-    assert {name: (value, expected.get(name)) for name, value in kit.items()
-            if expected.get(name) != value} == {}
+    assert {
+        name: (value, expected.get(name))
+        for name, value in kit.items()
+        if expected.get(name) != value
+    } == {}

@@ -98,8 +98,11 @@ def fuzz_settings(max_examples: int) -> settings:
         database=None,
         # no shrinking: the matrices come from a drawn seed (see the module docstring)
         phases=(Phase.explicit, Phase.reuse, Phase.generate),
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                               HealthCheck.data_too_large],
+        suppress_health_check=[
+            HealthCheck.too_slow,
+            HealthCheck.function_scoped_fixture,
+            HealthCheck.data_too_large,
+        ],
     )
 
 
@@ -139,18 +142,19 @@ class Case:
 
     def describe(self) -> str:
         n_missing = None if self.labels is None else int(pd.isna(pd.Series(self.labels)).sum())
-        return (f"{self.counts.shape[0]} cells × {self.counts.shape[1]} genes, {self.fmt} "
-                f"{self.dtype} in {self.placement}, values {self.values}, "
-                f"{self.mito_genes} mito genes, labels "
-                f"{None if self.labels is None else pd.Series(self.labels).dtype} "
-                f"({n_missing} missing), cells {list(self.cell_names[:4])}…, genes "
-                f"{list(self.gene_names[:4])}…")
+        return (
+            f"{self.counts.shape[0]} cells × {self.counts.shape[1]} genes, {self.fmt} "
+            f"{self.dtype} in {self.placement}, values {self.values}, "
+            f"{self.mito_genes} mito genes, labels "
+            f"{None if self.labels is None else pd.Series(self.labels).dtype} "
+            f"({n_missing} missing), cells {list(self.cell_names[:4])}…, genes "
+            f"{list(self.gene_names[:4])}…"
+        )
 
 
 def log_normalized(values: np.ndarray) -> np.ndarray:
     totals = values.sum(axis=1, keepdims=True)
-    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=float),
-                      where=totals > 0)
+    scale = np.divide(TARGET_SUM, totals, out=np.zeros_like(totals, dtype=float), where=totals > 0)
     return np.log1p(np.clip(values, 0, None) * scale)
 
 
@@ -198,8 +202,9 @@ def write(case: Case, path: Path, values: np.ndarray | None = None) -> Path:
         obs[LABEL] = case.labels
     var = pd.DataFrame(index=pd.Index(list(case.gene_names), dtype=object))
     counts = as_format(values, case.fmt, case.dtype)
-    normalized = as_format(np.nan_to_num(log_normalized(np.nan_to_num(values))), case.fmt,
-                           "float32")
+    normalized = as_format(
+        np.nan_to_num(log_normalized(np.nan_to_num(values))), case.fmt, "float32"
+    )
     with warnings.catch_warnings():  # duplicate names, implicit conversions
         warnings.simplefilter("ignore")
         if case.placement == "X":
@@ -216,8 +221,10 @@ def write(case: Case, path: Path, values: np.ndarray | None = None) -> Path:
 
 def barcodes(n: int, offset: int = 0) -> list[str]:
     """10x-like distinct barcodes AAAAAAAAAA-1, AAAAAAAAAC-1, …"""
-    return ["".join("ACGT"[(i >> (2 * k)) & 3] for k in range(9, -1, -1)) + "-1"
-            for i in range(offset, offset + n)]
+    return [
+        "".join("ACGT"[(i >> (2 * k)) & 3] for k in range(9, -1, -1)) + "-1"
+        for i in range(offset, offset + n)
+    ]
 
 
 def names(style: str, n: int, rng: np.random.Generator, stem: str) -> list[str]:
@@ -251,8 +258,16 @@ LABEL_DTYPES = ("categorical", "object", "string", "int", "Int64")
 
 
 @st.composite
-def count_cases(draw, n_cells=(20, 150), n_genes=(15, 60), cell_styles=CELL_STYLES,
-                gene_styles=GENE_STYLES, expressed=False, mito=True, degenerate=False) -> Case:
+def count_cases(
+    draw,
+    n_cells=(20, 150),
+    n_genes=(15, 60),
+    cell_styles=CELL_STYLES,
+    gene_styles=GENE_STYLES,
+    expressed=False,
+    mito=True,
+    degenerate=False,
+) -> Case:
     """Clean integer counts with names, mitochondrial genes and no labels.
 
     ``expressed``: every gene is expressed at a mean of ≥ 2 and gene 0 in every cell, so
@@ -270,8 +285,9 @@ def count_cases(draw, n_cells=(20, 150), n_genes=(15, 60), cell_styles=CELL_STYL
         means[rng.choice(g, silent, replace=False)] = 0
     mu = rng.lognormal(0, 0.5, n)[:, None] * means[None, :]
     theta = draw(st.sampled_from([0.5, 2.0, 10.0, None]))  # None: Poisson
-    counts = rng.poisson(mu) if theta is None else rng.negative_binomial(
-        theta, theta / (theta + mu))
+    counts = (
+        rng.poisson(mu) if theta is None else rng.negative_binomial(theta, theta / (theta + mu))
+    )
     counts = counts.astype(np.int64)
     n_mito = draw(st.integers(0, 3)) if mito else 0
     mito_genes = rng.choice(np.arange(1, g), n_mito, replace=False)
@@ -287,8 +303,7 @@ def count_cases(draw, n_cells=(20, 150), n_genes=(15, 60), cell_styles=CELL_STYL
     for i in mito_genes:
         genes[i] = prefix + genes[i]
     cells = names(draw(st.sampled_from(cell_styles)), n, rng, "cell")
-    return Case(counts=counts, cell_names=tuple(cells), gene_names=tuple(genes),
-                mito_genes=n_mito)
+    return Case(counts=counts, cell_names=tuple(cells), gene_names=tuple(genes), mito_genes=n_mito)
 
 
 @st.composite
@@ -318,11 +333,9 @@ def label_columns(draw, n: int, missing=("none", "some", "all"), dtypes=LABEL_DT
         column = np.array([f"T{c}" for c in codes], dtype=object)
         column[absent] = draw(st.sampled_from([None, np.nan]))
     elif dtype == "string":
-        column = pd.array([None if a else f"t{c}" for c, a in zip(codes, absent)],
-                          dtype="string")
+        column = pd.array([None if a else f"t{c}" for c, a in zip(codes, absent)], dtype="string")
     elif dtype == "Int64":
-        column = pd.array([None if a else int(c) for c, a in zip(codes, absent)],
-                          dtype="Int64")
+        column = pd.array([None if a else int(c) for c, a in zip(codes, absent)], dtype="Int64")
     else:  # int; missing values make it float with NaN, as pandas does
         column = np.where(absent, np.nan, codes) if absent.any() else codes.astype(np.int64)
     return column, absent
@@ -336,9 +349,14 @@ def storage(draw, case: Case, values=VALUE_KINDS) -> Case:
         kind = "integer"
     floats = ["float32", "float64"]
     dtype = draw(st.sampled_from(["int32", "int64", *floats] if kind == "integer" else floats))
-    return replace(case, fmt=draw(st.sampled_from(["csr", "csc", "dense"])), dtype=dtype,
-                   placement=draw(st.sampled_from(["X", "raw", "layer"])), values=kind,
-                   seed=draw(st.integers(0, 2**16)))
+    return replace(
+        case,
+        fmt=draw(st.sampled_from(["csr", "csc", "dense"])),
+        dtype=dtype,
+        placement=draw(st.sampled_from(["X", "raw", "layer"])),
+        values=kind,
+        seed=draw(st.integers(0, 2**16)),
+    )
 
 
 @st.composite
@@ -376,8 +394,10 @@ def qc_params(extremes: bool = True) -> st.SearchStrategy[PreprocessParams]:
 
 #: What later stages need; with ``clusters`` (cosine_embedding's cluster negatives) the
 #: preprocessing also builds the training-cell Leiden clusters.
-size_needs = st.one_of(st.none(), st.builds(SizeNeeds, latent_dim=st.integers(1, 24),
-                                            clusters=rarely(st.just(False), True)))
+size_needs = st.one_of(
+    st.none(),
+    st.builds(SizeNeeds, latent_dim=st.integers(1, 24), clusters=rarely(st.just(False), True)),
+)
 
 
 # --------------------------------------------------------------------------- running
@@ -396,10 +416,17 @@ def tell(text: str, *, kind: str = "note") -> None:
         (note if kind == "note" else event)(text)
 
 
-def run(case: Case, params: PreprocessParams, *, values: np.ndarray | None = None,
-        counts: str | None = None, label_key: str | None = LABEL,
-        mito_prefix: str | None = "MT-", require_integers: bool = True,
-        needs: SizeNeeds | None = None) -> Outcome:
+def run(
+    case: Case,
+    params: PreprocessParams,
+    *,
+    values: np.ndarray | None = None,
+    counts: str | None = None,
+    label_key: str | None = LABEL,
+    mito_prefix: str | None = "MT-",
+    require_integers: bool = True,
+    needs: SizeNeeds | None = None,
+) -> Outcome:
     """Write ``case`` to a fresh file and preprocess it (the counts read from ``counts``,
     default where ``case`` put them; clusters built when ``needs`` asks for them). An
     InputError must name the dataset; any other error is a bug, reported as one."""
@@ -410,9 +437,14 @@ def run(case: Case, params: PreprocessParams, *, values: np.ndarray | None = Non
             warnings.simplefilter("always")
             try:
                 result = preprocess_file(
-                    path, dataset=DATASET, counts=counts or case.counts_key, params=params,
-                    label_key=label_key, mito_prefix=mito_prefix,
-                    require_integers=require_integers, needs=needs,
+                    path,
+                    dataset=DATASET,
+                    counts=counts or case.counts_key,
+                    params=params,
+                    label_key=label_key,
+                    mito_prefix=mito_prefix,
+                    require_integers=require_integers,
+                    needs=needs,
                     clusters=needs is not None and needs.clusters,
                 )
                 error = None
@@ -421,11 +453,23 @@ def run(case: Case, params: PreprocessParams, *, values: np.ndarray | None = Non
             except Exception as err:  # a bug in the input layer
                 raise AssertionError(
                     f"preprocessing raised {type(err).__name__}: {err}; it must succeed or "
-                    f"raise an InputError naming dataset {DATASET!r}") from err
+                    f"raise an InputError naming dataset {DATASET!r}"
+                ) from err
     messages = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
-    tell("success" if error is None else "InputError: " + next(
-        (why for why in ("NaN", "not raw counts", "split after QC", "later stages")
-         if why in str(error)), "other"), kind="event")
+    tell(
+        "success"
+        if error is None
+        else "InputError: "
+        + next(
+            (
+                why
+                for why in ("NaN", "not raw counts", "split after QC", "later stages")
+                if why in str(error)
+            ),
+            "other",
+        ),
+        kind="event",
+    )
     if error is not None:
         tell(f"InputError: {error}")
         assert f"'{DATASET}'" in str(error), f"the InputError does not name the dataset: {error}"
@@ -463,8 +507,9 @@ def check_hvgs(chosen: np.ndarray, train_counts: np.ndarray, n_top: int) -> None
         warnings.simplefilter("ignore")
         sc.pp.normalize_total(train, target_sum=TARGET_SUM)
         sc.pp.log1p(train)
-        stats = sc.pp.highly_variable_genes(train, n_top_genes=n_top, flavor="seurat",
-                                            inplace=False)
+        stats = sc.pp.highly_variable_genes(
+            train, n_top_genes=n_top, flavor="seurat", inplace=False
+        )
     z = stats["dispersions_norm"].to_numpy(dtype=float)
     if (np.isnan(z) & np.isfinite(stats["dispersions"].to_numpy(dtype=float))).any():
         tell("HVGs not compared with scanpy: a bin of equal dispersions", kind="event")
@@ -479,9 +524,17 @@ def check_hvgs(chosen: np.ndarray, train_counts: np.ndarray, n_top: int) -> None
     assert min(n_top, len(ranked)) <= chosen.sum() <= (z >= cutoff - tie).sum()
 
 
-def check_result(case: Case, out: ad.AnnData, outcome: Outcome, params: PreprocessParams,
-                 *, label_key: str | None, mito_prefix: str | None, require_integers: bool,
-                 needs: SizeNeeds | None) -> None:
+def check_result(
+    case: Case,
+    out: ad.AnnData,
+    outcome: Outcome,
+    params: PreprocessParams,
+    *,
+    label_key: str | None,
+    mito_prefix: str | None,
+    require_integers: bool,
+    needs: SizeNeeds | None,
+) -> None:
     """Every property of a successful preprocessing (module docstring)."""
     assert out.n_obs > 0 and out.n_vars > 0
     assert out.obs_names.is_unique and out.var_names.is_unique
@@ -505,8 +558,11 @@ def check_result(case: Case, out: ad.AnnData, outcome: Outcome, params: Preproce
     library = out.obs["library_size"].to_numpy()
     assert (library > 0).all()
     np.testing.assert_allclose(
-        X.toarray(), np.log1p(counts.toarray() / library[:, None] * TARGET_SUM),
-        rtol=1e-5, atol=1e-6)
+        X.toarray(),
+        np.log1p(counts.toarray() / library[:, None] * TARGET_SUM),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
     # three non-empty splits of the sizes later stages need
     split = out.obs["split"]
@@ -544,11 +600,13 @@ def check_result(case: Case, out: ad.AnnData, outcome: Outcome, params: Preproce
 
     # training-cell moments of the log-normalized values
     dense = X.toarray().astype(np.float64)
-    np.testing.assert_allclose(out.var["train_mean"], dense[train].mean(axis=0),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        out.var["train_mean"], dense[train].mean(axis=0), rtol=1e-4, atol=1e-5
+    )
     if train.sum() > 1:
-        np.testing.assert_allclose(out.var["train_std"], dense[train].std(axis=0, ddof=1),
-                                   rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(
+            out.var["train_std"], dense[train].std(axis=0, ddof=1), rtol=1e-3, atol=1e-5
+        )
 
     if needs is not None and needs.clusters:  # every cell in a training-cell cluster
         assert not out.obs[CLUSTER_KEY].isna().any()
@@ -572,8 +630,12 @@ def check_result(case: Case, out: ad.AnnData, outcome: Outcome, params: Preproce
     np.testing.assert_array_equal(labels.isna().to_numpy(), missing)
     if missing.any():
         assert warned(outcome, "have no label"), outcome.warnings
-    pairs = pd.DataFrame({"given": given_labels[~missing].astype(str).to_numpy(),
-                          "out": labels[~missing].astype(str).to_numpy()})
+    pairs = pd.DataFrame(
+        {
+            "given": given_labels[~missing].astype(str).to_numpy(),
+            "out": labels[~missing].astype(str).to_numpy(),
+        }
+    )
     assert (pairs.groupby("given")["out"].nunique() == 1).all()
     assert (pairs.groupby("out")["given"].nunique() == 1).all()
 
@@ -582,24 +644,45 @@ def check_result(case: Case, out: ad.AnnData, outcome: Outcome, params: Preproce
 
 
 @fuzz_settings(150)
-@given(case=full_cases(degenerate=True), params=qc_params(), needs=size_needs,
-       require_integers=st.booleans(), label_key=st.sampled_from([LABEL, None]),
-       mito_prefix=st.sampled_from(["MT-", None]))
+@given(
+    case=full_cases(degenerate=True),
+    params=qc_params(),
+    needs=size_needs,
+    require_integers=st.booleans(),
+    label_key=st.sampled_from([LABEL, None]),
+    mito_prefix=st.sampled_from(["MT-", None]),
+)
 def test_preprocessing_succeeds_validly_or_raises_input_error(
-        case, params, needs, require_integers, label_key, mito_prefix):
-    outcome = run(case, params, label_key=label_key, mito_prefix=mito_prefix,
-                  require_integers=require_integers, needs=needs)
+    case, params, needs, require_integers, label_key, mito_prefix
+):
+    outcome = run(
+        case,
+        params,
+        label_key=label_key,
+        mito_prefix=mito_prefix,
+        require_integers=require_integers,
+        needs=needs,
+    )
     if case.values in NOT_COUNTS or (require_integers and case.values in FRACTIONAL):
         assert outcome.error is not None, f"{case.values} values were taken as counts"
     if params.min_genes > case.counts.shape[1]:
         assert outcome.error is not None, "QC removed every cell, yet no InputError"
     if outcome.error is None:
-        check_result(case, outcome.result, outcome, params, label_key=label_key,
-                     mito_prefix=mito_prefix, require_integers=require_integers, needs=needs)
+        check_result(
+            case,
+            outcome.result,
+            outcome,
+            params,
+            label_key=label_key,
+            mito_prefix=mito_prefix,
+            require_integers=require_integers,
+            needs=needs,
+        )
 
 
-LENIENT = PreprocessParams(min_genes=1, min_cells=1, max_pct_mito=100.0, target_sum=TARGET_SUM,
-                           n_top_genes=1000)
+LENIENT = PreprocessParams(
+    min_genes=1, min_cells=1, max_pct_mito=100.0, target_sum=TARGET_SUM, n_top_genes=1000
+)
 
 
 @st.composite
@@ -628,8 +711,16 @@ def test_missing_labels_are_warned_about_and_stay_missing(labelled):
     assert isinstance(labels.dtype, pd.CategoricalDtype)
     np.testing.assert_array_equal(labels.isna().to_numpy(), absent[rows])
     assert not {"nan", "NaN", "None", "<NA>"} & {str(c) for c in labels.cat.categories}
-    check_result(case, out, outcome, LENIENT, label_key=LABEL, mito_prefix=None,
-                 require_integers=True, needs=None)
+    check_result(
+        case,
+        out,
+        outcome,
+        LENIENT,
+        label_key=LABEL,
+        mito_prefix=None,
+        require_integers=True,
+        needs=None,
+    )
 
 
 @fuzz_settings(15)
@@ -644,8 +735,9 @@ def test_all_labels_missing_is_as_no_labels(labelled):
     assert unlabelled.error is None, unlabelled.error
     unlabelled = unlabelled.result
     assert list(outcome.result.obs_names) == list(unlabelled.obs_names)
-    assert (outcome.result.obs["split"] == unlabelled.obs["split"]).all(), \
+    assert (outcome.result.obs["split"] == unlabelled.obs["split"]).all(), (
         "the split is stratified by labels that are all missing"
+    )
 
 
 def unstratified_train_size(n: int, params: PreprocessParams) -> int:
@@ -654,30 +746,44 @@ def unstratified_train_size(n: int, params: PreprocessParams) -> int:
 
 
 @fuzz_settings(25)
-@given(case=count_cases(n_cells=(20, 60), cell_styles=UNIQUE_CELL_STYLES, expressed=True,
-                        mito=False),
-       above=st.integers(0, 8), data=st.data())
+@given(
+    case=count_cases(n_cells=(20, 60), cell_styles=UNIQUE_CELL_STYLES, expressed=True, mito=False),
+    above=st.integers(0, 8),
+    data=st.data(),
+)
 def test_too_few_training_cells_for_the_latent_dim_is_an_input_error(case, above, data):
     case = data.draw(storage(case, values=("integer",)))
     n_train = unstratified_train_size(len(case.cell_names), LENIENT)
     # the training split has ≤ latent_dim cells: an InputError about training cells
-    tiny = run(case, LENIENT, mito_prefix=None, needs=SizeNeeds(latent_dim=n_train + above,
-                                                                 clusters=False))
-    assert tiny.error is not None, (f"{n_train} training cells were accepted for latent_dim "
-                                    f"{n_train + above}")
+    tiny = run(
+        case, LENIENT, mito_prefix=None, needs=SizeNeeds(latent_dim=n_train + above, clusters=False)
+    )
+    assert tiny.error is not None, (
+        f"{n_train} training cells were accepted for latent_dim {n_train + above}"
+    )
     assert "training cells" in str(tiny.error), tiny.error
     # one more training cell than latent dimensions is enough
     needs = SizeNeeds(latent_dim=n_train - 1, clusters=False)
     enough = run(case, LENIENT, mito_prefix=None, needs=needs)
     assert enough.error is None, enough.error
     assert (enough.result.obs["split"] == "train").sum() == n_train
-    check_result(case, enough.result, enough, LENIENT, label_key=LABEL, mito_prefix=None,
-                 require_integers=True, needs=needs)
+    check_result(
+        case,
+        enough.result,
+        enough,
+        LENIENT,
+        label_key=LABEL,
+        mito_prefix=None,
+        require_integers=True,
+        needs=needs,
+    )
 
 
 @fuzz_settings(15)
-@given(case=count_cases(n_cells=(6, 19), cell_styles=UNIQUE_CELL_STYLES, expressed=True,
-                        mito=False), data=st.data())
+@given(
+    case=count_cases(n_cells=(6, 19), cell_styles=UNIQUE_CELL_STYLES, expressed=True, mito=False),
+    data=st.data(),
+)
 def test_fewer_than_four_test_cells_is_an_input_error(case, data):
     """Below 18 cells the unstratified split holds out fewer than 4 test cells (18 and 19
     cells: exactly 4), which the test-cell metrics cannot use."""
@@ -691,13 +797,29 @@ def test_fewer_than_four_test_cells_is_an_input_error(case, data):
     else:
         assert outcome.error is None, outcome.error
         assert (outcome.result.obs["split"] == "test").sum() == 4
-        check_result(case, outcome.result, outcome, LENIENT, label_key=LABEL,
-                     mito_prefix=None, require_integers=True, needs=needs)
+        check_result(
+            case,
+            outcome.result,
+            outcome,
+            LENIENT,
+            label_key=LABEL,
+            mito_prefix=None,
+            require_integers=True,
+            needs=needs,
+        )
 
 
 @fuzz_settings(10)
-@given(case=count_cases(n_cells=(30, 60), n_genes=(6, 13), cell_styles=UNIQUE_CELL_STYLES,
-                        expressed=True, mito=False), data=st.data())
+@given(
+    case=count_cases(
+        n_cells=(30, 60),
+        n_genes=(6, 13),
+        cell_styles=UNIQUE_CELL_STYLES,
+        expressed=True,
+        mito=False,
+    ),
+    data=st.data(),
+)
 def test_fewer_than_ten_genes_is_an_input_error(case, data):
     """Every gene is kept and chosen here (each varies, n_top_genes is above them all), so
     fewer than 10 genes, too few for the per-gene deciles, must be refused, and 10 accepted."""
@@ -714,11 +836,11 @@ def test_fewer_than_ten_genes_is_an_input_error(case, data):
 
 @fuzz_settings(40)
 @given(case=count_cases(), params=qc_params(extremes=False), data=st.data())
-def test_float_counts_with_conversion_noise_are_rounded_to_the_clean_result(
-        case, params, data):
+def test_float_counts_with_conversion_noise_are_rounded_to_the_clean_result(case, params, data):
     clean = data.draw(storage(case, values=("integer",)))
-    noisy = replace(clean, dtype=data.draw(st.sampled_from(["float32", "float64"])),
-                    values="tiny_noise")
+    noisy = replace(
+        clean, dtype=data.draw(st.sampled_from(["float32", "float64"])), values="tiny_noise"
+    )
     stored = stored_values(noisy).astype(noisy.dtype)
     if not (stored != case.counts).any():  # float32 can swallow noise on large counts
         return
@@ -754,11 +876,20 @@ def test_counts_far_from_integers_are_an_input_error_that_says_how_far(case, par
 
 
 @fuzz_settings(30)
-@given(case=count_cases(n_cells=(40, 150), cell_styles=UNIQUE_CELL_STYLES), data=st.data(),
-       params=st.builds(PreprocessParams, min_genes=st.integers(0, 4),
-                        min_cells=st.integers(0, 3), max_pct_mito=st.sampled_from([20.0, 100.0]),
-                        target_sum=st.just(TARGET_SUM), n_top_genes=st.integers(5, 20)),
-       require_integers=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    case=count_cases(n_cells=(40, 150), cell_styles=UNIQUE_CELL_STYLES),
+    data=st.data(),
+    params=st.builds(
+        PreprocessParams,
+        min_genes=st.integers(0, 4),
+        min_cells=st.integers(0, 3),
+        max_pct_mito=st.sampled_from([20.0, 100.0]),
+        target_sum=st.just(TARGET_SUM),
+        n_top_genes=st.integers(5, 20),
+    ),
+    require_integers=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_test_cells_do_not_shape_the_gene_selection(case, data, params, require_integers, seed):
     """Scaling every test cell's non-mitochondrial genes by gene-specific factors of 1-10
     changes their normalized profiles (a plain multiple would not) but not their QC outcome:
@@ -774,8 +905,9 @@ def test_test_cells_do_not_shape_the_gene_selection(case, data, params, require_
     a = first.result
     rows, _ = input_rows(case, a)
     mito = np.char.startswith(np.char.upper(np.array(case.gene_names, dtype=str)), "MT-")
-    factors = np.where(mito, 1, np.random.default_rng(seed).choice([1, 2, 5, 10],
-                                                                   len(case.gene_names)))
+    factors = np.where(
+        mito, 1, np.random.default_rng(seed).choice([1, 2, 5, 10], len(case.gene_names))
+    )
     values = stored_values(case)
     test_rows = rows[np.asarray(a.obs["split"] == "test")]
     values[test_rows] = values[test_rows] * factors
@@ -792,16 +924,22 @@ def test_test_cells_do_not_shape_the_gene_selection(case, data, params, require_
 def test_generators_build_every_corner():
     """The strategies reach the corners the module docstring lists (a cheap guard against
     a generator silently narrowing)."""
-    case = Case(counts=np.arange(12).reshape(3, 4), cell_names=("a", "a", ""),
-                gene_names=("MT-1", "2", "é", "2"), mito_genes=1)
+    case = Case(
+        counts=np.arange(12).reshape(3, 4),
+        cell_names=("a", "a", ""),
+        gene_names=("MT-1", "2", "é", "2"),
+        mito_genes=1,
+    )
     for kind in VALUE_KINDS:
         values = stored_values(replace(case, values=kind, dtype="float64"))
         assert values.shape == case.counts.shape
     with tempfile.TemporaryDirectory() as tmp:
         for placement in ("X", "raw", "layer"):
             for fmt in ("csr", "csc", "dense"):
-                path = write(replace(case, placement=placement, fmt=fmt, dtype="int32"),
-                             Path(tmp) / f"{placement}-{fmt}.h5ad")
+                path = write(
+                    replace(case, placement=placement, fmt=fmt, dtype="int32"),
+                    Path(tmp) / f"{placement}-{fmt}.h5ad",
+                )
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     back = ad.read_h5ad(path)
@@ -809,8 +947,11 @@ def test_generators_build_every_corner():
 
 
 @fuzz_settings(10)
-@given(case=count_cases(n_cells=(20, 40), n_genes=(15, 20)),
-       placement=st.sampled_from(["X", "layer"]), counts=st.sampled_from(["raw", "spliced"]))
+@given(
+    case=count_cases(n_cells=(20, 40), n_genes=(15, 20)),
+    placement=st.sampled_from(["X", "layer"]),
+    counts=st.sampled_from(["raw", "spliced"]),
+)
 def test_counts_where_the_file_has_none_is_an_input_error(case, placement, counts):
     outcome = run(replace(case, placement=placement), LENIENT, counts=counts)
     assert outcome.error is not None, f"counts={counts!r} read from a file without it"
@@ -822,8 +963,12 @@ def test_counts_where_the_file_has_none_is_an_input_error(case, placement, count
 
 def poisson_case(n_cells: int, n_genes: int, seed: int, mean: float = 3.0) -> Case:
     counts = np.random.default_rng(seed).poisson(mean, (n_cells, n_genes))
-    return Case(counts=counts, cell_names=tuple(barcodes(n_cells)),
-                gene_names=tuple(f"GENE{i}" for i in range(n_genes)), mito_genes=0)
+    return Case(
+        counts=counts,
+        cell_names=tuple(barcodes(n_cells)),
+        gene_names=tuple(f"GENE{i}" for i in range(n_genes)),
+        mito_genes=0,
+    )
 
 
 @pytest.mark.parametrize("needs", [None, SizeNeeds(latent_dim=4, clusters=False)])
@@ -855,8 +1000,7 @@ def test_genes_with_equal_dispersions_leave_hvgs_to_choose():
     case = poisson_case(30, 12, seed=31)
     counts = case.counts.copy()
     counts[:, 1] = counts[:, 2] = counts[:, 0]
-    outcome = run(replace(case, counts=counts), replace(LENIENT, n_top_genes=1),
-                  mito_prefix=None)
+    outcome = run(replace(case, counts=counts), replace(LENIENT, n_top_genes=1), mito_prefix=None)
     if outcome.error is None:
         assert outcome.result.n_vars >= 1
 
@@ -867,8 +1011,9 @@ def test_cells_dropped_by_the_gene_filter_leave_no_split_empty():
     needs (the API's default), validation cells holding counts only in a gene no training
     cell has left a result with no validation cell at all."""
     case = poisson_case(30, 16, seed=0)
-    split = stratified_split(None, 30, LENIENT.test_fraction, LENIENT.val_fraction,
-                             LENIENT.split_seed)
+    split = stratified_split(
+        None, 30, LENIENT.test_fraction, LENIENT.val_fraction, LENIENT.split_seed
+    )
     counts = case.counts.copy()
     counts[:, 15] = 0
     counts[split == "val"] = 0

@@ -25,22 +25,40 @@ SHORT = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=3, patience=3)
 
 @pytest.fixture(scope="module")
 def small_data(pbmc_small):
-    return preprocess(pbmc_small, PreprocessParams(n_top_genes=200), dataset="t",
-                      label_key="cell_type", mito_prefix="MT-")
+    return preprocess(
+        pbmc_small,
+        PreprocessParams(n_top_genes=200),
+        dataset="t",
+        label_key="cell_type",
+        mito_prefix="MT-",
+    )
 
 
 def _history(data, loss, seed=0):
     spec = get_loss(loss)
-    model = ModelParams(n_genes=data.n_vars, hidden=(64,), latent_dim=8, output=spec.output,
-                        dropout=0.0, batch_norm=False)
+    model = ModelParams(
+        n_genes=data.n_vars,
+        hidden=(64,),
+        latent_dim=8,
+        output=spec.output,
+        dropout=0.0,
+        batch_norm=False,
+    )
     params = {"margin": 0.0, "negatives_per_cell": 1, "alpha": 0.5}
     result = fit(CellData(data, "none"), spec, params, model, SHORT, seed=seed, device=CPU)
     return result.history[["train_loss", "val_loss", "val_cosine"]].to_numpy()
 
 
-@pytest.mark.parametrize("loss, kernel", [("mse", "mse"), ("cosine", "cosine"),
-                                          ("cosine_embedding", "cosine"), ("nb", "nb"),
-                                          ("mse_cosine", "mse")])
+@pytest.mark.parametrize(
+    "loss, kernel",
+    [
+        ("mse", "mse"),
+        ("cosine", "cosine"),
+        ("cosine_embedding", "cosine"),
+        ("nb", "nb"),
+        ("mse_cosine", "mse"),
+    ],
+)
 def test_training_on_the_kernel_equals_training_on_autograd(small_data, loss, kernel):
     """Three epochs under each path: the same losses to float32 rounding, accumulated."""
     with_kernel = _history(small_data, loss)
@@ -50,16 +68,26 @@ def test_training_on_the_kernel_equals_training_on_autograd(small_data, loss, ke
     np.testing.assert_allclose(with_kernel, with_autograd, rtol=2e-4)
 
 
-@pytest.mark.parametrize("loss, kernel", [("mse", "mse"), ("cosine", "cosine"),
-                                          ("cosine_embedding", "cosine"), ("nb", "nb"),
-                                          ("pearson", "cosine")])
+@pytest.mark.parametrize(
+    "loss, kernel",
+    [
+        ("mse", "mse"),
+        ("cosine", "cosine"),
+        ("cosine_embedding", "cosine"),
+        ("nb", "nb"),
+        ("pearson", "cosine"),
+    ],
+)
 def test_kernel_loss_and_gradients_equal_autograd(small_data, loss, kernel):
     """One minibatch through the network: the loss and every parameter's gradient as
     autograd computes them through the formula, to float32 rounding."""
     spec, data = get_loss(loss), CellData(small_data, "none")
     torch.manual_seed(0)
-    model = AutoencoderModule(ModelParams(n_genes=data.n_genes, hidden=(64,), latent_dim=8,
-                                          output=spec.output, dropout=0.0))
+    model = AutoencoderModule(
+        ModelParams(
+            n_genes=data.n_genes, hidden=(64,), latent_dim=8, output=spec.output, dropout=0.0
+        )
+    )
     inputs, batch, library = data.batch(data.rows("train")[:128], spec.uses_counts)
     params = {"margin": 0.0, "negatives_per_cell": 1, "alpha": 0.5}
 
@@ -80,18 +108,21 @@ def test_kernel_loss_and_gradients_equal_autograd(small_data, loss, kernel):
 
 def test_library_path_takes_the_library_code(small_data, monkeypatch):
     """Inside library_path() no hand-written kernel runs (each one is made to fail)."""
+
     def fail(*args, **kwargs):
         raise AssertionError("kernel called on the library path")
 
-    for cls in (_kernels._CosineSimilarity, _kernels._MeanSquaredError,
-                _kernels._NegativeBinomialNLL):
+    for cls in (
+        _kernels._CosineSimilarity,
+        _kernels._MeanSquaredError,
+        _kernels._NegativeBinomialNLL,
+    ):
         monkeypatch.setattr(cls, "apply", fail)
     monkeypatch.setattr(FusedAdam, "step", fail)
     with library_path():
         for loss in ("mse", "cosine", "nb"):
             _history(small_data, loss)
-        assert isinstance(adam(torch.nn.Linear(2, 2).parameters(), CPU, 1e-3),
-                          torch.optim.Adam)
+        assert isinstance(adam(torch.nn.Linear(2, 2).parameters(), CPU, 1e-3), torch.optim.Adam)
         assert not _kernels.keep_freed_memory()
     assert all(kernel_enabled(name) for name in KERNELS)  # restored on leaving
 

@@ -152,18 +152,22 @@ def _output_and_batch(name, requires_grad=True):
     x = torch.rand(6, 8, generator=gen, dtype=torch.float64)
     if kind == "expression":
         out = DecoderOutput(
-            expression=torch.randn(6, 8, generator=gen, dtype=torch.float64,
-                                   requires_grad=requires_grad)
+            expression=torch.randn(
+                6, 8, generator=gen, dtype=torch.float64, requires_grad=requires_grad
+            )
         )
         return out, Batch(x=x), [out.expression]
     counts = torch.poisson(torch.full((6, 8), 3.0, dtype=torch.float64), generator=gen)
     out = DecoderOutput(
         mu=(torch.rand(6, 8, generator=gen, dtype=torch.float64) * 5 + 0.1).requires_grad_(
-            requires_grad),
+            requires_grad
+        ),
         theta=(torch.rand(8, generator=gen, dtype=torch.float64) * 3 + 0.2).requires_grad_(
-            requires_grad),
-        dropout_logits=torch.randn(6, 8, generator=gen, dtype=torch.float64,
-                                   requires_grad=requires_grad),
+            requires_grad
+        ),
+        dropout_logits=torch.randn(
+            6, 8, generator=gen, dtype=torch.float64, requires_grad=requires_grad
+        ),
     )
     inputs = [out.mu] if kind == "poisson" else [out.mu, out.theta]
     if kind == "zinb":
@@ -204,8 +208,11 @@ def test_count_losses_finite_on_huge_counts_and_extreme_dispersion(theta):
     mu = torch.tensor([[1e-6, 9e4, 2.0], [0.5, 1e-8, 3.0]], requires_grad=True)
     theta_t = torch.full((3,), theta, requires_grad=True)
     logits = torch.tensor([[20.0, -20.0, 0.0], [-30.0, 30.0, 0.0]], requires_grad=True)
-    for value in (poisson_nll(counts, mu), nb_nll(counts, mu, theta_t),
-                  zinb_nll(counts, mu, theta_t, logits)):
+    for value in (
+        poisson_nll(counts, mu),
+        nb_nll(counts, mu, theta_t),
+        zinb_nll(counts, mu, theta_t, logits),
+    ):
         value.sum().backward()
         assert torch.isfinite(value).all()
     assert torch.isfinite(mu.grad).all() and torch.isfinite(theta_t.grad).all()

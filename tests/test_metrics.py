@@ -69,9 +69,7 @@ def test_median_gene_pearson_against_numpy(truth_and_recon, monkeypatch):
     monkeypatch.setattr("scae.evaluation.metrics.CHUNK", 9)
     dense = truth.toarray()
     dense[:, 3] = 0  # a constant gene is skipped
-    expected = np.median(
-        [np.corrcoef(recon[:, g], dense[:, g])[0, 1] for g in range(40) if g != 3]
-    )
+    expected = np.median([np.corrcoef(recon[:, g], dense[:, g])[0, 1] for g in range(40) if g != 3])
     assert median_gene_pearson(sp.csr_matrix(dense), recon) == pytest.approx(expected)
 
 
@@ -129,13 +127,18 @@ def test_clustering_metrics_see_test_cells_only():
     scrambled[split == "train"] = rng.permutation(scrambled[split == "train"])
     before = embedding_metrics(emb, pd.Series(labels), split)
     after = embedding_metrics(scrambled, pd.Series(labels), split)
-    for metric in ("leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
-                   "n_leiden_clusters_test"):
+    for metric in (
+        "leiden_ari_test",
+        "leiden_nmi_test",
+        "label_silhouette_test",
+        "n_leiden_clusters_test",
+    ):
         assert after[metric] == before[metric], metric
     assert after["knn_accuracy"] < before["knn_accuracy"]
     test = split == "test"
     assert before["label_silhouette_test"] == pytest.approx(
-        silhouette_score(emb[test], labels[test], metric="cosine"))
+        silhouette_score(emb[test], labels[test], metric="cosine")
+    )
 
 
 def test_count_nll_matches_scipy():
@@ -158,9 +161,12 @@ def test_poisson_nll_agrees_with_torch_argument_order():
     counts = rng.poisson(3.0, size=(10, 8)).astype(float)
     mu = rng.gamma(2.0, 1.5, size=(10, 8))
     ours = count_nll(sp.csr_matrix(counts), mu, np.ones(8))["poisson_nll"]
-    reference = torch.nn.functional.poisson_nll_loss(
-        torch.tensor(mu), torch.tensor(counts), log_input=False, full=False, reduction="sum"
-    ).item() / 10
+    reference = (
+        torch.nn.functional.poisson_nll_loss(
+            torch.tensor(mu), torch.tensor(counts), log_input=False, full=False, reduction="sum"
+        ).item()
+        / 10
+    )
     stirling_free = ours - gammaln(counts + 1).sum() / 10  # torch's full=False drops log c!
     assert stirling_free == pytest.approx(reference, rel=1e-9)
 
@@ -295,16 +301,25 @@ def test_mcv_mse_rewards_the_mean_profile_at_low_depth(median_umis, mean_wins):
     if median_umis:
         depth = np.median(np.asarray(raw.X.sum(axis=1)).ravel())
         raw.X, _ = binomial_split(raw.X, median_umis / depth, seed=1)
-    data = preprocess(raw, PreprocessParams(min_genes=50, n_top_genes=1000), dataset="pbmc.mcv",
-                      label_key="cell_type", mito_prefix="MT-", mcv=MCVParams(0.9, 0))
+    data = preprocess(
+        raw,
+        PreprocessParams(min_genes=50, n_top_genes=1000),
+        dataset="pbmc.mcv",
+        label_key="cell_type",
+        mito_prefix="MT-",
+        mcv=MCVParams(0.9, 0),
+    )
     test = (data.obs["split"] == "test").to_numpy()
     scores = {}
     for name in ("mean", "pca", "pca_mcv_rank"):
         _, recon = baseline_outputs(name, data, 32, 0, max_pca_rank=60)
         scores[name] = mcv_metrics(
-            data.layers[HELDOUT_LAYER][test], np.asarray(recon),
+            data.layers[HELDOUT_LAYER][test],
+            np.asarray(recon),
             data.obs["library_size"].to_numpy()[test],
-            data.obs["mcv_library_size"].to_numpy()[test], 1e4, np.full(data.n_vars, 1e4),
+            data.obs["mcv_library_size"].to_numpy()[test],
+            1e4,
+            np.full(data.n_vars, 1e4),
         )["mcv_mse"]
     rank = pca_mcv_rank(data, 60, 0)
     assert rank < 32  # MCV picks a smaller rank than the latent dim on these data

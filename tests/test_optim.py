@@ -11,8 +11,9 @@ from scae.train.optim import adam
 
 def _model(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(30, 16), torch.nn.BatchNorm1d(16),
-                               torch.nn.ReLU(), torch.nn.Linear(16, 30))
+    return torch.nn.Sequential(
+        torch.nn.Linear(30, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(), torch.nn.Linear(16, 30)
+    )
 
 
 def _train(model, optimizer, steps: int, seed: int = 1) -> None:
@@ -28,8 +29,11 @@ def _train(model, optimizer, steps: int, seed: int = 1) -> None:
 def test_bitwise_equal_to_torch_fused_adam(weight_decay):
     ours, theirs = _model(0), _model(0)
     _train(ours, FusedAdam(ours.parameters(), lr=3e-3, weight_decay=weight_decay), 25)
-    _train(theirs, torch.optim.Adam(theirs.parameters(), lr=3e-3, weight_decay=weight_decay,
-                                    fused=True), 25)
+    _train(
+        theirs,
+        torch.optim.Adam(theirs.parameters(), lr=3e-3, weight_decay=weight_decay, fused=True),
+        25,
+    )
     for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -38,8 +42,9 @@ def test_close_to_torch_reference_adam():
     """Against the textbook (single-tensor, unfused) implementation."""
     ours, theirs = _model(0), _model(0)
     _train(ours, FusedAdam(ours.parameters(), lr=1e-3, weight_decay=1e-3), 25)
-    _train(theirs, torch.optim.Adam(theirs.parameters(), lr=1e-3, weight_decay=1e-3,
-                                    foreach=False), 25)
+    _train(
+        theirs, torch.optim.Adam(theirs.parameters(), lr=1e-3, weight_decay=1e-3, foreach=False), 25
+    )
     for a, b in zip(ours.parameters(), theirs.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -102,12 +107,18 @@ def _fused_adam_that_does_nothing(*args, **kwargs):
 
 @pytest.mark.parametrize("patch", ["missing", "re-signed", "changed meaning"])
 def test_without_a_working_private_kernel_training_runs_on_torch_fused_adam(
-        patch, monkeypatch, caplog):
+    patch, monkeypatch, caplog
+):
     if patch == "missing":
         monkeypatch.delattr(torch, "_fused_adam_")
     else:
-        monkeypatch.setattr(torch, "_fused_adam_", _fused_adam_with_new_signature
-                            if patch == "re-signed" else _fused_adam_that_does_nothing)
+        monkeypatch.setattr(
+            torch,
+            "_fused_adam_",
+            _fused_adam_with_new_signature
+            if patch == "re-signed"
+            else _fused_adam_that_does_nothing,
+        )
     ours, theirs = _model(0), _model(0)
     with caplog.at_level("INFO", logger="scae"):
         optimizer = adam(ours.parameters(), torch.device("cpu"), lr=3e-3, weight_decay=1e-2)
@@ -115,8 +126,9 @@ def test_without_a_working_private_kernel_training_runs_on_torch_fused_adam(
     assert "missing or changed" in caplog.text
     monkeypatch.undo()  # the reference runs on the real torch
     _train(ours, optimizer, 25)
-    _train(theirs, torch.optim.Adam(theirs.parameters(), lr=3e-3, weight_decay=1e-2,
-                                    fused=True), 25)
+    _train(
+        theirs, torch.optim.Adam(theirs.parameters(), lr=3e-3, weight_decay=1e-2, fused=True), 25
+    )
     for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()):
         assert torch.equal(a, b)
 

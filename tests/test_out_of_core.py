@@ -32,23 +32,33 @@ def reference_preprocess(adata, params, label_key, mito_prefix, mcv=None):
     matrix, HVGs by scanpy's own seurat flavor): the oracle."""
     import scanpy as sc
 
-    adata = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=adata.obs.copy(),
-                       var=adata.var.copy(), uns=dict(adata.uns))
+    adata = ad.AnnData(
+        X=sp.csr_matrix(adata.X, dtype=np.float32),
+        obs=adata.obs.copy(),
+        var=adata.var.copy(),
+        uns=dict(adata.uns),
+    )
     keep = np.diff(adata.X.indptr) >= params.min_genes
     mito = np.asarray(adata.var_names.str.upper().str.startswith(mito_prefix.upper()))
     totals = np.asarray(adata.X.sum(axis=1)).ravel()
-    pct = np.divide(100 * np.asarray(adata.X[:, mito].sum(axis=1)).ravel(), totals,
-                    out=np.zeros_like(totals), where=totals > 0)
+    pct = np.divide(
+        100 * np.asarray(adata.X[:, mito].sum(axis=1)).ravel(),
+        totals,
+        out=np.zeros_like(totals),
+        where=totals > 0,
+    )
     adata.obs["pct_counts_mito"] = pct
     adata = adata[keep & (pct <= params.max_pct_mito)].copy()
     if mcv is not None:
-        adata.X, adata.layers[HELDOUT_LAYER] = binomial_split(adata.X, mcv.train_fraction,
-                                                              mcv.seed)
+        adata.X, adata.layers[HELDOUT_LAYER] = binomial_split(adata.X, mcv.train_fraction, mcv.seed)
     adata = adata[np.asarray(adata.X.sum(axis=1)).ravel() > 0].copy()
     labels = adata.obs[label_key].astype(str)
     adata.obs["split"] = pd.Categorical(
-        stratified_split(labels, adata.n_obs, params.test_fraction, params.val_fraction,
-                         params.split_seed), categories=["train", "val", "test"])
+        stratified_split(
+            labels, adata.n_obs, params.test_fraction, params.val_fraction, params.split_seed
+        ),
+        categories=["train", "val", "test"],
+    )
     is_train = (adata.obs["split"] == "train").to_numpy()
     cells_per_gene = np.bincount(adata.X[is_train].indices, minlength=adata.n_vars)
     adata = adata[:, cells_per_gene >= params.min_cells].copy()
@@ -57,12 +67,12 @@ def reference_preprocess(adata, params, label_key, mito_prefix, mcv=None):
     adata.layers["counts"] = adata.X.copy()
     adata.obs["library_size"] = np.asarray(adata.X.sum(axis=1)).ravel()
     if mcv is not None:
-        adata.obs["mcv_library_size"] = np.asarray(
-            adata.layers[HELDOUT_LAYER].sum(axis=1)).ravel()
+        adata.obs["mcv_library_size"] = np.asarray(adata.layers[HELDOUT_LAYER].sum(axis=1)).ravel()
     sc.pp.normalize_total(adata, target_sum=params.target_sum)
     sc.pp.log1p(adata)
-    hvg = sc.pp.highly_variable_genes(adata[is_train], n_top_genes=params.n_top_genes,
-                                      flavor="seurat", inplace=False)["highly_variable"]
+    hvg = sc.pp.highly_variable_genes(
+        adata[is_train], n_top_genes=params.n_top_genes, flavor="seurat", inplace=False
+    )["highly_variable"]
     adata = adata[:, hvg.to_numpy()].copy()
     X = adata.X[is_train].toarray().astype(np.float64)  # exact, unlike float32 sums
     adata.var["train_mean"] = X.mean(axis=0)
@@ -112,8 +122,7 @@ def test_bundled_data_matches_the_in_memory_scanpy_pipeline(pbmc3k, pbmc3k_refer
         with open_counts(PBMC3K) as rows:
             assert isinstance(rows, H5adRows)
             assert sum(1 for _ in rows.blocks(scae.data.readers.CHUNK_NNZ)) > 5
-            out_of_core = preprocess_rows(rows, DEFAULT, dataset="pbmc3k",
-                                          label_key="cell_type")
+            out_of_core = preprocess_rows(rows, DEFAULT, dataset="pbmc3k", label_key="cell_type")
     assert_same_result(out_of_core, pbmc3k_reference)
     assert out_of_core.uns["log1p"] == in_memory.uns["log1p"]
     assert out_of_core.uns["scae"] == in_memory.uns["scae"]
@@ -141,15 +150,16 @@ def test_seurat_hvg_equals_scanpy_with_single_gene_bins():
     X = sp.random(300, 400, density=0.1, random_state=rng, format="csr", dtype=np.float32)
     X.data = np.log1p(np.round(X.data * 20))
     lone = np.log1p(rng.integers(2000, 4000, size=(300, 1))).astype(np.float32)  # own bin
-    X = sp.hstack([X, sp.csr_matrix(lone), sp.csr_matrix((300, 2), dtype=np.float32)],
-                  format="csr")  # and two genes never detected
+    X = sp.hstack(
+        [X, sp.csr_matrix(lone), sp.csr_matrix((300, 2), dtype=np.float32)], format="csr"
+    )  # and two genes never detected
     adata = ad.AnnData(X)
     for n_top in (10, 100, 390):
-        expected = sc.pp.highly_variable_genes(adata, n_top_genes=n_top, flavor="seurat",
-                                               inplace=False)["highly_variable"].to_numpy()
+        expected = sc.pp.highly_variable_genes(
+            adata, n_top_genes=n_top, flavor="seurat", inplace=False
+        )["highly_variable"].to_numpy()
         moments = GeneMoments(X.shape[1]).add(np.expm1(X))
-        np.testing.assert_array_equal(seurat_hvg(moments.mean, moments.variance(), n_top),
-                                      expected)
+        np.testing.assert_array_equal(seurat_hvg(moments.mean, moments.variance(), n_top), expected)
 
 
 def test_gene_moments_in_blocks_equal_the_whole():
@@ -219,8 +229,10 @@ def test_memory_scales_with_the_result_not_the_input(tmp_path):
     stay far below the input matrix: blocks and cells × HVGs only."""
     from scae.data.synthetic import SyntheticParams, write_synthetic
 
-    path = write_synthetic(tmp_path / "wide.h5ad", SyntheticParams(
-        n_cells=6000, n_genes=6000, median_library=3000, seed=2))
+    path = write_synthetic(
+        tmp_path / "wide.h5ad",
+        SyntheticParams(n_cells=6000, n_genes=6000, median_library=3000, seed=2),
+    )
     with h5py.File(path) as f:
         input_bytes = f["X/data"].shape[0] * 8  # float32 values + int32 indices
     params = PreprocessParams(min_genes=10, n_top_genes=200)
@@ -231,8 +243,9 @@ def test_memory_scales_with_the_result_not_the_input(tmp_path):
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 17)
                 with open_counts(path) as rows:
-                    result = preprocess_rows(rows, params, dataset="w", label_key="cell_type",
-                                             mito_prefix=None)
+                    result = preprocess_rows(
+                        rows, params, dataset="w", label_key="cell_type", mito_prefix=None
+                    )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -262,8 +275,9 @@ def _write_10x_v3(path, X, genes, cells, feature_types):
 @pytest.mark.parametrize("counts", ["X", "raw", "spliced"])
 def test_h5ad_blocks_equal_read_counts(tmp_path, counts):
     raw = pbmc_subset(300)
-    adata = ad.AnnData(X=raw.X.copy(), obs=raw.obs, var=raw.var, uns={"note": "x"},
-                       layers={"spliced": raw.X * 2})
+    adata = ad.AnnData(
+        X=raw.X.copy(), obs=raw.obs, var=raw.var, uns={"note": "x"}, layers={"spliced": raw.X * 2}
+    )
     adata.raw = adata.copy()
     adata.X = sp.csr_matrix(adata.X * 3)
     path = tmp_path / "a.h5ad"
@@ -283,8 +297,9 @@ def test_dense_h5ad_and_10x_h5_are_read_in_blocks(tmp_path):
     X = sp.random(40, 6, density=0.5, random_state=rng, format="csr", dtype=np.float32)
     X.data = np.round(X.data * 10) + 1
     genes, cells = [f"G{i}" for i in range(6)], [f"C{i}" for i in range(40)]
-    ad.AnnData(X=X.toarray(), obs=pd.DataFrame(index=cells),
-               var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "dense.h5ad")
+    ad.AnnData(
+        X=X.toarray(), obs=pd.DataFrame(index=cells), var=pd.DataFrame(index=genes)
+    ).write_h5ad(tmp_path / "dense.h5ad")
     types = ["Gene Expression"] * 5 + ["Antibody Capture"]
     _write_10x_v3(tmp_path / "a.h5", X, genes, cells, types)
     for name in ("dense.h5ad", "a.h5"):
@@ -292,8 +307,9 @@ def test_dense_h5ad_and_10x_h5_are_read_in_blocks(tmp_path):
         with open_counts(tmp_path / name) as rows:
             assert isinstance(rows, HDF5Rows), name
             blocks = sp.vstack([b for _, b in rows.blocks(max_nnz=20)])
-            pd.testing.assert_frame_equal(rows.var, whole.var, check_dtype=False,
-                                          check_column_type=False)
+            pd.testing.assert_frame_equal(
+                rows.var, whole.var, check_dtype=False, check_column_type=False
+            )
             assert list(rows.obs.index) == list(whole.obs_names)
         assert_same_matrix(blocks, whole.X)
     assert whole.n_vars == 5  # the antibody feature is left out, as scanpy does
@@ -322,8 +338,11 @@ def test_truncated_file_is_named_when_a_block_fails(tmp_path):
 def test_unknown_counts_are_named_without_reading_the_matrix(tmp_path):
     raw = pbmc_subset(50)
     ad.AnnData(X=raw.X, layers={"spliced": raw.X}).write_h5ad(tmp_path / "a.h5ad")
-    with pytest.raises(InputError, match=r"'counts' is neither 'X', 'raw' nor a layer "
-                                         r"\(layers: spliced\)"):
+    with pytest.raises(
+        InputError,
+        match=r"'counts' is neither 'X', 'raw' nor a layer "
+        r"\(layers: spliced\)",
+    ):
         with open_counts(tmp_path / "a.h5ad", counts="counts"):
             pass
     with pytest.raises(InputError, match="counts: raw was configured but the file has no .raw"):

@@ -23,14 +23,17 @@ def _verdicts(by_rank: dict[int, str]) -> pd.DataFrame:
     return pd.DataFrame({"rank": list(by_rank), "verdict": list(by_rank.values())})
 
 
-@pytest.mark.parametrize("verdicts, expected", [
-    ({2: "better", 4: "better", 8: "no difference", 16: "worse", 32: "worse"}, (4, 16)),
-    ({2: "better", 4: "better", 8: "better"}, (8, None)),
-    ({2: "worse", 4: "worse"}, (None, 2)),
-    ({2: "no difference", 4: "no difference"}, (None, None)),
-    ({2: "no difference", 4: "better", 8: "worse", 16: "better"}, (16, 8)),  # not monotone
-    ({32: "worse", 2: "better", 8: "better"}, (8, 32)),  # order of rows does not matter
-])
+@pytest.mark.parametrize(
+    "verdicts, expected",
+    [
+        ({2: "better", 4: "better", 8: "no difference", 16: "worse", 32: "worse"}, (4, 16)),
+        ({2: "better", 4: "better", 8: "better"}, (8, None)),
+        ({2: "worse", 4: "worse"}, (None, 2)),
+        ({2: "no difference", 4: "no difference"}, (None, None)),
+        ({2: "no difference", 4: "better", 8: "worse", 16: "better"}, (16, 8)),  # not monotone
+        ({32: "worse", 2: "better", 8: "better"}, (8, 32)),  # order of rows does not matter
+    ],
+)
 def test_crossing_is_the_largest_better_and_the_smallest_worse_rank(verdicts, expected):
     assert crossing(_verdicts(verdicts)) == expected
 
@@ -55,8 +58,9 @@ def _cells(n):
 
 def _table(cells, centred):
     """A per-cell table (the paired family also compares cosine and mse)."""
-    return pd.DataFrame({"cell": cells, "centred_cosine": centred, "cosine": centred,
-                         "mse": 1 - centred})
+    return pd.DataFrame(
+        {"cell": cells, "centred_cosine": centred, "cosine": centred, "mse": 1 - centred}
+    )
 
 
 def _runs_at(rank, ae_shift, rng, n_cells=300, seeds=(0, 1, 2)):
@@ -65,17 +69,36 @@ def _runs_at(rank, ae_shift, rng, n_cells=300, seeds=(0, 1, 2)):
     cells = _cells(n_cells)
     pca = rng.uniform(0.2, 0.6, n_cells)
     runs = {("baseline_pca", None): _table(cells, pca)}
-    rows = [("d", "baseline", "baseline_pca", rank, np.nan, "centred_cosine_mean", pca.mean()),
-            ("d", "baseline", "baseline_pca", rank, np.nan, "train_centred_cosine_mean",
-             pca.mean() + 0.01)]
+    rows = [
+        ("d", "baseline", "baseline_pca", rank, np.nan, "centred_cosine_mean", pca.mean()),
+        (
+            "d",
+            "baseline",
+            "baseline_pca",
+            rank,
+            np.nan,
+            "train_centred_cosine_mean",
+            pca.mean() + 0.01,
+        ),
+    ]
     for loss, offset in (("mse", 0.0), ("cosine", -0.05)):
         for seed in seeds:
             values = pca + ae_shift + offset + rng.normal(0, 0.01, n_cells)
             runs[(loss, seed)] = _table(cells, values)
-            rows.append(("d", "autoencoder", loss, rank, seed, "centred_cosine_mean",
-                         values.mean()))
-            rows.append(("d", "autoencoder", loss, rank, seed, "train_centred_cosine_mean",
-                         values.mean() + 0.03))
+            rows.append(
+                ("d", "autoencoder", loss, rank, seed, "centred_cosine_mean", values.mean())
+            )
+            rows.append(
+                (
+                    "d",
+                    "autoencoder",
+                    loss,
+                    rank,
+                    seed,
+                    "train_centred_cosine_mean",
+                    values.mean() + 0.03,
+                )
+            )
     return runs, rows
 
 
@@ -89,8 +112,9 @@ def _ranked(shifts: dict[int, float]):
     for runs in per_cell.values():
         runs[("baseline_mean", None)] = mean_profile
     rows.append(("d", "baseline", "baseline_mean", np.nan, np.nan, "centred_cosine_mean", 0.0))
-    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
-                                       "value"])
+    tidy = pd.DataFrame(
+        rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"]
+    )
     return per_cell, tidy
 
 
@@ -109,8 +133,9 @@ def test_rank_table_reads_each_rank_against_pca_at_that_rank():
     # (no rank) is the reference at every rank
     answer = comparisons[comparisons["family"] == "answer"]
     assert sorted(answer["rank"].unique()) == [2, 8, 32]
-    assert (answer.groupby("rank")["reference"].apply(set)
-            == {"mse", "baseline_pca", "baseline_mean"}).all()
+    assert (
+        answer.groupby("rank")["reference"].apply(set) == {"mse", "baseline_pca", "baseline_mean"}
+    ).all()
 
 
 def test_rank_intervals_are_simultaneous_over_the_ranks():
@@ -119,8 +144,12 @@ def test_rank_intervals_are_simultaneous_over_the_ranks():
     family = comparisons[comparisons["family"] == "rank"].set_index("rank")
     assert len(family) == 3
     runs = per_cell[8]
-    table = np.vstack([runs[("mse", s)]["centred_cosine"] - runs[("baseline_pca", None)][
-        "centred_cosine"] for s in (0, 1, 2)])
+    table = np.vstack(
+        [
+            runs[("mse", s)]["centred_cosine"] - runs[("baseline_pca", None)]["centred_cosine"]
+            for s in (0, 1, 2)
+        ]
+    )
     low, high = crossed_mean_difference(table).interval(1 - 0.05 / 3)  # Bonferroni over 3
     assert (family.loc[8, "ci_low"], family.loc[8, "ci_high"]) == pytest.approx((low, high))
     narrow = crossed_mean_difference(table).interval(0.95)
@@ -133,8 +162,10 @@ def test_markdown_has_the_rank_table_one_section_per_rank_and_the_figures():
     text = markdown_summary(tidy, comparisons, "d", reference_rank=32)
     assert "## At which rank does an autoencoder beat PCA?" in text
     assert "| 2 | `mse` |" in text and "autoencoder better |" in text and "PCA better |" in text
-    assert "**Crossing:** the best autoencoder beats PCA at the same rank up to k = 2; PCA is " \
-           "better from k = 32." in text
+    assert (
+        "**Crossing:** the best autoencoder beats PCA at the same rank up to k = 2; PCA is "
+        "better from k = 32." in text
+    )
     assert "## Rank k = 2\n" in text and "## Rank k = 32 (the reference rank" in text
     assert "plots/rank_curve.png" in text and "plots/forest.png" in text
     assert text.count("**Answer:**") == 2
@@ -183,18 +214,38 @@ def _verdict_at(adata: ad.AnnData, rank: int, seeds=(0, 1)) -> pd.Series:
     runs, rows = {}, []
     for seed in seeds:
         model = scae.Autoencoder(adata, "mse", hidden=(128,), latent_dim=rank, dropout=0.0)
-        model.train(max_epochs=400, patience=15, batch_size=64, learning_rate=3e-3, seed=seed,
-                    device="cpu")
+        model.train(
+            max_epochs=400, patience=15, batch_size=64, learning_rate=3e-3, seed=seed, device="cpu"
+        )
         assert model.stopped_by == "patience"  # converged, not capped
         runs[("mse", seed)] = scored(model.get_reconstruction(indices=test))
-        rows.append(("d", "autoencoder", "mse", rank, seed, "centred_cosine_mean",
-                     runs[("mse", seed)]["centred_cosine"].mean()))
+        rows.append(
+            (
+                "d",
+                "autoencoder",
+                "mse",
+                rank,
+                seed,
+                "centred_cosine_mean",
+                runs[("mse", seed)]["centred_cosine"].mean(),
+            )
+        )
     _, recon = baseline_outputs("pca", adata, rank, 0, max_pca_rank=rank)
     runs[("baseline_pca", None)] = scored(recon)
-    rows.append(("d", "baseline", "baseline_pca", rank, np.nan, "centred_cosine_mean",
-                 runs[("baseline_pca", None)]["centred_cosine"].mean()))
-    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
-                                       "value"])
+    rows.append(
+        (
+            "d",
+            "baseline",
+            "baseline_pca",
+            rank,
+            np.nan,
+            "centred_cosine_mean",
+            runs[("baseline_pca", None)]["centred_cosine"].mean(),
+        )
+    )
+    tidy = pd.DataFrame(
+        rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"]
+    )
     stats = aggregate(tidy)
     table = rank_table(stats, rank_comparisons({rank: runs}, stats), "centred_cosine_mean")
     return table.iloc[0]

@@ -65,8 +65,10 @@ def test_unlabelled_cells_train_but_label_metrics_use_labelled_cells_only(tmp_pa
     succeeded(snakemake(tmp_path, write_config(tmp_path, config), SUMMARY))
 
     log = (tmp_path / f"logs/{DATASET}/preprocess.log").read_text()
-    assert (f"dataset '{DATASET}': {missing.sum()} of 400 cells that passed QC have no label "
-            "in obs['cell_type']") in log
+    assert (
+        f"dataset '{DATASET}': {missing.sum()} of 400 cells that passed QC have no label "
+        "in obs['cell_type']"
+    ) in log
     assert "label metrics are computed on labelled cells only" in log
     assert "min_genes=150" in log
     out = ad.read_h5ad(tmp_path / f"{RESULTS}/preprocessed.h5ad")
@@ -89,8 +91,9 @@ def test_unlabelled_cells_train_but_label_metrics_use_labelled_cells_only(tmp_pa
     labels = out.obs["cell_type"].astype(str).to_numpy()
     train, test = (split == "train") & labelled, (split == "test") & labelled
     reference = KNeighborsClassifier(n_neighbors=15).fit(z[train], labels[train])
-    assert value["knn_accuracy"] == pytest.approx((reference.predict(z[test]) == labels[test])
-                                                  .mean())
+    assert value["knn_accuracy"] == pytest.approx(
+        (reference.predict(z[test]) == labels[test]).mean()
+    )
     summary = (tmp_path / f"{RESULTS}/summary.md").read_text()
     assert "Preprocessed with QC min_genes = 150, max_pct_mito = 5.0" in summary
 
@@ -98,10 +101,14 @@ def test_unlabelled_cells_train_but_label_metrics_use_labelled_cells_only(tmp_pa
 def test_a_label_column_without_labels_is_no_label_key(pbmc_small):
     adata = pbmc_small.copy()
     adata.obs["cell_type"] = pd.Series(np.nan, index=adata.obs_names, dtype=object)
-    with pytest.warns(UserWarning, match=r"obs\['cell_type'\] has no labels \(missing for all "
-                                         r"400 cells that passed QC\); as without a label_key"):
-        out = preprocess(adata, PreprocessParams(n_top_genes=300), dataset="t",
-                         label_key="cell_type")
+    with pytest.warns(
+        UserWarning,
+        match=r"obs\['cell_type'\] has no labels \(missing for all "
+        r"400 cells that passed QC\); as without a label_key",
+    ):
+        out = preprocess(
+            adata, PreprocessParams(n_top_genes=300), dataset="t", label_key="cell_type"
+        )
     assert out.uns["scae"]["label_key"] == ""
 
 
@@ -110,8 +117,9 @@ def test_missing_labels_keep_the_split_of_labelled_cells_stratified(pbmc_small):
     adata = pbmc_small.copy()
     missing = _unlabel_every_tenth(adata)
     with pytest.warns(UserWarning, match="have no label"):
-        out = preprocess(adata, PreprocessParams(n_top_genes=300), dataset="t",
-                         label_key="cell_type")
+        out = preprocess(
+            adata, PreprocessParams(n_top_genes=300), dataset="t", label_key="cell_type"
+        )
     for label, group in out.obs.groupby("cell_type", observed=True, dropna=False):
         n = len(group)
         n_test = round(0.2 * n)
@@ -134,10 +142,12 @@ def _qc_passing_cells(n_per_type: tuple[int, int]) -> ad.AnnData:
     pct = 100 * np.asarray(X[:, mito].sum(axis=1)).ravel() / totals
     passes = (np.diff(X.indptr) >= 200) & (pct <= 5)
     types = full.obs["cell_type"].value_counts().index[:2]
-    rows = np.concatenate([
-        np.flatnonzero(passes & (full.obs["cell_type"] == name).to_numpy())[:n]
-        for name, n in zip(types, n_per_type)
-    ])
+    rows = np.concatenate(
+        [
+            np.flatnonzero(passes & (full.obs["cell_type"] == name).to_numpy())[:n]
+            for name, n in zip(types, n_per_type)
+        ]
+    )
     return full[np.sort(rows)].copy()
 
 
@@ -146,8 +156,11 @@ def _boundary_config(workdir: Path, n_per_type: tuple[int, int]) -> Path:
     cluster negatives need the training-cell Leiden graph), MCV, tuning, label metrics."""
     config = small_config(workdir, ["mse", "cosine_embedding"])
     config["mcv"] = {"enabled": True}
-    config["tune"] = {"n_trials": 2, "max_epochs": 5,
-                      "space": {"batch_size": [8, 16], "hidden": [[32], [16]]}}
+    config["tune"] = {
+        "n_trials": 2,
+        "max_epochs": 5,
+        "space": {"batch_size": [8, 16], "hidden": [[32], [16]]},
+    }
     config["train"]["batch_size"] = 8
     data = Path(config["datasets"][DATASET]["path"])
     _qc_passing_cells(n_per_type).write_h5ad(data)
@@ -160,8 +173,11 @@ def test_size_needs_follow_each_stage():
     assert SizeNeeds(latent_dim=32, clusters=True).minimums()["train"] == 33
     # 47 cells: round(9.4) = 9 test, round(4.7) = 5 val, 33 train; 48 at the default sizes
     assert SizeNeeds(latent_dim=32).cells_in_all(0.2, 0.1) == 48
-    with pytest.raises(InputError, match=r"has 20 cells × 50 genes, too few before QC.*"
-                                         r"21 cells at the very least"):
+    with pytest.raises(
+        InputError,
+        match=r"has 20 cells × 50 genes, too few before QC.*"
+        r"21 cells at the very least",
+    ):
         SizeNeeds(latent_dim=4, clusters=True).check_input(20, 50, "f.h5ad", "d")
     SizeNeeds(latent_dim=4, clusters=True).check_input(21, MIN_GENES, "f.h5ad", "d")
     with pytest.raises(InputError, match="9 genes, too few"):
@@ -170,8 +186,11 @@ def test_size_needs_follow_each_stage():
 
 def test_input_shape_reads_metadata_of_every_h5ad_layout(tmp_path, pbmc_small):
     adata = pbmc_small[:50].copy()
-    for name, X in {"csr": sp.csr_matrix(adata.X), "csc": sp.csc_matrix(adata.X),
-                    "dense": adata.X.toarray()}.items():
+    for name, X in {
+        "csr": sp.csr_matrix(adata.X),
+        "csc": sp.csc_matrix(adata.X),
+        "dense": adata.X.toarray(),
+    }.items():
         ad.AnnData(X=X, obs=adata.obs, var=adata.var).write_h5ad(tmp_path / f"{name}.h5ad")
         assert input_shape(tmp_path / f"{name}.h5ad") == (50, adata.n_vars), name
     assert input_shape(tmp_path / "csr.h5ad", "nope") is None  # preprocess names it
@@ -182,10 +201,13 @@ def test_dataset_too_small_before_qc_stops_at_parse_time(tmp_path):
     configfile = _boundary_config(tmp_path, (10, 10))
     proc = snakemake(tmp_path, configfile, "-n")
     assert proc.returncode != 0
-    assert (f"dataset '{DATASET}' has 20 cells × 32738 genes, too few before QC: later stages "
-            "need at least 16 training cells") in proc.output
+    assert (
+        f"dataset '{DATASET}' has 20 cells × 32738 genes, too few before QC: later stages "
+        "need at least 16 training cells"
+    ) in proc.output
     assert "negative_sampling: cluster needs 16 for the training-cell neighbour graph" in (
-        proc.output)
+        proc.output
+    )
     assert "21 cells at the very least" in proc.output
     assert not (tmp_path / "results").exists()
 
@@ -198,10 +220,14 @@ def test_one_cell_below_the_minimum_fails_clearly_at_preprocess(tmp_path):
     assert proc.returncode != 0
     log = (tmp_path / f"logs/{DATASET}/preprocess.log").read_text()
     for message in [
-        (rf"dataset '{DATASET}': too few cells for the later stages after QC and the split: "
-         r"15 training cells \(need 16\)"),
-        (r"21 cells in, 21 kept with min_genes=200, max_pct_mito=5\.0; split train 15 / val 2 / "
-         r"test 4"),
+        (
+            rf"dataset '{DATASET}': too few cells for the later stages after QC and the split: "
+            r"15 training cells \(need 16\)"
+        ),
+        (
+            r"21 cells in, 21 kept with min_genes=200, max_pct_mito=5\.0; split train 15 / val 2 / "
+            r"test 4"
+        ),
         r"model\.latent_dim = 4 needs latent_dim \+ 1 for PCA at that rank",
         r"Fix: use more cells \(about 23 after QC",
     ]:
@@ -259,15 +285,23 @@ def float_counts_run(tmp_path_factory):
 def test_counts_with_conversion_noise_are_rounded_and_used(float_counts_run):
     workdir, base, _ = float_counts_run
     log = (workdir / "logs/noisy/preprocess.log").read_text()
-    match = re.search(r"dataset 'noisy': (\d+) stored values are integers with conversion "
-                      r"noise \(largest deviation ([\d.e-]+), within the tolerance 0\.001\); "
-                      r"they are rounded to the nearest integer", log)
+    match = re.search(
+        r"dataset 'noisy': (\d+) stored values are integers with conversion "
+        r"noise \(largest deviation ([\d.e-]+), within the tolerance 0\.001\); "
+        r"they are rounded to the nearest integer",
+        log,
+    )
     assert match, log[-3000:]
     # float32 absorbs the noise of the larger counts; most values keep some
     assert int(match[1]) > 0.5 * base.X.nnz and float(match[2]) <= 2e-6
     out = ad.read_h5ad(workdir / "results/noisy/preprocessed.h5ad")
-    clean = preprocess(base, PreprocessParams(n_top_genes=300), dataset="clean",
-                       label_key="cell_type", require_integers=True)
+    clean = preprocess(
+        base,
+        PreprocessParams(n_top_genes=300),
+        dataset="clean",
+        label_key="cell_type",
+        require_integers=True,
+    )
     assert list(out.var_names) == list(clean.var_names)
     assert (out.layers["counts"] != clean.layers["counts"]).nnz == 0
     np.testing.assert_array_equal(out.obs["split"], clean.obs["split"])
@@ -278,9 +312,12 @@ def test_values_beyond_the_tolerance_are_refused_with_their_distance(float_count
     workdir, _, proc = float_counts_run
     assert proc.returncode != 0
     log = (workdir / "logs/fractional/preprocess.log").read_text()
-    match = re.search(r"dataset 'fractional' is not raw counts \(0 negative and \d+ non-integer "
-                      r"entries; their median distance to the nearest integer is ([\d.]+), "
-                      r"beyond the 0\.001 of conversion noise", log)
+    match = re.search(
+        r"dataset 'fractional' is not raw counts \(0 negative and \d+ non-integer "
+        r"entries; their median distance to the nearest integer is ([\d.]+), "
+        r"beyond the 0\.001 of conversion noise",
+        log,
+    )
     assert match, log[-3000:]
     assert float(match[1]) == pytest.approx(0.15, abs=0.01)  # |U(-0.3, 0.3)| has median 0.15
     assert "set datasets.fractional.counts to the layer holding raw UMI counts" in log
@@ -347,8 +384,10 @@ def test_a_bad_dataset_preprocess_override_is_named(tmp_path):
     config["datasets"][DATASET]["preprocess"] = {"min_gene": 50}
     proc = snakemake(tmp_path, write_config(tmp_path, config), "-n")
     assert proc.returncode != 0
-    assert (f"unknown key 'min_gene' under datasets.{DATASET}.preprocess; allowed keys: "
-            "min_genes, min_cells") in proc.output
+    assert (
+        f"unknown key 'min_gene' under datasets.{DATASET}.preprocess; allowed keys: "
+        "min_genes, min_cells"
+    ) in proc.output
 
 
 def test_dataset_override_schema_matches_the_preprocess_section():
@@ -358,23 +397,34 @@ def test_dataset_override_schema_matches_the_preprocess_section():
     schema = yaml.safe_load((REPO / "config/schema.yaml").read_text())
     top = schema["properties"]["preprocess"]["properties"]
     override = schema["definitions"]["dataset"]["properties"]["preprocess"]["properties"]
+
     def limits(section: dict, drop: tuple[str, ...]) -> dict:
-        return {key: {k: v for k, v in spec.items() if k not in drop}
-                for key, spec in section.items()}
+        return {
+            key: {k: v for k, v in spec.items() if k not in drop} for key, spec in section.items()
+        }
 
     assert limits(top, ("default", "description")) == limits(override, ("description",))
     assert not any("default" in spec for spec in override.values())
 
 
 def test_summary_states_the_preprocessing():
-    tidy = pd.DataFrame({"dataset": "d", "kind": "autoencoder", "model": "mse", "rank": 32,
-                         "seed": 0,
-                         "metric": ["centred_cosine_mean"], "value": [0.4]})
+    tidy = pd.DataFrame(
+        {
+            "dataset": "d",
+            "kind": "autoencoder",
+            "model": "mse",
+            "rank": 32,
+            "seed": 0,
+            "metric": ["centred_cosine_mean"],
+            "value": [0.4],
+        }
+    )
     empty = pd.DataFrame(columns=["family"])
-    text = markdown_summary(tidy, empty, "d",
-                            preprocess=vars(PreprocessParams(min_genes=50)))
-    assert ("Preprocessed with QC min_genes = 50, max_pct_mito = 5.0, min_cells = 3 (genes), "
-            "2000 HVGs, target_sum = 10000; split test_fraction = 0.2") in text
+    text = markdown_summary(tidy, empty, "d", preprocess=vars(PreprocessParams(min_genes=50)))
+    assert (
+        "Preprocessed with QC min_genes = 50, max_pct_mito = 5.0, min_cells = 3 (genes), "
+        "2000 HVGs, target_sum = 10000; split test_fraction = 0.2"
+    ) in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,18 +437,24 @@ def test_10x_h5_reader_logs_the_feature_types_it_kept(tmp_path, caplog):
     X = sp.random(30, 6, density=0.5, random_state=0, format="csr", dtype=np.float32)
     X.data = np.round(X.data * 10) + 1
     types = ["Gene Expression"] * 4 + ["Antibody Capture"] * 2
-    _write_10x_v3(tmp_path / "a.h5", X, [f"G{i}" for i in range(6)],
-                  [f"C{i}" for i in range(30)], types)
+    _write_10x_v3(
+        tmp_path / "a.h5", X, [f"G{i}" for i in range(6)], [f"C{i}" for i in range(30)], types
+    )
     with caplog.at_level(logging.INFO, logger="scae"), open_counts(tmp_path / "a.h5") as rows:
         assert rows.shape == (30, 4)
-    assert ("features by type: 4 Gene Expression, 2 Antibody Capture; only the 4 Gene "
-            "Expression features are used") in caplog.text
+    assert (
+        "features by type: 4 Gene Expression, 2 Antibody Capture; only the 4 Gene "
+        "Expression features are used"
+    ) in caplog.text
 
 
 def test_more_hvgs_asked_than_genes_left_logs_all_genes_used(pbmc_small, caplog):
     adata = pbmc_small[:, :800].copy()
     with caplog.at_level(logging.INFO, logger="scae"):
         out = preprocess(adata, PreprocessParams(n_top_genes=2000, min_genes=10), dataset="t")
-    match = re.search(r"n_top_genes=2000 is more than the (\d+) genes kept by min_cells=3: "
-                      r"all of them are used", caplog.text)
+    match = re.search(
+        r"n_top_genes=2000 is more than the (\d+) genes kept by min_cells=3: "
+        r"all of them are used",
+        caplog.text,
+    )
     assert match and out.n_vars <= int(match[1])

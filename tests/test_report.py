@@ -19,9 +19,16 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def _chromium(tmp_path, *args: str) -> str:
     command = [
-        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--virtual-time-budget=15000",
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=15000",
         *args,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True).stdout
@@ -47,8 +54,9 @@ def test_report_loads_and_lists_every_figure(report, tmp_path):
 def test_report_figures_render_in_chromium(report, tmp_path):
     html = report.read_text()
     uris = {
-        name: re.search(rf"data:image/png[^\"']*?filename={re.escape(name)};base64,[A-Za-z0-9+/=]+",
-                        html).group(0)
+        name: re.search(
+            rf"data:image/png[^\"']*?filename={re.escape(name)};base64,[A-Za-z0-9+/=]+", html
+        ).group(0)
         for name in FIGURES
     }
     # The embedded images decode to real, non-blank pictures…
@@ -66,8 +74,9 @@ def test_report_figures_render_in_chromium(report, tmp_path):
         "[...document.images].map(i => [i.id, i.naturalWidth]));</script></body></html>"
     )
     dom = _chromium(tmp_path, "--dump-dom", page.as_uri())
-    sizes = dict(json.loads(re.search(r"<pre id=\"sizes\">(.*?)</pre>", dom).group(1)
-                            .replace("&quot;", '"')))
+    sizes = dict(
+        json.loads(re.search(r"<pre id=\"sizes\">(.*?)</pre>", dom).group(1).replace("&quot;", '"'))
+    )
     assert all(sizes[name] > 100 for name in FIGURES), sizes
     shot = tmp_path / "shot.png"
     _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri())

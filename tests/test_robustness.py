@@ -92,14 +92,30 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
 
 
 def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-            "--directory", str(workdir), "--configfile", str(configfile), "--cores", "2", *args]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        "--cores",
+        "2",
+        *args,
+    ]
 
 
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 600):
     """Run snakemake and return the finished process, whatever its exit status."""
-    proc = subprocess.run(snakemake_command(workdir, configfile, *args), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        snakemake_command(workdir, configfile, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     proc.output = proc.stdout + proc.stderr
     return proc
 
@@ -165,26 +181,35 @@ PARSE_ERRORS = [
     ),
     pytest.param(
         _set_path("counts.xlsx", b"PK\x03\x04 a spreadsheet"),
-        [r"counts\.xlsx: unsupported file type '\.xlsx'",
-         r"accepted formats are \.h5ad, \.h5, <directory>, \.csv, \.tsv, \.txt"],
+        [
+            r"counts\.xlsx: unsupported file type '\.xlsx'",
+            r"accepted formats are \.h5ad, \.h5, <directory>, \.csv, \.tsv, \.txt",
+        ],
         id="unsupported-extension",
     ),
     pytest.param(
         _set_path("corrupt.h5ad", b"<html><body>404 Not Found</body></html>\n"),
-        [r"corrupt\.h5ad is not an HDF5 file, so not a valid \.h5ad",
-         r"accepted formats are \.h5ad", rf"fix datasets\.{DATASET}\.path"],
+        [
+            r"corrupt\.h5ad is not an HDF5 file, so not a valid \.h5ad",
+            r"accepted formats are \.h5ad",
+            rf"fix datasets\.{DATASET}\.path",
+        ],
         id="corrupt-h5ad",
     ),
     pytest.param(
         _set("train", "learnig_rate", value=0.01),
-        [r"unknown key 'learnig_rate' under train",
-         r"allowed keys: batch_size, learning_rate, weight_decay, max_epochs"],
+        [
+            r"unknown key 'learnig_rate' under train",
+            r"allowed keys: batch_size, learning_rate, weight_decay, max_epochs",
+        ],
         id="unknown-key",
     ),
     pytest.param(
         _set("datasets", DATASET, "label", value="cell_type"),
-        [rf"unknown key 'label' under datasets\.{DATASET}",
-         r"allowed keys: path, counts, label_key"],
+        [
+            rf"unknown key 'label' under datasets\.{DATASET}",
+            r"allowed keys: path, counts, label_key",
+        ],
         id="unknown-dataset-key",
     ),
     pytest.param(
@@ -199,8 +224,10 @@ PARSE_ERRORS = [
     ),
     pytest.param(
         _set("model", "reference_rank", value=8),  # small_config's latent_dim is 4
-        [r"model\.reference_rank = 8 is not one of model\.latent_dim \[4\]",
-         r"set it to one of them \(or null for the largest\)"],
+        [
+            r"model\.reference_rank = 8 is not one of model\.latent_dim \[4\]",
+            r"set it to one of them \(or null for the largest\)",
+        ],
         id="reference-rank-not-trained",
     ),
     pytest.param(
@@ -249,8 +276,11 @@ def test_unreadable_input_is_named(tmp_path, monkeypatch):
     path.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
     check_input_path(path, "d")  # readable HDF5: accepted
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)  # as for chmod 000
-    with pytest.raises(InputError, match=r"counts\.h5ad is not readable \(permission denied\); "
-                                         r"fix datasets\.d\.path"):
+    with pytest.raises(
+        InputError,
+        match=r"counts\.h5ad is not readable \(permission denied\); "
+        r"fix datasets\.d\.path",
+    ):
         check_input_path(path, "d")
 
 
@@ -258,9 +288,11 @@ def test_10x_directory_without_matrix_is_named(tmp_path):
     folder = tmp_path / "filtered_feature_bc_matrix"
     folder.mkdir()
     (folder / "barcodes.tsv.gz").write_bytes(b"")
-    with pytest.raises(InputError,
-                       match=r"filtered_feature_bc_matrix holds no matrix\.mtx\(\.gz\); "
-                             r"accepted formats are"):
+    with pytest.raises(
+        InputError,
+        match=r"filtered_feature_bc_matrix holds no matrix\.mtx\(\.gz\); "
+        r"accepted formats are",
+    ):
         check_input_path(folder, "d")
     (folder / "matrix.mtx.gz").write_bytes(b"")
     check_input_path(folder, "d")
@@ -294,7 +326,9 @@ def _ensembl_with_duplicate(adata):
 
 
 BAD_MATRICES = {
-    "fractional": _fractional, "negative": _negative, "nonfinite": _nonfinite,
+    "fractional": _fractional,
+    "negative": _negative,
+    "nonfinite": _nonfinite,
     "quirky": _ensembl_with_duplicate,
 }
 
@@ -326,20 +360,31 @@ def preprocess_run(tmp_path_factory) -> tuple[Path, object]:
 
 
 PREPROCESS_ERRORS = [
-    pytest.param("fractional", [
-        r"dataset 'fractional' is not raw counts \(0 negative and \d+ non-integer entries; "
-        r"their median distance to the nearest integer is 0\.\d+",
-        r"set datasets\.fractional\.counts to the layer holding raw UMI counts",
-        r"count losses \(poisson, nb, zinb\) need integers"], id="non-integer-with-count-loss"),
-    pytest.param("negative", [
-        r"dataset 'negative' is not raw counts \(7 negative",
-        r"set datasets\.negative\.counts"], id="negative-values"),
-    pytest.param("nonfinite", [
-        r"dataset 'nonfinite' has 5 NaN or infinite entries",
-        r"datasets\.nonfinite\.counts"], id="nan-inf"),
-    pytest.param("truncated", [
-        r"truncated\.h5ad: could not be read as AnnData",
-        r"check that the file is complete"], id="truncated-h5ad"),
+    pytest.param(
+        "fractional",
+        [
+            r"dataset 'fractional' is not raw counts \(0 negative and \d+ non-integer entries; "
+            r"their median distance to the nearest integer is 0\.\d+",
+            r"set datasets\.fractional\.counts to the layer holding raw UMI counts",
+            r"count losses \(poisson, nb, zinb\) need integers",
+        ],
+        id="non-integer-with-count-loss",
+    ),
+    pytest.param(
+        "negative",
+        [r"dataset 'negative' is not raw counts \(7 negative", r"set datasets\.negative\.counts"],
+        id="negative-values",
+    ),
+    pytest.param(
+        "nonfinite",
+        [r"dataset 'nonfinite' has 5 NaN or infinite entries", r"datasets\.nonfinite\.counts"],
+        id="nan-inf",
+    ),
+    pytest.param(
+        "truncated",
+        [r"truncated\.h5ad: could not be read as AnnData", r"check that the file is complete"],
+        id="truncated-h5ad",
+    ),
 ]
 
 
@@ -374,14 +419,30 @@ def test_quirky_gene_names_warn_and_run(preprocess_run):
 
 
 def test_qc_errors_quote_thresholds_and_counts(pbmc_small):
-    with pytest.raises(InputError, match=r"400 cells in, 0 kept with min_genes=100000, "
-                                         r"max_pct_mito=5\.0.*lower the QC thresholds"):
-        preprocess(pbmc_small, PreprocessParams(min_genes=100_000), dataset="t",
-                   label_key=None, mito_prefix="MT-")
-    with pytest.raises(InputError, match=r"too few cells for a train/val/test split after QC "
-                                         r"\(4 cells in, 4 kept .*split sizes"):
-        preprocess(pbmc_small[:4].copy(), PreprocessParams(), dataset="t", label_key=None,
-                   mito_prefix="MT-")
+    with pytest.raises(
+        InputError,
+        match=r"400 cells in, 0 kept with min_genes=100000, "
+        r"max_pct_mito=5\.0.*lower the QC thresholds",
+    ):
+        preprocess(
+            pbmc_small,
+            PreprocessParams(min_genes=100_000),
+            dataset="t",
+            label_key=None,
+            mito_prefix="MT-",
+        )
+    with pytest.raises(
+        InputError,
+        match=r"too few cells for a train/val/test split after QC "
+        r"\(4 cells in, 4 kept .*split sizes",
+    ):
+        preprocess(
+            pbmc_small[:4].copy(),
+            PreprocessParams(),
+            dataset="t",
+            label_key=None,
+            mito_prefix="MT-",
+        )
 
 
 def test_zero_count_cells_are_removed_and_counted(pbmc_small, caplog):
@@ -389,12 +450,20 @@ def test_zero_count_cells_are_removed_and_counted(pbmc_small, caplog):
     X = sp.lil_matrix(pbmc_small.X.astype(np.float32))
     X = sp.hstack([X, sp.csr_matrix(([5.0], ([0], [0])), shape=(X.shape[0], 1))]).tolil()
     X[0, :-1] = 0  # cell 0: counts in one gene detected in no other cell (< min_cells)
-    X[1, :] = 0    # cell 1: no counts at all
-    adata = ad.AnnData(X=sp.csr_matrix(X), obs=pbmc_small.obs.copy(),
-                       var=pd.DataFrame(index=[*pbmc_small.var_names, "ONLY_IN_CELL_0"]))
+    X[1, :] = 0  # cell 1: no counts at all
+    adata = ad.AnnData(
+        X=sp.csr_matrix(X),
+        obs=pbmc_small.obs.copy(),
+        var=pd.DataFrame(index=[*pbmc_small.var_names, "ONLY_IN_CELL_0"]),
+    )
     with caplog.at_level(logging.INFO, logger="scae"):
-        out = preprocess(adata, PreprocessParams(min_genes=0, n_top_genes=300), dataset="t",
-                         label_key="cell_type", mito_prefix="MT-")
+        out = preprocess(
+            adata,
+            PreprocessParams(min_genes=0, n_top_genes=300),
+            dataset="t",
+            label_key="cell_type",
+            mito_prefix="MT-",
+        )
     assert "removed 1 cells with zero counts" in caplog.text
     assert "removed 1 cells with zero counts in the genes kept by min_cells=3" in caplog.text
     assert out.n_obs == 398 and not {adata.obs_names[0], adata.obs_names[1]} & set(out.obs_names)
@@ -425,8 +494,12 @@ def test_missing_label_key_warns_and_everything_else_runs(tmp_path):
     assert "label_key 'celltype' is not a column of obs" in preprocess_log
     assert "label metrics are skipped" in preprocess_log
     summary = pd.read_csv(tmp_path / SUMMARY, sep="\t")
-    assert set(summary["model"]) == {"mse", "baseline_mean", "baseline_pca",
-                                     "baseline_library_size"}
+    assert set(summary["model"]) == {
+        "mse",
+        "baseline_mean",
+        "baseline_pca",
+        "baseline_library_size",
+    }
     assert not set(LABEL_METRICS) & set(summary.columns)
     assert summary["cosine_mean"].between(-1, 1).all() and summary["mse"].gt(0).all()
 
@@ -463,8 +536,12 @@ def test_divergence_stops_with_hint_and_leaves_no_model(finished_run, tmp_path):
     shutil.rmtree(model_dir)
     config = yaml.safe_load((workdir / "config.yaml").read_text())
     config["train"]["learning_rate"] = 1e30  # one Adam step overflows float32: NaN at step 1
-    proc = snakemake(workdir, write_config(workdir, config, "diverge.yaml"), "--keep-incomplete",
-                     f"{RESULTS}/k4/models/mse/seed0/model.pt")
+    proc = snakemake(
+        workdir,
+        write_config(workdir, config, "diverge.yaml"),
+        "--keep-incomplete",
+        f"{RESULTS}/k4/models/mse/seed0/model.pt",
+    )
     assert proc.returncode != 0
     log = (workdir / f"logs/{DATASET}/k4/train/mse/seed0.log").read_text()
     assert "TrainingDiverged: loss mse became nan in epoch 1" in log
@@ -482,8 +559,10 @@ def _train_process(root: int, script: str = "train.py"):
             cmdline = child.cmdline()
         except psutil.Error:
             continue
-        if cmdline and "python" in Path(cmdline[0]).name and any(
-            arg.endswith(script) for arg in cmdline[1:]
+        if (
+            cmdline
+            and "python" in Path(cmdline[0]).name
+            and any(arg.endswith(script) for arg in cmdline[1:])
         ):
             return child
     return None
@@ -514,8 +593,11 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
     log.unlink()
     console = tmp_path / "killed_run.txt"
     with open(console, "w") as stream:  # a file, not a pipe: a full pipe would stall snakemake
-        proc = subprocess.Popen(snakemake_command(workdir, configfile, MSE_METRICS),
-                                stdout=stream, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            snakemake_command(workdir, configfile, MSE_METRICS),
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
@@ -527,9 +609,11 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
                     break
             time.sleep(0.02)
         else:
-            pytest.fail(f"training was never caught running: epochs {epochs_logged(log)}, "
-                        f"checkpoint {checkpoint.exists()}, exit {proc.poll()}\n"
-                        f"{console.read_text()[-3000:]}")
+            pytest.fail(
+                f"training was never caught running: epochs {epochs_logged(log)}, "
+                f"checkpoint {checkpoint.exists()}, exit {proc.poll()}\n"
+                f"{console.read_text()[-3000:]}"
+            )
         proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
@@ -549,8 +633,9 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
     assert epochs_logged(log)[0] == int(resumed.group(1)) + 1  # no epoch trained twice
     assert (workdir / MSE_METRICS).read_text() == reference
     history = pd.read_csv(model_dir / "history.tsv", sep="\t")
-    pd.testing.assert_frame_equal(history.drop(columns="seconds"),
-                                  reference_history.drop(columns="seconds"), check_exact=True)
+    pd.testing.assert_frame_equal(
+        history.drop(columns="seconds"), reference_history.drop(columns="seconds"), check_exact=True
+    )
     state = torch.load(model_dir / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(state[k], v) for k, v in reference_state.items())
 
@@ -565,11 +650,14 @@ def test_same_config_and_seed_twice_is_bitwise_identical(finished_run, tmp_path)
     succeeded(snakemake(tmp_path, configfile, MSE_METRICS))
     # every value of the metrics table, written at full precision, is the same
     assert (tmp_path / MSE_METRICS).read_text() == (finished_run / MSE_METRICS).read_text()
-    first, second = (ad.read_h5ad(d / f"{RESULTS}/preprocessed.h5ad")
-                     for d in (finished_run, tmp_path))
+    first, second = (
+        ad.read_h5ad(d / f"{RESULTS}/preprocessed.h5ad") for d in (finished_run, tmp_path)
+    )
     assert (first.X != second.X).nnz == 0 and list(first.var_names) == list(second.var_names)
-    a, b = (torch.load(d / f"{RESULTS}/k4/models/mse/seed0/model.pt", weights_only=True)
-            for d in (finished_run, tmp_path))
+    a, b = (
+        torch.load(d / f"{RESULTS}/k4/models/mse/seed0/model.pt", weights_only=True)
+        for d in (finished_run, tmp_path)
+    )
     assert all(torch.equal(a["state_dict"][k], v) for k, v in b["state_dict"].items())
 
 
@@ -607,8 +695,9 @@ def test_changed_loss_parameter_reruns_only_affected_jobs(finished_run):
 
 WILDCARD_TARGETS = [
     pytest.param("results/../x/summary.tsv", id="traversal"),
-    pytest.param(f"{RESULTS}/shared/metrics/baseline/../../../../../etc/passwd.tsv",
-                 id="deep-traversal"),
+    pytest.param(
+        f"{RESULTS}/shared/metrics/baseline/../../../../../etc/passwd.tsv", id="deep-traversal"
+    ),
     pytest.param("results/other/summary.tsv", id="unconfigured-dataset"),
     pytest.param(f"{RESULTS}/x/preprocessed.h5ad", id="slash-in-dataset"),
     pytest.param(f"{RESULTS}/k4/models/cosine/seed0/model.pt", id="unconfigured-loss"),
@@ -636,10 +725,16 @@ def _torch_load_calls(path: Path):
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             func = node.func
-            if (isinstance(func, ast.Attribute) and func.attr == "load"
-                    and isinstance(func.value, ast.Name) and func.value.id == "torch") or (
-                    isinstance(func, ast.Name) and func.id == "load"
-                    and "from torch import load" in path.read_text()):
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr == "load"
+                and isinstance(func.value, ast.Name)
+                and func.value.id == "torch"
+            ) or (
+                isinstance(func, ast.Name)
+                and func.id == "load"
+                and "from torch import load" in path.read_text()
+            ):
                 yield node
 
 
@@ -649,11 +744,13 @@ def test_every_torch_load_passes_weights_only():
     for path in sources:
         text = path.read_text()
         assert not re.search(r"^\s*(import pickle|from pickle import|import dill)", text, re.M), (
-            f"{path}: unpickles outside torch.load(weights_only=True)")
+            f"{path}: unpickles outside torch.load(weights_only=True)"
+        )
         for call in _torch_load_calls(path):
             keywords = {k.arg: k.value for k in call.keywords}
             ok = isinstance(keywords.get("weights_only"), ast.Constant) and (
-                keywords["weights_only"].value is True)
+                keywords["weights_only"].value is True
+            )
             calls.append((f"{path.name}:{call.lineno}", ok))
     assert calls, "no torch.load call found: the check would be vacuous"
     assert all(ok for _, ok in calls), [where for where, ok in calls if not ok]
@@ -674,8 +771,14 @@ def _model_file(tmp_path: Path, extra) -> Path:
 
     params = ModelParams(n_genes=10, hidden=(4,), latent_dim=2, output="expression")
     path = tmp_path / "model.pt"
-    torch.save({"state_dict": AutoencoderModule(params).state_dict(),
-                "model_params": params.to_dict(), "extra": extra}, path)
+    torch.save(
+        {
+            "state_dict": AutoencoderModule(params).state_dict(),
+            "model_params": params.to_dict(),
+            "extra": extra,
+        },
+        path,
+    )
     return path
 
 
@@ -722,8 +825,20 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["x.tsv"]
 
 
-WRITERS = {"write_h5ad", "to_csv", "save", "savefig", "write_text", "write_bytes", "open",
-           "to_parquet", "write", "copy", "copyfile", "move"}
+WRITERS = {
+    "write_h5ad",
+    "to_csv",
+    "save",
+    "savefig",
+    "write_text",
+    "write_bytes",
+    "open",
+    "to_parquet",
+    "write",
+    "copy",
+    "copyfile",
+    "move",
+}
 
 
 #: Writers that go through atomic_path themselves (Autoencoder.save: each file it writes).

@@ -21,8 +21,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 def _slurm_reachable() -> bool:
     if shutil.which("sinfo") is None:
         return False
-    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                           timeout=30)
+    probe = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
     return probe.returncode == 0 and any(s in probe.stdout for s in ("idle", "mixed"))
 
 
@@ -46,10 +45,14 @@ def test_every_rule_runs_as_a_slurm_job_and_matches_a_local_run(slurm_available,
     on_slurm.mkdir()
     local.mkdir()
     run_snakemake(
-        on_slurm, _config(on_slurm),
-        "--profile", str(REPO / "profiles" / "slurm"),
-        "--profile", str(REPO / "tests" / "slurm_overlay"),
-        "--workflow-profile", "none",
+        on_slurm,
+        _config(on_slurm),
+        "--profile",
+        str(REPO / "profiles" / "slurm"),
+        "--profile",
+        str(REPO / "tests" / "slurm_overlay"),
+        "--workflow-profile",
+        "none",
         timeout=1500,
     )
     run_snakemake(local, _config(local), "--cores", "2")

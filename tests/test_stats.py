@@ -9,8 +9,11 @@ from scae.evaluation.stats import bonferroni, crossed_mean_difference
 
 def _crossed(rng, n_seeds, n_cells, seed_sd, cell_sd, residual_sd):
     """d_sc = a_s + b_c + e_sc with true mean 0."""
-    return (rng.normal(0, seed_sd, (n_seeds, 1)) + rng.normal(0, cell_sd, (1, n_cells))
-            + rng.normal(0, residual_sd, (n_seeds, n_cells)))
+    return (
+        rng.normal(0, seed_sd, (n_seeds, 1))
+        + rng.normal(0, cell_sd, (1, n_cells))
+        + rng.normal(0, residual_sd, (n_seeds, n_cells))
+    )
 
 
 def _cell_only_interval(d, level=0.95):

@@ -19,15 +19,17 @@ from scae.evaluation.summary import (
 
 
 def test_wide_summary_keeps_baselines_last():
-    tidy = pd.DataFrame({
-        "dataset": "d",
-        "model": ["mse", "mse", "baseline_pca", "cosine"],
-        "kind": ["autoencoder", "autoencoder", "baseline", "autoencoder"],
-        "rank": [8, 8, 8, 8],
-        "seed": [0, 1, np.nan, 0],
-        "metric": "cosine_mean",
-        "value": [0.8, 0.81, 0.7, 0.9],
-    })
+    tidy = pd.DataFrame(
+        {
+            "dataset": "d",
+            "model": ["mse", "mse", "baseline_pca", "cosine"],
+            "kind": ["autoencoder", "autoencoder", "baseline", "autoencoder"],
+            "rank": [8, 8, 8, 8],
+            "seed": [0, 1, np.nan, 0],
+            "metric": "cosine_mean",
+            "value": [0.8, 0.81, 0.7, 0.9],
+        }
+    )
     wide = wide_summary(tidy)
     assert list(wide["model"]) == ["cosine", "mse", "mse", "baseline_pca"]
     assert wide["seed"].isna().tolist() == [False, False, False, True]
@@ -36,21 +38,26 @@ def test_wide_summary_keeps_baselines_last():
 def _tidy():
     rows = []
     for seed, (mse_cos, cos_cos) in enumerate([(0.80, 0.70), (0.82, 0.72)]):
-        rows += [("d", "autoencoder", "mse", 32, seed, "cosine_mean", mse_cos),
-                 ("d", "autoencoder", "cosine", 32, seed, "cosine_mean", cos_cos),
-                 ("d", "autoencoder", "mse", 32, seed, "mse", 0.2),
-                 ("d", "autoencoder", "cosine", 32, seed, "mse", 0.3)]
-    rows += [("d", "baseline", "baseline_pca", 32, np.nan, "cosine_mean", 0.85),
-             ("d", "baseline", "baseline_pca", 32, np.nan, "mse", 0.1),
-             ("d", "baseline", "baseline_mean", np.nan, np.nan, "cosine_mean", 0.6),
-             ("d.mcv", "autoencoder", "mse", 32, 0, "mcv_mse", 0.4),
-             ("d.mcv", "autoencoder", "mse", 32, 0, "cosine_mean", 0.1),
-             ("d.mcv", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
-             ("d", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
-             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "embedding_dim", 7),
-             ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "mcv_mse", 0.45)]
-    return pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
-                                       "value"])
+        rows += [
+            ("d", "autoencoder", "mse", 32, seed, "cosine_mean", mse_cos),
+            ("d", "autoencoder", "cosine", 32, seed, "cosine_mean", cos_cos),
+            ("d", "autoencoder", "mse", 32, seed, "mse", 0.2),
+            ("d", "autoencoder", "cosine", 32, seed, "mse", 0.3),
+        ]
+    rows += [
+        ("d", "baseline", "baseline_pca", 32, np.nan, "cosine_mean", 0.85),
+        ("d", "baseline", "baseline_pca", 32, np.nan, "mse", 0.1),
+        ("d", "baseline", "baseline_mean", np.nan, np.nan, "cosine_mean", 0.6),
+        ("d.mcv", "autoencoder", "mse", 32, 0, "mcv_mse", 0.4),
+        ("d.mcv", "autoencoder", "mse", 32, 0, "cosine_mean", 0.1),
+        ("d.mcv", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
+        ("d", "baseline", "baseline_pca", 32, np.nan, "embedding_dim", 32),
+        ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "embedding_dim", 7),
+        ("d.mcv", "baseline", "baseline_pca_mcv_rank", np.nan, np.nan, "mcv_mse", 0.45),
+    ]
+    return pd.DataFrame(
+        rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"]
+    )
 
 
 def test_merge_variants_keeps_only_mcv_metrics_and_new_ranks():
@@ -92,11 +99,11 @@ def test_seed_offsets_of_opposite_sign_are_no_difference():
     for seed, offset in [(0, 0.05), (1, -0.03)]:
         per_cell[("mse", seed)] = _table(cells, cosine=base, centred_cosine=base, mse=1 - base)
         noisy = base + offset + rng.normal(0, 0.01, 300)
-        per_cell[("cosine", seed)] = _table(cells, cosine=noisy, centred_cosine=noisy,
-                                            mse=1 - base)
+        per_cell[("cosine", seed)] = _table(cells, cosine=noisy, centred_cosine=noisy, mse=1 - base)
     table = paired_differences(per_cell, best="mse")
     row = table.set_index(["family", "model", "reference", "metric"]).loc[
-        ("paired", "cosine", "mse", "centred_cosine")]
+        ("paired", "cosine", "mse", "centred_cosine")
+    ]
     assert row["mean_difference"] == pytest.approx(0.01, abs=2e-3)
     assert row["ci_low"] < 0 < row["ci_high"] and row["verdict"] == "no difference"
     assert row["n_seeds"] == 2
@@ -110,8 +117,11 @@ def test_identical_models_give_no_difference():
     rng = np.random.default_rng(1)
     cells = _cells(200, rng)
     scores = rng.uniform(0.2, 0.8, 200)
-    per_cell = {(m, s): _table(cells, cosine=scores, centred_cosine=scores, mse=1 - scores)
-                for m in ("mse", "mse_cosine") for s in (0, 1, 2)}
+    per_cell = {
+        (m, s): _table(cells, cosine=scores, centred_cosine=scores, mse=1 - scores)
+        for m in ("mse", "mse_cosine")
+        for s in (0, 1, 2)
+    }
     table = paired_differences(per_cell, best="mse")
     assert (table["mean_difference"] == 0).all() and (table["verdict"] == "no difference").all()
     assert (table["p_value"] == 1).all()
@@ -129,8 +139,9 @@ def test_per_cell_tables_pair_by_cell_name_not_row_order():
         per_cell[("mse", seed)] = _table(names, cosine=ref, centred_cosine=ref, mse=ref)
         better = [truth[c] + gain[c] for c in order]
         per_cell[("nb", seed)] = _table(order, cosine=better, centred_cosine=better, mse=better)
-    table = paired_differences(per_cell, best="nb").set_index(["family", "model", "reference",
-                                                               "metric"])
+    table = paired_differences(per_cell, best="nb").set_index(
+        ["family", "model", "reference", "metric"]
+    )
     row = table.loc[("paired", "nb", "mse", "cosine")]
     assert row["mean_difference"] == pytest.approx(np.mean(list(gain.values())))
     assert row["verdict"] == "better"
@@ -142,12 +153,17 @@ def test_per_cell_tables_pair_by_cell_name_not_row_order():
 
 def test_mismatched_test_cells_are_named():
     cells = ["a", "b", "c"]
-    per_cell = {("mse", 0): _table(cells, cosine=[1, 2, 3], centred_cosine=[1, 2, 3],
-                                   mse=[1, 2, 3]),
-                ("nb", 0): _table(["a", "b", "x"], cosine=[1, 2, 3], centred_cosine=[1, 2, 3],
-                                  mse=[1, 2, 3])}
-    with pytest.raises(ValueError, match=r"per-cell scores of nb seed 0 cover other test "
-                                         r"cells than those of mse seed 0 \(1 missing, 1 extra"):
+    per_cell = {
+        ("mse", 0): _table(cells, cosine=[1, 2, 3], centred_cosine=[1, 2, 3], mse=[1, 2, 3]),
+        ("nb", 0): _table(
+            ["a", "b", "x"], cosine=[1, 2, 3], centred_cosine=[1, 2, 3], mse=[1, 2, 3]
+        ),
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"per-cell scores of nb seed 0 cover other test "
+        r"cells than those of mse seed 0 \(1 missing, 1 extra",
+    ):
         paired_differences(per_cell, best="nb")
 
 
@@ -160,8 +176,11 @@ def test_baselines_are_compared_with_every_seed():
         worse = pca - 0.1 + rng.normal(0, 0.001, 200)
         per_cell[("mse", seed)] = _table(cells, cosine=worse, centred_cosine=worse, mse=worse)
     table = paired_differences(per_cell, best="mse")
-    row = table[(table["reference"] == "baseline_pca") & (table["metric"] == "cosine")
-                & (table["family"] == "paired")].iloc[0]
+    row = table[
+        (table["reference"] == "baseline_pca")
+        & (table["metric"] == "cosine")
+        & (table["family"] == "paired")
+    ].iloc[0]
     assert row["n_seeds"] == 3 and row["n_cells"] == 200 and row["verdict"] == "worse"
 
 
@@ -177,22 +196,37 @@ def _scored(means, seeds=(0, 1, 2), n_cells=200, seed_sd=0.002):
     rows, per_cell = [], {}
     for model, (centred, mse) in means.items():
         baseline = model.startswith("baseline_")
-        for seed in ([None] if baseline else seeds):
+        for seed in [None] if baseline else seeds:
             shift = 0 if baseline else rng.normal(0, seed_sd)
             c = centred + shift + spread + rng.normal(0, 0.005, n_cells)
             e = mse - shift + spread + rng.normal(0, 0.005, n_cells)
             per_cell[(model, seed)] = _table(cells, cosine=c, centred_cosine=c, mse=e)
             for metric, values in [("centred_cosine_mean", c), ("mse", e), ("cosine_mean", c)]:
                 rank = np.nan if model == "baseline_mean" else 32
-                rows.append(("d", "baseline" if baseline else "autoencoder", model, rank,
-                             np.nan if seed is None else seed, metric, float(values.mean())))
-    tidy = pd.DataFrame(rows, columns=["dataset", "kind", "model", "rank", "seed", "metric",
-                                       "value"])
+                rows.append(
+                    (
+                        "d",
+                        "baseline" if baseline else "autoencoder",
+                        model,
+                        rank,
+                        np.nan if seed is None else seed,
+                        metric,
+                        float(values.mean()),
+                    )
+                )
+    tidy = pd.DataFrame(
+        rows, columns=["dataset", "kind", "model", "rank", "seed", "metric", "value"]
+    )
     return tidy, per_cell
 
 
-MEANS = {"mse": (0.425, 0.30), "mse_cosine": (0.426, 0.40), "cosine": (0.35, 0.31),
-         "baseline_pca": (0.47, 0.29), "baseline_mean": (0.0, 0.5)}
+MEANS = {
+    "mse": (0.425, 0.30),
+    "mse_cosine": (0.426, 0.40),
+    "cosine": (0.35, 0.31),
+    "baseline_pca": (0.47, 0.29),
+    "baseline_mean": (0.0, 0.5),
+}
 
 
 def _markdown(primary, runs=None):
@@ -212,8 +246,14 @@ def test_answer_names_ties_and_uses_the_primary_metric():
     assert "PCA at the same rank (0.467" in answer and ") beats it" in answer
     assert "it beats the training-mean profile" in answer
     record = answer_record("summary.md", text)
-    assert record == {"dataset": "d", "primary_metric": "centred_cosine_mean",
-                      "best": "mse_cosine", "tied": ["mse"], "rank": 32, "reference": True}
+    assert record == {
+        "dataset": "d",
+        "primary_metric": "centred_cosine_mean",
+        "best": "mse_cosine",
+        "tied": ["mse"],
+        "rank": 32,
+        "reference": True,
+    }
 
     text, _ = _markdown("mse")  # lower is better: mse wins, cosine (0.31) ties, mse_cosine not
     answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
@@ -222,11 +262,14 @@ def test_answer_names_ties_and_uses_the_primary_metric():
 
 
 def test_answer_flags_runs_that_did_not_converge():
-    runs = convergence({("d", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
-                                                            "val_loss": [3, 2, 1]}),
-                        ("d.mcv", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3],
-                                                               "val_loss": [1, 2, 3]})},
-                       max_epochs=3, patience=2)
+    runs = convergence(
+        {
+            ("d", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [3, 2, 1]}),
+            ("d.mcv", 32, "mse", 0): pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1, 2, 3]}),
+        },
+        max_epochs=3,
+        patience=2,
+    )
     assert runs["converged"].tolist() == [False, True]  # best epoch 3 of 3; 1 of 3 (stopped)
     text, _ = _markdown("centred_cosine_mean", runs)
     answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
@@ -238,22 +281,30 @@ def test_convergence_rule():
     def history(val_loss):
         return pd.DataFrame({"epoch": range(1, len(val_loss) + 1), "val_loss": val_loss})
 
-    runs = convergence({
-        ("d", 8, "a", 0): history([5, 4, 3, 2, 1]),        # still improving at max_epochs
-        ("d", 8, "b", 0): history([5, 4, 3, 3.5, 3.2]),    # best epoch 3 > 5 − 3: not converged
-        ("d", 8, "c", 0): history([5, 4, 4.1, 4.2, 4.3]),  # best epoch 2 = 5 − 3: patience ran out
-        ("d", 8, "e", 0): history([5, 4, 4.5]),            # stopped early
-    }, max_epochs=5, patience=3).set_index("model")
+    runs = convergence(
+        {
+            ("d", 8, "a", 0): history([5, 4, 3, 2, 1]),  # still improving at max_epochs
+            ("d", 8, "b", 0): history([5, 4, 3, 3.5, 3.2]),  # best epoch 3 > 5 − 3: not converged
+            ("d", 8, "c", 0): history(
+                [5, 4, 4.1, 4.2, 4.3]
+            ),  # best epoch 2 = 5 − 3: patience ran out
+            ("d", 8, "e", 0): history([5, 4, 4.5]),  # stopped early
+        },
+        max_epochs=5,
+        patience=3,
+    ).set_index("model")
     assert runs["converged"].to_dict() == {"a": False, "b": False, "c": True, "e": True}
     assert runs.loc["b", "best_epoch"] == 3 and runs.loc["e", "epochs"] == 3
 
 
 def test_markdown_marks_best_single_seed_columns_and_mcv_caveat():
     tidy = merge_variants(_tidy())
-    extra = pd.DataFrame([("d", "baseline", "baseline_mean", np.nan, np.nan, "mcv_mse", 0.3)],
-                         columns=tidy.columns)
-    text = markdown_summary(pd.concat([tidy, extra], ignore_index=True), pd.DataFrame(), "d",
-                            "cosine_mean")
+    extra = pd.DataFrame(
+        [("d", "baseline", "baseline_mean", np.nan, np.nan, "mcv_mse", 0.3)], columns=tidy.columns
+    )
+    text = markdown_summary(
+        pd.concat([tidy, extra], ignore_index=True), pd.DataFrame(), "d", "cosine_mean"
+    )
     assert "| baseline_pca | **0.85** | **0.1** |" in text
     assert "| mse | 0.81 ± 0.014 |" in text
     assert "2 seeds for cosine_mean, mse; 1 seed for mcv_mse" in text
@@ -267,8 +318,14 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     text, _ = _markdown("centred_cosine_mean")
     one, two = tmp_path / "one.md", tmp_path / "two.md"
     one.write_text(text)
-    record = {"dataset": "e", "primary_metric": "centred_cosine_mean", "best": "mse",
-              "tied": [], "rank": 32, "reference": True}
+    record = {
+        "dataset": "e",
+        "primary_metric": "centred_cosine_mean",
+        "best": "mse",
+        "tied": [],
+        "rank": 32,
+        "reference": True,
+    }
     two.write_text(text.replace(json.dumps(answer_record(one, text)), json.dumps(record)))
     rendered = render([one, two])
     assert "## Paired comparisons" not in rendered and "scae-answer" not in rendered
@@ -276,15 +333,19 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     assert rendered.strip().endswith(
         "**Across 2 datasets** (by `centred_cosine_mean`; best or statistically tied with the "
         "best): `mse` on 2 (1 best, 1 tied), `mse_cosine` on 1 (1 best, 0 tied); every other "
-        "loss on none.")
+        "loss on none."
+    )
 
 
 def test_findings_show_another_regime_without_counting_it(tmp_path):
     text, _ = _markdown("centred_cosine_mean")
     one, regime = tmp_path / "one.md", tmp_path / "regime.md"
     one.write_text(text)
-    regime.write_text(text.replace('"primary_metric": "centred_cosine_mean"',
-                                   '"primary_metric": "zscored_cosine_mean"'))
+    regime.write_text(
+        text.replace(
+            '"primary_metric": "centred_cosine_mean"', '"primary_metric": "zscored_cosine_mean"'
+        )
+    )
     rendered = render([one, tmp_path / "one.md"], also=(regime,))
     across = rendered.index("**Across 2 datasets**")
     assert rendered.index("_Source: `" + str(regime)) > across  # shown after the count
@@ -320,17 +381,24 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
 
     text, _ = _markdown("centred_cosine_mean")
     paths = []
-    for name, depth, verdicts in [("full", 1.0, ["better", "worse"]),
-                                  ("quarter", 0.25, ["better", "better"]),
-                                  ("other", 1.0, ["worse", "worse"])]:
+    for name, depth, verdicts in [
+        ("full", 1.0, ["better", "worse"]),
+        ("quarter", 0.25, ["better", "better"]),
+        ("other", 1.0, ["worse", "worse"]),
+    ]:
         folder = tmp_path / name
         folder.mkdir()
-        record = answer_record("x", text) | {"dataset": name, "depth": depth,
-                                             "input": "other.h5ad" if name == "other" else "p.h5ad"}
+        record = answer_record("x", text) | {
+            "dataset": name,
+            "depth": depth,
+            "input": "other.h5ad" if name == "other" else "p.h5ad",
+        }
         (folder / "summary.md").write_text(
-            text.replace(json.dumps(answer_record("x", text)), json.dumps(record)))
-        pd.DataFrame({"rank": [2, 32], "verdict": verdicts}).to_csv(folder / "ranks.tsv",
-                                                                    sep="\t", index=False)
+            text.replace(json.dumps(answer_record("x", text)), json.dumps(record))
+        )
+        pd.DataFrame({"rank": [2, 32], "verdict": verdicts}).to_csv(
+            folder / "ranks.tsv", sep="\t", index=False
+        )
         paths.append(folder / "summary.md")
     tables = depth_tables(paths)
     assert len(tables) == 1 and "`p.h5ad`" in tables[0]  # "other" ran at one depth only
@@ -341,8 +409,9 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
 
 def test_a_depth_variant_says_so_and_records_its_depth():
     tidy, per_cell = _scored(MEANS)
-    comparisons = paired_differences(per_cell, best_loss(aggregate(tidy), "centred_cosine_mean"),
-                                     rank=32)
+    comparisons = paired_differences(
+        per_cell, best_loss(aggregate(tidy), "centred_cosine_mean"), rank=32
+    )
     source = {"path": "p.h5ad", "thin": {"fraction": 0.25, "seed": 0}}
     text = markdown_summary(tidy, comparisons, "d", source=source)
     assert "Molecules thinned binomially to a fraction 0.25 of the input's (seed 0)" in text
@@ -365,19 +434,22 @@ def test_the_metric_registry_is_the_one_source_the_schema_and_tables_agree_with(
     assert set(schema["tune"]["properties"]["criterion"]["enum"]) == set(TUNING_CRITERIA)
     # every metric a run writes that the tables rank is in the registry, direction included
     assert {m: METRICS[m].better for m in ("mse", "poisson_nll", "knn_accuracy")} == {
-        "mse": "lower", "poisson_nll": "lower", "knn_accuracy": "higher"}
+        "mse": "lower",
+        "poisson_nll": "lower",
+        "knn_accuracy": "higher",
+    }
     assert TUNING_CRITERIA["val_centred_cosine"] == ("val_centred_cosine", True)
 
 
 def test_the_results_layout_reads_back_what_it_writes():
     from scae import layout
 
-    written = layout.run_file("d.mcv", layout.scope(None), "metrics", "baseline", "mean",
-                              ".per_cell.tsv.gz")
+    written = layout.run_file(
+        "d.mcv", layout.scope(None), "metrics", "baseline", "mean", ".per_cell.tsv.gz"
+    )
     assert written == "results/d.mcv/shared/metrics/baseline/mean.per_cell.tsv.gz"
     run = layout.parse(written)
-    assert (run.dataset, run.rank, run.seed, run.label) == ("d.mcv", None, None,
-                                                             "baseline_mean")
+    assert (run.dataset, run.rank, run.seed, run.label) == ("d.mcv", None, None, "baseline_mean")
     history = layout.history_file("d", layout.scope(8), "nb", "seed3")
     assert history == "results/d/k8/models/nb/seed3/history.tsv"
     run = layout.parse(history)

@@ -69,8 +69,13 @@ def test_written_file_passes_the_workflow_input_checks(tmp_path):
     path = write_synthetic(tmp_path / "syn.h5ad", SMALL)
     adata = read_counts(path)
     validate_counts(adata.X, str(path), "syn", require_integers=True)
-    result = preprocess(adata, PreprocessParams(min_genes=10, n_top_genes=200), dataset="syn",
-                        label_key="cell_type", mito_prefix=None)
+    result = preprocess(
+        adata,
+        PreprocessParams(min_genes=10, n_top_genes=200),
+        dataset="syn",
+        label_key="cell_type",
+        mito_prefix=None,
+    )
     assert result.n_vars == 200 and set(result.obs["split"]) == {"train", "val", "test"}
 
 
@@ -114,8 +119,13 @@ def test_depth_sets_umis_and_detected_genes(tmp_path):
 
 @pytest.fixture(scope="module")
 def preprocessed(small):
-    return preprocess(small, PreprocessParams(min_genes=10, n_top_genes=200), dataset="syn",
-                      label_key="cell_type", mito_prefix=None)
+    return preprocess(
+        small,
+        PreprocessParams(min_genes=10, n_top_genes=200),
+        dataset="syn",
+        label_key="cell_type",
+        mito_prefix=None,
+    )
 
 
 @pytest.mark.parametrize("name", [n for n, s in LOSSES.items() if s.uses_counts])
@@ -130,8 +140,15 @@ def test_sparse_minibatch_loss_equals_dense(preprocessed, name, dispersion):
     dense = torch.from_numpy(data.counts[rows].toarray())
     torch.testing.assert_close(batch.sparse_counts.to_dense(), dense)
     torch.manual_seed(0)
-    model = AutoencoderModule(ModelParams(n_genes=data.n_genes, hidden=(32,), latent_dim=4,
-                                    output=LOSSES[name].output, dispersion=dispersion)).eval()
+    model = AutoencoderModule(
+        ModelParams(
+            n_genes=data.n_genes,
+            hidden=(32,),
+            latent_dim=4,
+            output=LOSSES[name].output,
+            dispersion=dispersion,
+        )
+    ).eval()
     spec = get_loss(name)
     results = []
     for target in (batch, Batch(x=batch.x, counts=dense)):
@@ -147,17 +164,22 @@ def test_sparse_minibatch_loss_equals_dense(preprocessed, name, dispersion):
 
 def test_sparse_counts_cover_large_and_fractional_counts():
     """The lgamma table serves integer counts ≤ 32; larger and fractional ones are exact too."""
-    counts = torch.tensor([[0.0, 1.0, 31.0, 32.0, 33.0, 1000.0],
-                           [2.5, 0.0, 1.0, 0.0, 7.0, 0.0]], dtype=torch.float64)
+    counts = torch.tensor(
+        [[0.0, 1.0, 31.0, 32.0, 33.0, 1000.0], [2.5, 0.0, 1.0, 0.0, 7.0, 0.0]], dtype=torch.float64
+    )
     mu = torch.rand(2, 6, dtype=torch.float64) * 50 + 0.1
-    for theta in (torch.rand(6, dtype=torch.float64) * 5 + 0.01,
-                  torch.full((6,), 3e6, dtype=torch.float64)):
+    for theta in (
+        torch.rand(6, dtype=torch.float64) * 5 + 0.01,
+        torch.full((6,), 3e6, dtype=torch.float64),
+    ):
         for name in ("nb", "zinb"):
-            out = DecoderOutput(mu=mu, theta=theta, dropout_logits=torch.zeros(2, 6,
-                                                                               dtype=torch.float64))
+            out = DecoderOutput(
+                mu=mu, theta=theta, dropout_logits=torch.zeros(2, 6, dtype=torch.float64)
+            )
             dense = get_loss(name).fn(out, Batch(x=counts, counts=counts), {})
             sparse = get_loss(name).fn(
-                out, Batch(x=counts, sparse_counts=SparseCounts.from_dense(counts)), {})
+                out, Batch(x=counts, sparse_counts=SparseCounts.from_dense(counts)), {}
+            )
             torch.testing.assert_close(sparse, dense, rtol=1e-9, atol=1e-6)
 
 
@@ -173,8 +195,15 @@ def test_training_never_densifies_the_counts(preprocessed, monkeypatch):
     data = CellData(preprocessed, "none")
     monkeypatch.setattr(sp.csr_matrix, "toarray", recorded)
     params = ModelParams(n_genes=data.n_genes, hidden=(16,), latent_dim=4, output="zinb")
-    fit(data, get_loss("zinb"), {}, params, TrainParams(batch_size=64, max_epochs=2), 0,
-        torch.device("cpu"))
+    fit(
+        data,
+        get_loss("zinb"),
+        {},
+        params,
+        TrainParams(batch_size=64, max_epochs=2),
+        0,
+        torch.device("cpu"),
+    )
     n_batches = 2 * (int(np.ceil(len(data.rows("train")) / 64)) + 1)  # input minibatches
     assert len(calls) <= n_batches and max(calls) <= 64  # input only, never the counts
 
@@ -201,8 +230,10 @@ def test_fast_dropout_masks():
 def test_sparse_count_losses_gradcheck(name, per_gene):
     """The hand-written backward passes (NB with θ per gene) and the autograd ones."""
     gen = torch.Generator().manual_seed(0)
-    counts = torch.tensor([[0.0, 1.0, 2.0, 0.0, 40.0], [3.0, 0.0, 0.0, 1.5, 1.0],
-                           [0.0, 0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    counts = torch.tensor(
+        [[0.0, 1.0, 2.0, 0.0, 40.0], [3.0, 0.0, 0.0, 1.5, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]],
+        dtype=torch.float64,
+    )
     mu = (torch.rand(3, 5, generator=gen, dtype=torch.float64) * 5 + 0.1).requires_grad_()
     shape = (5,) if per_gene else (3, 5)
     theta = (torch.rand(*shape, generator=gen, dtype=torch.float64) * 3 + 0.2).requires_grad_()

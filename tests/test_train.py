@@ -32,14 +32,20 @@ FAST = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=6, patience=3)
 
 @pytest.fixture(scope="module")
 def small_data(pbmc_small):
-    adata = preprocess(pbmc_small, PreprocessParams(n_top_genes=200), dataset="t",
-                       label_key="cell_type", mito_prefix="MT-")
+    adata = preprocess(
+        pbmc_small,
+        PreprocessParams(n_top_genes=200),
+        dataset="t",
+        label_key="cell_type",
+        mito_prefix="MT-",
+    )
     return adata
 
 
 def _params(data, loss, **kw):
-    return ModelParams(n_genes=data.n_vars, hidden=(64,), latent_dim=8,
-                       output=get_loss(loss).output, **kw)
+    return ModelParams(
+        n_genes=data.n_vars, hidden=(64,), latent_dim=8, output=get_loss(loss).output, **kw
+    )
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
@@ -48,15 +54,24 @@ def test_every_loss_trains_and_restores_best_epoch(small_data, loss):
     params = {"margin": 0.0, "negatives_per_cell": 2, "alpha": 0.5}
     result = fit(data, get_loss(loss), params, _params(small_data, loss), FAST, seed=0, device=CPU)
     history = result.history
-    assert list(history.columns) == ["epoch", "train_loss", "val_loss", "val_cosine",
-                                     "val_centred_cosine", "val_mse", "learning_rate", "seconds"]
+    assert list(history.columns) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "val_cosine",
+        "val_centred_cosine",
+        "val_mse",
+        "learning_rate",
+        "seconds",
+    ]
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best = history.loc[history["val_loss"].idxmin()]
     assert result.best_epoch == best["epoch"]
     from scae.train.trainer import evaluate_split
 
-    scores = evaluate_split(result.model, data, get_loss(loss), params, data.rows("val"), CPU,
-                            seed=0)
+    scores = evaluate_split(
+        result.model, data, get_loss(loss), params, data.rows("val"), CPU, seed=0
+    )
     assert scores["val_loss"] == pytest.approx(best["val_loss"], rel=1e-5)  # best restored
     assert -1 <= scores["val_cosine"] <= 1 and -1 <= scores["val_centred_cosine"] <= 1
     # the common-space scores against a direct computation on the validation cells
@@ -100,8 +115,7 @@ def test_resume_after_interruption_is_bitwise_identical(small_data, tmp_path, mo
     resumed = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU, checkpoint=checkpoint)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
-    assert straight.history.drop(columns="seconds").equals(
-        resumed.history.drop(columns="seconds"))
+    assert straight.history.drop(columns="seconds").equals(resumed.history.drop(columns="seconds"))
 
 
 def test_checkpoint_of_other_settings_is_ignored(small_data, tmp_path):
@@ -116,8 +130,9 @@ def test_checkpoint_of_other_settings_is_ignored(small_data, tmp_path):
 
 def test_divergence_stops_with_learning_rate_hint(small_data):
     data = CellData(small_data, "none")
-    exploding = LossSpec("nan", lambda out, batch, p: out.expression.sum(1) * float("nan"),
-                         "expression", "NaN")
+    exploding = LossSpec(
+        "nan", lambda out, batch, p: out.expression.sum(1) * float("nan"), "expression", "NaN"
+    )
     with pytest.raises(TrainingDiverged, match="lower train.learning_rate"):
         fit(data, exploding, {}, _params(small_data, "mse"), FAST, 0, CPU)
 
@@ -137,8 +152,7 @@ def test_an_epoch_reads_its_loss_back_to_the_host_once(small_data, monkeypatch):
     reads, losses = [], []
     real_item, real_bool, real_fn = torch.Tensor.item, torch.Tensor.__bool__, spec.fn
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or real_item(t))
-    monkeypatch.setattr(torch.Tensor, "__bool__",
-                        lambda t: reads.append("bool") or real_bool(t))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append("bool") or real_bool(t))
 
     def recorded(out, batch, params):
         value = real_fn(out, batch, params)
@@ -174,8 +188,15 @@ def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
 def test_model_file_loads_with_weights_only(small_data, tmp_path):
     data = CellData(small_data, "none")
     short = TrainParams(batch_size=64, max_epochs=1)
-    result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb", dispersion="gene-cell"),
-                 short, 0, CPU)
+    result = fit(
+        data,
+        get_loss("zinb"),
+        {},
+        _params(small_data, "zinb", dispersion="gene-cell"),
+        short,
+        0,
+        CPU,
+    )
     save_model(tmp_path / "m.pt", result, {"loss": "zinb", "seed": 0})
     model, saved = load_model(tmp_path / "m.pt", CPU)
     assert saved["loss"] == "zinb" and model.params.dispersion == "gene-cell"
@@ -210,8 +231,11 @@ def test_a_cuda_device_the_job_cannot_see_is_named_before_any_work(monkeypatch, 
     assert resolve_device("auto") == torch.device("cuda" if gpus else "cpu")
     assert resolve_device("cpu") == CPU
     missing = "cuda:1" if gpus else "cuda"
-    with pytest.raises(InputError, match=rf"train.device is '{missing}' but this job sees "
-                                         rf"{gpus} CUDA device.*use device: auto.*gpu: 1"):
+    with pytest.raises(
+        InputError,
+        match=rf"train.device is '{missing}' but this job sees "
+        rf"{gpus} CUDA device.*use device: auto.*gpu: 1",
+    ):
         resolve_device(missing)
     if gpus:
         assert resolve_device("cuda") == torch.device("cuda")
@@ -219,7 +243,8 @@ def test_a_cuda_device_the_job_cannot_see_is_named_before_any_work(monkeypatch, 
 
 
 def test_reduce_on_plateau_multiplies_the_rate_after_every_lr_patience_bad_epochs(
-        small_data, monkeypatch):
+    small_data, monkeypatch
+):
     """Validation losses scripted: new bests at epochs 1, 2 and 6, none otherwise. With
     lr_patience 2 and lr_factor 0.5 the rate halves once a streak reaches 2 bad epochs
     (after epochs 4 and 8, applied from the next epoch); the best at epoch 6 resets it."""
@@ -232,13 +257,31 @@ def test_reduce_on_plateau_multiplies_the_rate_after_every_lr_patience_bad_epoch
         return real_evaluate(*args, **kwargs) | {"val_loss": next(losses)}
 
     monkeypatch.setattr(train_module, "evaluate_split", scripted)
-    plateau = TrainParams(batch_size=64, learning_rate=1e-3, max_epochs=10, patience=5,
-                          lr_patience=2, lr_factor=0.5)
-    result = fit(CellData(small_data, "none"), get_loss("mse"), {}, _params(small_data, "mse"),
-                 plateau, seed=0, device=CPU)
+    plateau = TrainParams(
+        batch_size=64, learning_rate=1e-3, max_epochs=10, patience=5, lr_patience=2, lr_factor=0.5
+    )
+    result = fit(
+        CellData(small_data, "none"),
+        get_loss("mse"),
+        {},
+        _params(small_data, "mse"),
+        plateau,
+        seed=0,
+        device=CPU,
+    )
     # the rate each epoch trained with: halved after the 2nd bad epoch of each streak
     assert result.history["learning_rate"].tolist() == [
-        1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+        1e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        5e-4,
+        5e-4,
+        5e-4,
+        5e-4,
+        2.5e-4,
+        2.5e-4,
+    ]
     assert result.best_epoch == 6 and result.stopped_by == "max_epochs"
 
 
@@ -257,10 +300,21 @@ def test_reduce_on_plateau_follows_torch_reduce_lr_on_plateau(lr_patience):
     ours = torch.optim.SGD(model.parameters(), lr=params.learning_rate)
     theirs = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=params.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        theirs, mode="min", factor=params.lr_factor, patience=lr_patience - 1, threshold=0.0,
-        cooldown=0, eps=0.0)
-    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "lr": params.learning_rate}
+        theirs,
+        mode="min",
+        factor=params.lr_factor,
+        patience=lr_patience - 1,
+        threshold=0.0,
+        cooldown=0,
+        eps=0.0,
+    )
+    state = {
+        "epoch": 0,
+        "best_val": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "lr": params.learning_rate,
+    }
     rates = []
     for epoch, loss in enumerate(val_losses, start=1):
         _select(state, epoch, float(loss), model, ours, params)

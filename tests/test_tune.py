@@ -40,8 +40,9 @@ TRAIN = TrainParams(batch_size=64, learning_rate=1e-3, max_epochs=100, patience=
 
 @pytest.fixture(scope="module")
 def adata():
-    pre = scae.preprocess(pbmc_subset(400), scae.PreprocessParams(n_top_genes=150),
-                          label_key="cell_type")
+    pre = scae.preprocess(
+        pbmc_subset(400), scae.PreprocessParams(n_top_genes=150), label_key="cell_type"
+    )
     scae.Autoencoder.setup_anndata(pre, labels_key="cell_type")
     return pre
 
@@ -130,19 +131,26 @@ def test_settings_outside_the_space_start_no_trial(adata, caplog):
 def _curve(first: float, best: float, best_epoch: int, last_epoch: int) -> dict[int, float]:
     """Best-so-far scores falling linearly from ``first`` (epoch 1) to ``best`` (``best_epoch``)
     and flat after it, up to ``last_epoch``."""
-    return {epoch: first + (best - first) * (min(epoch, best_epoch) - 1) / (best_epoch - 1)
-            for epoch in range(1, last_epoch + 1)}
+    return {
+        epoch: first + (best - first) * (min(epoch, best_epoch) - 1) / (best_epoch - 1)
+        for epoch in range(1, last_epoch + 1)
+    }
 
 
 def _study(sign: int, *trials: tuple[TrialState, dict[int, float]], **pruner) -> optuna.Study:
     """A study of these finished trials, scores times ``sign`` (-1: larger is better)."""
-    study = optuna.create_study(direction="minimize" if sign > 0 else "maximize",
-                                pruner=EndpointPruner(**pruner))
+    study = optuna.create_study(
+        direction="minimize" if sign > 0 else "maximize", pruner=EndpointPruner(**pruner)
+    )
     for state, curve in trials:
         values = {epoch: sign * value for epoch, value in curve.items()}
-        study.add_trial(create_trial(
-            state=state, intermediate_values=values,
-            value=values[max(values)] if state == TrialState.COMPLETE else None))
+        study.add_trial(
+            create_trial(
+                state=state,
+                intermediate_values=values,
+                value=values[max(values)] if state == TrialState.COMPLETE else None,
+            )
+        )
     return study
 
 
@@ -166,8 +174,11 @@ TRIAL_0 = (TrialState.COMPLETE, _curve(1.0, 0.5, best_epoch=10, last_epoch=13))
 def test_no_trial_is_pruned_before_the_first_completed_trials_best_epoch(sign):
     hopeless = [5.0] * 40
     # unknown warm-up: nothing completed (a failed and a pruned trial do not set it)
-    unknown = _study(sign, (TrialState.FAIL, {}),
-                     (TrialState.PRUNED, _curve(1.0, 0.9, best_epoch=3, last_epoch=3)))
+    unknown = _study(
+        sign,
+        (TrialState.FAIL, {}),
+        (TrialState.PRUNED, _curve(1.0, 0.9, best_epoch=3, last_epoch=3)),
+    )
     assert _pruned_after(unknown, sign, hopeless) is None
     # the first completed trial sets it; a later one, best at epoch 4, does not
     later = (TrialState.COMPLETE, _curve(0.8, 0.3, best_epoch=4, last_epoch=7))
@@ -178,8 +189,12 @@ def test_no_trial_is_pruned_before_the_first_completed_trials_best_epoch(sign):
 @DIRECTIONS
 def test_after_the_warmup_a_trial_behind_the_median_is_pruned_and_one_ahead_is_not(sign):
     slow = _curve(1.0, 0.1, best_epoch=25, last_epoch=28)  # 0.6625 by epoch 10, 0.625 by 11
-    study = _study(sign, TRIAL_0, (TrialState.COMPLETE, slow),
-                   (TrialState.COMPLETE, _curve(1.0, 0.75, best_epoch=5, last_epoch=8)))
+    study = _study(
+        sign,
+        TRIAL_0,
+        (TrialState.COMPLETE, slow),
+        (TrialState.COMPLETE, _curve(1.0, 0.75, best_epoch=5, last_epoch=8)),
+    )
     # by epoch 10 the earlier trials had reached 0.5, 0.6625 and 0.75: median 0.6625
     assert _pruned_after(study, sign, [0.9] * 9 + [0.67] * 30) == 10  # behind it
     assert _pruned_after(study, sign, [0.9] * 9 + [0.45] * 30) is None  # ahead, to the end
@@ -215,7 +230,8 @@ def test_pruner_median_is_optunas_median_pruner_and_none_prunes_nothing(adata, m
     trials, _ = _tune(adata, params=replace(params, pruner="median"))
     # the same reports, trial by trial, through the pruner tuning had before
     study = optuna.create_study(
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5))
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=5)
+    )
     replayed = []
     for number in trials["trial"]:
         trial, pruned_at = study.ask(), None
@@ -278,13 +294,14 @@ def test_workflow_tuned_every_loss_alike_and_training_used_the_choice(small_run)
     best = yaml.safe_load((results / "tuning/mse/best.yaml").read_text())
     values = mse.groupby("metric")["value"].agg(["min", "max"])
     assert values.loc["setting_learning_rate", "min"] == pytest.approx(
-        best["train"]["learning_rate"])
+        best["train"]["learning_rate"]
+    )
     assert (values["min"] == values["max"]).all()  # every seed alike
     assert values.loc["setting_tuned", "min"] == 1
     assert values.loc["setting_hidden_1", "min"] == best["model"]["hidden"][0]
     markdown = (results / "summary.md").read_text()
     assert "Settings each loss trained with" in markdown
-    settings = markdown[markdown.index("Settings each loss trained with"):]
+    settings = markdown[markdown.index("Settings each loss trained with") :]
     row = next(line for line in settings.splitlines() if line.startswith("| mse | "))
     assert row.endswith("| yes |") and f"{best['train']['batch_size']}" in row
     assert (results / "plots/tuning.png").stat().st_size > 10_000
@@ -305,8 +322,11 @@ def test_workflow_runs_converge_by_patience(small_run):
 @pytest.mark.workflow
 def test_killed_tuning_job_restarts_cleanly(tmp_path):
     config = small_config(tmp_path)
-    config["tune"] = {"n_trials": 3, "max_epochs": 40,
-                      "space": {"batch_size": [8], "hidden": [[32]]}}  # slow trials
+    config["tune"] = {
+        "n_trials": 3,
+        "max_epochs": 40,
+        "space": {"batch_size": [8], "hidden": [[32]]},
+    }  # slow trials
     configfile = write_config(tmp_path, config)
     target = f"{RESULTS}/tuning/mse/best.yaml"
     best = tmp_path / target
@@ -314,8 +334,9 @@ def test_killed_tuning_job_restarts_cleanly(tmp_path):
     log = tmp_path / f"logs/{DATASET}/tune/mse.log"
     console = tmp_path / "killed.txt"
     with open(console, "w") as stream:
-        proc = subprocess.Popen(snakemake_command(tmp_path, configfile, target),
-                                stdout=stream, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            snakemake_command(tmp_path, configfile, target), stdout=stream, stderr=subprocess.STDOUT
+        )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

@@ -30,7 +30,8 @@ def test_summary_has_every_loss_seed_and_baseline(small_run):
     assert scored["mse"].gt(0).all()
     # MCV trains seed 0 only, at the reference rank (the largest); baselines without a rank
     mcv_runs = (summary["seed"].isna() | (summary["seed"] == 0)) & (
-        summary["rank"].isna() | (summary["rank"] == max(RANKS)))
+        summary["rank"].isna() | (summary["rank"] == max(RANKS))
+    )
     assert summary.loc[mcv_runs, "mcv_mse"].gt(0).all()
     assert summary.loc[summary["rank"] == min(RANKS), "mcv_mse"].isna().all()
 
@@ -94,8 +95,12 @@ def test_label_metrics_are_computed_on_test_cells_only(small_run):
     written = pd.read_csv(results / "k8/metrics/mse/seed0.tsv", sep="\t")
     written = written.set_index("metric")["value"]
     values, _ = evaluate_run(data, reconstruction, embedding, "cell_type")
-    held_out = ["leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
-                "n_leiden_clusters_test"]
+    held_out = [
+        "leiden_ari_test",
+        "leiden_nmi_test",
+        "label_silhouette_test",
+        "n_leiden_clusters_test",
+    ]
     for metric in [*held_out, "knn_accuracy"]:
         assert values[metric] == pytest.approx(written[metric], rel=1e-5), metric
     train = (data.obs["split"] == "train").to_numpy()
@@ -154,8 +159,9 @@ def test_every_rank_is_compared_with_pca_at_that_rank(small_run):
     mean_rows = metrics[(metrics["model"] == "baseline_mean") & (metrics["metric"] == "mse")]
     assert len(mean_rows) == 1 and mean_rows["rank"].isna().all()
     comparisons = pd.read_csv(results / "comparisons.tsv", sep="\t")
-    answer = comparisons[(comparisons["family"] == "answer")
-                         & (comparisons["reference"] == "baseline_mean")]
+    answer = comparisons[
+        (comparisons["family"] == "answer") & (comparisons["reference"] == "baseline_mean")
+    ]
     assert sorted(answer["rank"]) == RANKS
     assert not (small_run / "results/pbmc_small.mcv/k2").exists()  # MCV: reference rank only
 

@@ -10,6 +10,17 @@ from .preprocess import preprocess, preprocess_file
 from .readers import CountRows, open_counts, read_counts
 from .split import stratified_split
 
-__all__ = ["COUNT_TOLERANCE", "SPLITS", "CountRows", "MCVParams", "PreprocessParams", "Thinning",
-           "open_counts", "preprocess", "preprocess_file", "read_counts", "stratified_split",
-           "validate_counts"]
+__all__ = [
+    "COUNT_TOLERANCE",
+    "SPLITS",
+    "CountRows",
+    "MCVParams",
+    "PreprocessParams",
+    "Thinning",
+    "open_counts",
+    "preprocess",
+    "preprocess_file",
+    "read_counts",
+    "stratified_split",
+    "validate_counts",
+]

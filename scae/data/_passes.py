@@ -73,8 +73,11 @@ class _RowStack:
 
     def matrix(self) -> sp.csr_matrix:
         assert self.n_rows == self.shape[0]
-        return sp.csr_matrix((self.data[: self.nnz], self.indices[: self.nnz], self.indptr),
-                             shape=self.shape, copy=False)
+        return sp.csr_matrix(
+            (self.data[: self.nnz], self.indices[: self.nnz], self.indptr),
+            shape=self.shape,
+            copy=False,
+        )
 
 
 def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_matrix, dict]:
@@ -118,20 +121,24 @@ def preprocess_rows(
     (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built. With ``thin``
     every pass after validation reads the thinned counts (a depth variant of the input).
     """
-    validate_counts(rows, rows.source, dataset, require_integers or thin is not None,
-                    counts_fix)
+    validate_counts(rows, rows.source, dataset, require_integers or thin is not None, counts_fix)
     if thin is not None:
         rows.thinning = thin
-        logger.info("%s: molecules thinned binomially to a fraction %g (seed %d) before QC",
-                    dataset, thin.fraction, thin.seed)
+        logger.info(
+            "%s: molecules thinned binomially to a fraction %g (seed %d) before QC",
+            dataset,
+            thin.fraction,
+            thin.seed,
+        )
     names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
     make_names_unique(names, "var", dataset)
     make_names_unique(names, "obs", dataset)
     qc = _cell_pass(rows, params, _mito_genes(names.var_names, mito_prefix, dataset), mcv)
     labels = labels_of(names.obs, qc.cells, label_key, dataset)
     split = pd.Categorical(
-        stratified_split(labels, len(qc.cells), params.test_fraction, params.val_fraction,
-                         params.split_seed),
+        stratified_split(
+            labels, len(qc.cells), params.test_fraction, params.val_fraction, params.split_seed
+        ),
         categories=SPLITS,
     )
     require_every_split(split, dataset, qc.text)  # before passes 2 and 3 over the input
@@ -141,31 +148,70 @@ def preprocess_rows(
     final = totals.library > 0
     if not final.all():
         # a cell whose counts were all in removed genes has no profile to learn
-        logger.info("removed %d cells with zero counts in the genes kept by min_cells=%d",
-                    int((~final).sum()), params.min_cells)
+        logger.info(
+            "removed %d cells with zero counts in the genes kept by min_cells=%d",
+            int((~final).sum()),
+            params.min_cells,
+        )
     hvg = _choose_hvgs(totals, params, int(genes.sum()), dataset, qc.text)
     # cells left without counts in the kept genes are gone: check the split again
     sizes = require_every_split(split[final], dataset, qc.text)
     if needs is not None:
-        needs.check_split(sizes.to_dict(), int(hvg.sum()), dataset, qc.text,
-                          params.test_fraction, params.val_fraction)
-    adata = _result(rows, names, qc, genes, final, hvg, totals, split, labels, params, mcv,
-                    dataset=dataset, label_key=label_key, thin=thin)
+        needs.check_split(
+            sizes.to_dict(),
+            int(hvg.sum()),
+            dataset,
+            qc.text,
+            params.test_fraction,
+            params.val_fraction,
+        )
+    adata = _result(
+        rows,
+        names,
+        qc,
+        genes,
+        final,
+        hvg,
+        totals,
+        split,
+        labels,
+        params,
+        mcv,
+        dataset=dataset,
+        label_key=label_key,
+        thin=thin,
+    )
     is_train = np.asarray(adata.obs["split"] == "train")
     if clusters:
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
         logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())
     logger.info(
         "preprocessed %s: %d cells × %d HVGs, split %s",
-        dataset, adata.n_obs, adata.n_vars, adata.obs["split"].value_counts().to_dict(),
+        dataset,
+        adata.n_obs,
+        adata.n_vars,
+        adata.obs["split"].value_counts().to_dict(),
     )
     return adata
 
 
-def _result(rows: CountRows, names: ad.AnnData, qc: _CellQC, genes: np.ndarray,
-            final: np.ndarray, hvg: np.ndarray, totals: _Totals, split: pd.Categorical,
-            labels: pd.Series | None, params: PreprocessParams, mcv: MCVParams | None, *,
-            dataset: str, label_key: str | None, thin: Thinning | None) -> ad.AnnData:
+def _result(
+    rows: CountRows,
+    names: ad.AnnData,
+    qc: _CellQC,
+    genes: np.ndarray,
+    final: np.ndarray,
+    hvg: np.ndarray,
+    totals: _Totals,
+    split: pd.Categorical,
+    labels: pd.Series | None,
+    params: PreprocessParams,
+    mcv: MCVParams | None,
+    *,
+    dataset: str,
+    label_key: str | None,
+    thin: Thinning | None,
+) -> ad.AnnData:
     """Pass 4 (:func:`_hvg_pass`) and the result: the kept cells × HVGs with their layers,
     per-cell annotations, training-cell gene moments and the preprocessing record in ``uns``."""
     x, counts, heldout, log1p_uns = _hvg_pass(rows, qc, genes, final, hvg, totals, params, mcv)
@@ -202,8 +248,7 @@ def _result(rows: CountRows, names: ad.AnnData, qc: _CellQC, genes: np.ndarray,
     return adata
 
 
-def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str
-                ) -> np.ndarray | None:
+def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str) -> np.ndarray | None:
     """The mitochondrial genes, or None (no prefix, or no gene matches it: warned)."""
     if not mito_prefix:
         return None
@@ -235,8 +280,9 @@ class _CellQC:
         return self.passed[start : start + block.shape[0]]
 
 
-def _cell_pass(rows: CountRows, params: PreprocessParams, mito: np.ndarray | None,
-               mcv: MCVParams | None) -> _CellQC:
+def _cell_pass(
+    rows: CountRows, params: PreprocessParams, mito: np.ndarray | None, mcv: MCVParams | None
+) -> _CellQC:
     """1. Per-cell QC (genes detected, % mitochondrial counts), then cells without counts
     (after the molecule split, with ``mcv``) are dropped."""
     n_input = rows.shape[0]
@@ -248,8 +294,9 @@ def _cell_pass(rows: CountRows, params: PreprocessParams, mito: np.ndarray | Non
         if pct is not None:
             totals = _row_sums(block)
             mito_counts = _row_sums(block[:, mito])
-            share = np.divide(100 * mito_counts, totals, out=np.zeros_like(totals),
-                              where=totals > 0)
+            share = np.divide(
+                100 * mito_counts, totals, out=np.zeros_like(totals), where=totals > 0
+            )
             pct[start : start + block.shape[0]] = share
             keep &= share <= params.max_pct_mito
         passed[start : start + block.shape[0]] = keep
@@ -265,17 +312,28 @@ def _cell_pass(rows: CountRows, params: PreprocessParams, mito: np.ndarray | Non
         logger.info("removed %d cells with zero counts", zero)
     logger.info(
         "cell QC kept %d of %d cells (min_genes=%d, max_pct_mito=%s)",
-        len(cells), n_input, params.min_genes, params.max_pct_mito,
+        len(cells),
+        n_input,
+        params.min_genes,
+        params.max_pct_mito,
     )
     position = np.full(n_input, -1, dtype=np.int64)
     position[cells] = np.arange(len(cells))
-    text = (f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
-            f"max_pct_mito={params.max_pct_mito}")
+    text = (
+        f"{n_input} cells in, {len(cells)} kept with min_genes={params.min_genes}, "
+        f"max_pct_mito={params.max_pct_mito}"
+    )
     return _CellQC(passed, cells, position, pct, n_input, text)
 
 
-def _gene_pass(rows: CountRows, qc: _CellQC, is_train: np.ndarray, params: PreprocessParams,
-               mcv: MCVParams | None, dataset: str) -> np.ndarray:
+def _gene_pass(
+    rows: CountRows,
+    qc: _CellQC,
+    is_train: np.ndarray,
+    params: PreprocessParams,
+    mcv: MCVParams | None,
+    dataset: str,
+) -> np.ndarray:
     """2. The genes detected in at least ``min_cells`` training cells."""
     n_genes = rows.shape[1]
     cells_per_gene = np.zeros(n_genes, dtype=np.int64)
@@ -293,14 +351,18 @@ def _gene_pass(rows: CountRows, qc: _CellQC, is_train: np.ndarray, params: Prepr
     return genes
 
 
-def _kept_blocks(rows: CountRows, qc: _CellQC, genes: np.ndarray, mcv: MCVParams | None
-                 ) -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
+def _kept_blocks(
+    rows: CountRows, qc: _CellQC, genes: np.ndarray, mcv: MCVParams | None
+) -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
     """(positions among the kept cells, counts, held-out) over the kept genes."""
     for ids, counts, heldout in _cell_blocks(rows, qc.select, mcv):
         where = qc.position[ids]
         rows_kept = where >= 0
-        yield (where[rows_kept], counts[rows_kept][:, genes],
-               None if heldout is None else heldout[rows_kept][:, genes])
+        yield (
+            where[rows_kept],
+            counts[rows_kept][:, genes],
+            None if heldout is None else heldout[rows_kept][:, genes],
+        )
 
 
 @dataclass(frozen=True)
@@ -315,8 +377,14 @@ class _Totals:
     stored_heldout: np.ndarray
 
 
-def _library_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, is_train: np.ndarray,
-                  params: PreprocessParams, mcv: MCVParams | None) -> _Totals:
+def _library_pass(
+    rows: CountRows,
+    qc: _CellQC,
+    genes: np.ndarray,
+    is_train: np.ndarray,
+    params: PreprocessParams,
+    mcv: MCVParams | None,
+) -> _Totals:
     """3. Library sizes over the kept genes; the moments of expm1(log1p(normalized)) over
     training cells (for :func:`seurat_hvg`); each gene's stored entries (to size pass 4)."""
     n_cells, n_kept = len(qc.cells), int(genes.sum())
@@ -339,13 +407,18 @@ def _library_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, is_train: np.
     return _Totals(library, heldout_library, moments, stored, stored_heldout)
 
 
-def _choose_hvgs(totals: _Totals, params: PreprocessParams, n_kept: int, dataset: str,
-                 qc_text: str) -> np.ndarray:
+def _choose_hvgs(
+    totals: _Totals, params: PreprocessParams, n_kept: int, dataset: str, qc_text: str
+) -> np.ndarray:
     """The ``n_top_genes`` highly variable genes among the kept ones (all when fewer)."""
     n_top = min(params.n_top_genes, n_kept)
     if params.n_top_genes > n_kept:
-        logger.info("n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of "
-                    "them are used", params.n_top_genes, n_kept, params.min_cells)
+        logger.info(
+            "n_top_genes=%d is more than the %d genes kept by min_cells=%d: all of them are used",
+            params.n_top_genes,
+            n_kept,
+            params.min_cells,
+        )
     hvg = seurat_hvg(totals.moments.mean, totals.moments.variance(), n_top)
     if not hvg.any():
         raise InputError(
@@ -356,10 +429,16 @@ def _choose_hvgs(totals: _Totals, params: PreprocessParams, n_kept: int, dataset
     return hvg
 
 
-def _hvg_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, final: np.ndarray,
-              hvg: np.ndarray, totals: _Totals, params: PreprocessParams,
-              mcv: MCVParams | None
-              ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, dict]:
+def _hvg_pass(
+    rows: CountRows,
+    qc: _CellQC,
+    genes: np.ndarray,
+    final: np.ndarray,
+    hvg: np.ndarray,
+    totals: _Totals,
+    params: PreprocessParams,
+    mcv: MCVParams | None,
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, dict]:
     """4. The HVG columns of every remaining cell: (log-normalized, raw counts, held-out
     counts or None without ``mcv``, normalize_total's/log1p's uns), each built in arrays
     allocated once."""
@@ -380,4 +459,3 @@ def _hvg_pass(rows: CountRows, qc: _CellQC, genes: np.ndarray, final: np.ndarray
             heldout_stack.append(heldout[full][:, hvg])
     heldout_matrix = heldout_stack.matrix() if mcv is not None else None
     return x_stack.matrix(), counts_stack.matrix(), heldout_matrix, log1p_uns
-

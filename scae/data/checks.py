@@ -43,8 +43,10 @@ class _CountCheck:
         nearest = np.round(values)
         distance = np.abs(values - nearest)
         # negative: nearer to a negative integer, or below 0 by more than noise
-        self.negative += int(np.count_nonzero(nearest < 0) + np.count_nonzero(
-            (values < 0) & (nearest == 0) & (distance > COUNT_TOLERANCE)))
+        self.negative += int(
+            np.count_nonzero(nearest < 0)
+            + np.count_nonzero((values < 0) & (nearest == 0) & (distance > COUNT_TOLERANCE))
+        )
         noisy = (distance > 0) & (distance <= COUNT_TOLERANCE)
         self.noisy += int(np.count_nonzero(noisy))
         if noisy.any():
@@ -61,7 +63,10 @@ class _CountCheck:
 
 
 def validate_counts(
-    X: sp.spmatrix | np.ndarray | CountRows, source: str, dataset: str, require_integers: bool,
+    X: sp.spmatrix | np.ndarray | CountRows,
+    source: str,
+    dataset: str,
+    require_integers: bool,
     fix: str | None = None,
 ) -> bool:
     """Reject matrices that are not counts: NaN/inf, negatives, and (if required) fractions.
@@ -81,8 +86,10 @@ def validate_counts(
             found.add(block.data)
     else:
         found.add(np.asarray(X.data if sp.issparse(X) else X).ravel())
-    fix = fix or (f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
-                  "('X', 'raw' or a layer name)")
+    fix = fix or (
+        f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
+        "('X', 'raw' or a layer name)"
+    )
     if found.nonfinite:
         raise InputError(
             f"{source}: dataset {dataset!r} has {found.nonfinite} NaN or infinite entries in "
@@ -90,9 +97,11 @@ def validate_counts(
         )
     distance = ""
     if found.fractional:
-        distance = (f"; their median distance to the nearest integer is "
-                    f"{found.median_distance():.3g}, beyond the {COUNT_TOLERANCE:g} of "
-                    "conversion noise: these look normalized or transformed, not counts")
+        distance = (
+            f"; their median distance to the nearest integer is "
+            f"{found.median_distance():.3g}, beyond the {COUNT_TOLERANCE:g} of "
+            "conversion noise: these look normalized or transformed, not counts"
+        )
     if found.negative or (require_integers and found.fractional):
         raise InputError(
             f"{source}: dataset {dataset!r} is not raw counts ({found.negative} negative and "
@@ -145,4 +154,3 @@ def make_names_unique(adata: ad.AnnData, axis: Literal["obs", "var"], dataset: s
 def label_strings(column: pd.Series) -> pd.Series:
     """Labels as strings, a missing one (NaN, None, pd.NA) kept missing (None), never "nan"."""
     return column.astype(str).where(column.notna(), None)
-

@@ -27,8 +27,9 @@ def training_clusters(
     pca = PCA(n_components=n_pcs, svd_solver="arpack", random_state=seed).fit(x[is_train])
     scores = pca.transform(x)
     graph = ad.AnnData(obsm={"X_pca": scores[is_train].astype(np.float32)})
-    sc.pp.neighbors(graph, use_rep="X_pca", random_state=seed, method="gauss",
-                    transformer="sklearn")
+    sc.pp.neighbors(
+        graph, use_rep="X_pca", random_state=seed, method="gauss", transformer="sklearn"
+    )
     sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
     train_labels = graph.obs["leiden"].astype(int).to_numpy()
     centroids = np.stack(
@@ -37,4 +38,3 @@ def training_clusters(
     nearest = ((scores[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(axis=1)
     nearest[is_train] = train_labels
     return pd.Categorical(nearest.astype(str))
-

@@ -78,4 +78,3 @@ def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) 
     # NaN (no dispersion) never selected; ±inf (a bin of equal dispersions, up to rounding)
     # compared as they are, so a cut-off of +inf still selects its own genes
     return np.where(np.isnan(normalized), -np.inf, normalized) >= cutoff
-

@@ -40,7 +40,9 @@ def binomial_split(
 
 
 def binomial_thin(
-    counts: sp.csr_matrix, fraction: float, seed: int | np.random.Generator,
+    counts: sp.csr_matrix,
+    fraction: float,
+    seed: int | np.random.Generator,
     drop_zeros: bool = True,
 ) -> sp.csr_matrix:
     """c' ~ Binomial(c, ``fraction``) per entry: every molecule kept independently with
@@ -49,9 +51,7 @@ def binomial_thin(
     through consecutive blocks of rows gives the same c' as the whole matrix at once."""
     rng = np.random.default_rng(seed)
     thinned = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    thinned.data = rng.binomial(np.rint(counts.data).astype(np.int64), fraction).astype(
-        np.float32
-    )
+    thinned.data = rng.binomial(np.rint(counts.data).astype(np.int64), fraction).astype(np.float32)
     if drop_zeros:
         thinned.eliminate_zeros()
     return thinned
@@ -62,8 +62,9 @@ def heldout_expression(
 ) -> sp.csr_matrix:
     """log1p(c''/ℓ'' · target_sum): the held-out molecules in the space ``mcv_mse`` scores
     (a cell without held-out molecules is all zeros)."""
-    scale = np.divide(target_sum, heldout_library, out=np.zeros(len(heldout_library)),
-                      where=heldout_library > 0)
+    scale = np.divide(
+        target_sum, heldout_library, out=np.zeros(len(heldout_library)), where=heldout_library > 0
+    )
     expression = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(heldout, dtype=np.float64))
     expression.data = np.log1p(expression.data)
     return expression

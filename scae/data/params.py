@@ -41,4 +41,3 @@ class Thinning:
 
     fraction: float
     seed: int = 0
-

@@ -70,13 +70,23 @@ def preprocess(
             f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw counts, "
             "or layer=None for adata.X"
         )
-    fix = ("pass layer= the layer holding raw UMI counts (layer=None: adata.X), or give "
-           "scae.preprocess the raw-count AnnData")
+    fix = (
+        "pass layer= the layer holding raw UMI counts (layer=None: adata.X), or give "
+        "scae.preprocess the raw-count AnnData"
+    )
     source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    return preprocess_rows(rows_of(adata, source, layer), params, dataset=dataset,
-                           label_key=label_key, mito_prefix=mito_prefix, mcv=mcv,
-                           clusters=clusters, require_integers=require_integers, needs=needs,
-                           counts_fix=fix)
+    return preprocess_rows(
+        rows_of(adata, source, layer),
+        params,
+        dataset=dataset,
+        label_key=label_key,
+        mito_prefix=mito_prefix,
+        mcv=mcv,
+        clusters=clusters,
+        require_integers=require_integers,
+        needs=needs,
+        counts_fix=fix,
+    )
 
 
 def preprocess_file(
@@ -99,13 +109,19 @@ def preprocess_file(
     job runs. Every :class:`InputError` names ``dataset``."""
     try:
         with open_counts(path, counts=counts, transpose=transpose) as rows:
-            return preprocess_rows(rows, params, dataset=dataset, label_key=label_key,
-                                   mito_prefix=mito_prefix, mcv=mcv, clusters=clusters,
-                                   require_integers=require_integers, needs=needs,
-                                   thin=thin)
+            return preprocess_rows(
+                rows,
+                params,
+                dataset=dataset,
+                label_key=label_key,
+                mito_prefix=mito_prefix,
+                mcv=mcv,
+                clusters=clusters,
+                require_integers=require_integers,
+                needs=needs,
+                thin=thin,
+            )
     except InputError as err:
         if f"dataset {dataset!r}" in str(err):
             raise
         raise InputError(f"dataset {dataset!r}: {err}") from err
-
-

@@ -52,9 +52,7 @@ def _no_layer(path: Path, counts: str, layers) -> InputError:
     )
 
 
-def read_counts(
-    path: str | Path, counts: str = "X", transpose: bool = False
-) -> ad.AnnData:
+def read_counts(path: str | Path, counts: str = "X", transpose: bool = False) -> ad.AnnData:
     """Read a dataset whole and return an AnnData whose ``X`` holds its raw counts as CSR.
 
     ``counts`` names where the counts live in an ``.h5ad``: ``"X"``, ``"raw"`` (``adata.raw.X``)
@@ -84,9 +82,7 @@ def read_counts(
         if counts == "raw":
             if adata.raw is None:
                 raise _no_raw(path)
-            adata = ad.AnnData(
-                X=adata.raw.X, obs=adata.obs, var=adata.raw.var, uns=adata.uns
-            )
+            adata = ad.AnnData(X=adata.raw.X, obs=adata.obs, var=adata.raw.var, uns=adata.uns)
         elif counts in adata.layers:
             adata.X = adata.layers[counts]
         else:
@@ -148,8 +144,9 @@ class CountRows:
         ends = np.cumsum(self.row_nnz(), dtype=np.int64)
         start, n_rows = 0, self.shape[0]
         # One generator per pass: every pass over the rows sees the same thinned counts.
-        thin_rng = (np.random.default_rng([THINNING_STREAM, self.thinning.seed])
-                    if self.thinning else None)
+        thin_rng = (
+            np.random.default_rng([THINNING_STREAM, self.thinning.seed]) if self.thinning else None
+        )
         while start < n_rows:
             before = ends[start - 1] if start else 0
             stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
@@ -166,8 +163,14 @@ class CountRows:
 class MatrixRows(CountRows):
     """Rows of a matrix already in memory (an AnnData's ``X`` or layer)."""
 
-    def __init__(self, X: sp.spmatrix | np.ndarray, obs: pd.DataFrame, var: pd.DataFrame,
-                 uns: dict, source: str) -> None:
+    def __init__(
+        self,
+        X: sp.spmatrix | np.ndarray,
+        obs: pd.DataFrame,
+        var: pd.DataFrame,
+        uns: dict,
+        source: str,
+    ) -> None:
         super().__init__(obs, var, uns, source)
         self.X = sp.csr_matrix(X, dtype=np.float32)
 
@@ -184,13 +187,21 @@ class HDF5Rows(CountRows):
 
     ``element`` is a dense dataset (an ``.h5ad`` whose ``X`` is dense), or a 10x ``.h5``
     matrix group, whose genes × cells CSC ``data``/``indices``/``indptr`` are the same three
-    arrays as cells × genes CSR (``.h5ad`` CSR matrices are :class:`H5adRows`). Only ``indptr`` (one integer per cell) is held in
-    memory. ``columns`` keeps a subset of the stored columns (10x: gene-expression features).
+    arrays as cells × genes CSR (``.h5ad`` CSR matrices are :class:`H5adRows`). Only
+    ``indptr`` (one integer per cell) is held in memory. ``columns`` keeps a subset of the
+    stored columns (10x: gene-expression features).
     """
 
-    def __init__(self, element: h5py.Group | h5py.Dataset, n_stored_columns: int,
-                 obs: pd.DataFrame, var: pd.DataFrame, uns: dict, source: str,
-                 columns: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        element: h5py.Group | h5py.Dataset,
+        n_stored_columns: int,
+        obs: pd.DataFrame,
+        var: pd.DataFrame,
+        uns: dict,
+        source: str,
+        columns: np.ndarray | None = None,
+    ) -> None:
         super().__init__(obs, var, uns, source)
         self.element, self.n_stored, self.columns = element, n_stored_columns, columns
         self.dense = isinstance(element, h5py.Dataset)
@@ -208,8 +219,11 @@ class HDF5Rows(CountRows):
             else:
                 first, last = self.indptr[start], self.indptr[stop]
                 block = sp.csr_matrix(
-                    (self.element["data"][first:last].astype(np.float32, copy=False),
-                     self.element["indices"][first:last], self.indptr[start : stop + 1] - first),
+                    (
+                        self.element["data"][first:last].astype(np.float32, copy=False),
+                        self.element["indices"][first:last],
+                        self.indptr[start : stop + 1] - first,
+                    ),
                     shape=(stop - start, self.n_stored),
                 )
         except (OSError, KeyError, ValueError) as err:  # truncated or corrupt on disk
@@ -223,8 +237,9 @@ class H5adRows(CountRows):
     stored entries of rows ``start:stop`` and nothing else. Only ``indptr`` (one integer per
     cell) is held in memory."""
 
-    def __init__(self, element: h5py.Group, obs: pd.DataFrame, var: pd.DataFrame, uns: dict,
-                 source: str) -> None:
+    def __init__(
+        self, element: h5py.Group, obs: pd.DataFrame, var: pd.DataFrame, uns: dict, source: str
+    ) -> None:
         from anndata.io import sparse_dataset
 
         super().__init__(obs, var, uns, source)
@@ -302,11 +317,15 @@ def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
     keep = None if expression.all() else expression
     if keep is not None:
         found = var["feature_types"].value_counts()
-        logger.info("%s: features by type: %s; only the %d Gene Expression features are used",
-                    path, ", ".join(f"{n} {kind}" for kind, n in found.items()),
-                    int(expression.sum()))
-    return HDF5Rows(matrix, len(var), obs, var if keep is None else var[keep], {}, str(path),
-                    columns=keep)
+        logger.info(
+            "%s: features by type: %s; only the %d Gene Expression features are used",
+            path,
+            ", ".join(f"{n} {kind}" for kind, n in found.items()),
+            int(expression.sum()),
+        )
+    return HDF5Rows(
+        matrix, len(var), obs, var if keep is None else var[keep], {}, str(path), columns=keep
+    )
 
 
 @contextlib.contextmanager
@@ -381,4 +400,3 @@ def preprocess_mem_mb(path: str | Path, counts: str, n_top_genes: int, mcv: bool
     entries = nnz * min(1.0, 2 * n_top_genes / max(n_genes, 1))
     per_entry = 8 * (3 if mcv else 2)
     return int(1500 + (entries * per_entry + 200 * n_cells) / 2**20)
-

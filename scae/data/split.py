@@ -89,4 +89,3 @@ def labels_of(
             stacklevel=3,
         )
     return label_strings(column).rename(label_key)
-

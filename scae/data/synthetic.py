@@ -78,8 +78,9 @@ def _profiles(params: SyntheticParams, rng: np.random.Generator):
     return frequencies, profiles.astype(np.float32), theta.astype(np.float32)
 
 
-def _sample_nb(mu: torch.Tensor, theta: torch.Tensor, u: torch.Tensor,
-               rng: np.random.Generator) -> sp.csr_matrix:
+def _sample_nb(
+    mu: torch.Tensor, theta: torch.Tensor, u: torch.Tensor, rng: np.random.Generator
+) -> sp.csr_matrix:
     """NB(μ, θ) counts of a B × G block, returned as CSR.
 
     Entries with μ ≤ ``HIGH_MEAN`` (the vast majority, mostly zeros) are sampled by inverse
@@ -126,9 +127,13 @@ def _sample_nb(mu: torch.Tensor, theta: torch.Tensor, u: torch.Tensor,
     high_counts = rng.negative_binomial(theta_high, theta_high / (theta_high + mu_high))
     drawn = high_counts > 0
     matrix = sp.coo_matrix(
-        (np.concatenate([counts.numpy(), high_counts[drawn].astype(np.float32)]),
-         (np.concatenate([rows.numpy(), high_rows.numpy()[drawn]]),
-          np.concatenate([cols.numpy(), high_cols.numpy()[drawn]]))),
+        (
+            np.concatenate([counts.numpy(), high_counts[drawn].astype(np.float32)]),
+            (
+                np.concatenate([rows.numpy(), high_rows.numpy()[drawn]]),
+                np.concatenate([cols.numpy(), high_cols.numpy()[drawn]]),
+            ),
+        ),
         shape=(n_cells, n_genes),
     ).tocsr()
     matrix.sort_indices()
@@ -164,8 +169,7 @@ def _draw(params: SyntheticParams, chunk_cells: int | None):
 
     names = [f"type{t:02d}" for t in range(params.n_types)]
     obs = pd.DataFrame(
-        {"cell_type": pd.Categorical.from_codes(types, categories=names),
-         "library_mean": library},
+        {"cell_type": pd.Categorical.from_codes(types, categories=names), "library_mean": library},
         index=pd.Index([f"cell{i}" for i in range(params.n_cells)]),
     )
     var = pd.DataFrame(
@@ -174,8 +178,9 @@ def _draw(params: SyntheticParams, chunk_cells: int | None):
     return obs, var, blocks()
 
 
-def synthetic_counts(params: SyntheticParams = SyntheticParams(),
-                     chunk_cells: int | None = None) -> ad.AnnData:
+def synthetic_counts(
+    params: SyntheticParams = SyntheticParams(), chunk_cells: int | None = None
+) -> ad.AnnData:
     """Cells × genes raw counts (float32 CSR) with ``obs['cell_type']`` and ``obs['library_mean']``
     (ℓ_c, the expected library size), seeded by ``params.seed``; the blocks of
     ``chunk_cells`` cells (default :func:`default_chunk_cells`) are part of the seed."""
@@ -188,8 +193,9 @@ def synthetic_counts(params: SyntheticParams = SyntheticParams(),
     return adata
 
 
-def write_synthetic(path: str | Path, params: SyntheticParams = SyntheticParams(),
-                    chunk_cells: int | None = None) -> Path:
+def write_synthetic(
+    path: str | Path, params: SyntheticParams = SyntheticParams(), chunk_cells: int | None = None
+) -> Path:
     """Generate and write an ``.h5ad`` (counts in ``X``, labels in ``obs['cell_type']``), the
     same matrix as :func:`synthetic_counts`, streamed: each block of cells is appended to the
     file's CSR datasets (anndata's ``sparse_dataset(...).append``) as soon as it is drawn, so
@@ -221,13 +227,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", type=int, default=SyntheticParams.n_cells)
     parser.add_argument("--genes", type=int, default=SyntheticParams.n_genes)
     parser.add_argument("--types", type=int, default=SyntheticParams.n_types)
-    parser.add_argument("--depth", type=float, default=SyntheticParams.median_library,
-                        help="median UMIs per cell (default %(default)s; 10x atlases: ~2000)")
+    parser.add_argument(
+        "--depth",
+        type=float,
+        default=SyntheticParams.median_library,
+        help="median UMIs per cell (default %(default)s; 10x atlases: ~2000)",
+    )
     parser.add_argument("--seed", type=int, default=SyntheticParams.seed)
     args = parser.parse_args(argv)
-    write_synthetic(args.output, SyntheticParams(n_cells=args.cells, n_genes=args.genes,
-                                                 n_types=args.types, median_library=args.depth,
-                                                 seed=args.seed))
+    write_synthetic(
+        args.output,
+        SyntheticParams(
+            n_cells=args.cells,
+            n_genes=args.genes,
+            n_types=args.types,
+            median_library=args.depth,
+            seed=args.seed,
+        ),
+    )
 
 
 if __name__ == "__main__":

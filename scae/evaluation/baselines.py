@@ -69,13 +69,19 @@ def pca_mcv_rank(adata: ad.AnnData, max_rank: int, seed: int) -> int:
     train, val = split == "train", split == "val"
     limit = min(max_rank, adata.n_vars - 1, int(train.sum()) - 1)
     pca = fit_pca(adata.X[train], limit, seed)
-    target = heldout_expression(adata.layers[HELDOUT_LAYER][val],
-                                adata.obs["mcv_library_size"].to_numpy(np.float64)[val],
-                                float(adata.uns["scae"]["target_sum"]))
+    target = heldout_expression(
+        adata.layers[HELDOUT_LAYER][val],
+        adata.obs["mcv_library_size"].to_numpy(np.float64)[val],
+        float(adata.uns["scae"]["target_sum"]),
+    )
     curve = mcv_rank_curve(pca, adata.X[val], target)
     rank = int(np.argmin(curve)) + 1
-    logger.info("pca_mcv_rank: validation mcv_mse by rank 1..%d: %s; chosen rank %d",
-                limit, np.array2string(curve, precision=5, max_line_width=10**6), rank)
+    logger.info(
+        "pca_mcv_rank: validation mcv_mse by rank 1..%d: %s; chosen rank %d",
+        limit,
+        np.array2string(curve, precision=5, max_line_width=10**6),
+        rank,
+    )
     return rank
 
 
@@ -96,7 +102,11 @@ def _scaled(x: sp.spmatrix, train_std: np.ndarray) -> tuple[sp.csr_matrix, np.nd
 
 
 def zscored_pca(
-    x: sp.spmatrix, train: np.ndarray, train_std: np.ndarray, n_components: int, seed: int,
+    x: sp.spmatrix,
+    train: np.ndarray,
+    train_std: np.ndarray,
+    n_components: int,
+    seed: int,
     recon_rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fit_pca` in the space the autoencoders see under ``input_scaling: zscore``:
@@ -114,8 +124,9 @@ def zscored_pca(
 Reconstructor = Callable[[np.ndarray], np.ndarray]
 
 
-def _pca_reconstructor(pca: PCA, scores: np.ndarray, scale: np.ndarray | None = None
-                       ) -> Reconstructor:
+def _pca_reconstructor(
+    pca: PCA, scores: np.ndarray, scale: np.ndarray | None = None
+) -> Reconstructor:
     def reconstruct(rows: np.ndarray) -> np.ndarray:
         recon = pca.inverse_transform(scores[rows])
         return (recon if scale is None else recon * scale[None, :]).astype(np.float32)
@@ -124,7 +135,11 @@ def _pca_reconstructor(pca: PCA, scores: np.ndarray, scale: np.ndarray | None = 
 
 
 def baseline_model(
-    name: str, adata: ad.AnnData, n_components: int | None, seed: int, max_pca_rank: int,
+    name: str,
+    adata: ad.AnnData,
+    n_components: int | None,
+    seed: int,
+    max_pca_rank: int,
     input_scaling: str = "none",
 ) -> tuple[np.ndarray | None, Reconstructor]:
     """(embedding of every cell or None, :data:`Reconstructor`) of a baseline fit on the
@@ -133,22 +148,25 @@ def baseline_model(
     zscore``, ``pca`` is fit where the autoencoders are (:func:`zscored_pca`)."""
     train = adata.obs["split"].to_numpy() == "train"
     if name in ("pca", "pca_mcv_rank"):
-        rank = (n_components if name == "pca" else pca_mcv_rank(adata, max_pca_rank, seed))
+        rank = n_components if name == "pca" else pca_mcv_rank(adata, max_pca_rank, seed)
         if rank is None:
             raise ValueError("baseline pca needs n_components (its rank)")
         x, scale = adata.X, None
         if name == "pca" and input_scaling == "zscore":
             x, scale = _scaled(adata.X, adata.var["train_std"].to_numpy())
         pca = fit_pca(x[train], min(rank, adata.n_vars - 1), seed)
-        scores = np.vstack([pca.transform(x[start : start + CHUNK])
-                            for start in range(0, x.shape[0], CHUNK)]).astype(np.float32)
+        scores = np.vstack(
+            [pca.transform(x[start : start + CHUNK]) for start in range(0, x.shape[0], CHUNK)]
+        ).astype(np.float32)
         return scores, _pca_reconstructor(pca, scores, scale)
     if name == "mean":
         profile = adata.var["train_mean"].to_numpy()
     elif name == "library_size":
         profile = library_size_reconstruction(
-            adata.layers["counts"][train], adata.obs["library_size"].to_numpy()[train],
-            float(adata.uns["scae"]["target_sum"]), 1,
+            adata.layers["counts"][train],
+            adata.obs["library_size"].to_numpy()[train],
+            float(adata.uns["scae"]["target_sum"]),
+            1,
         )[0]
     elif name == "no_denoising":
         return None, lambda rows: adata.X[rows].toarray().astype(np.float32)
@@ -158,11 +176,16 @@ def baseline_model(
 
 
 def baseline_outputs(
-    name: str, adata: ad.AnnData, n_components: int | None, seed: int, max_pca_rank: int,
+    name: str,
+    adata: ad.AnnData,
+    n_components: int | None,
+    seed: int,
+    max_pca_rank: int,
     input_scaling: str = "none",
 ) -> tuple[np.ndarray | None, np.ndarray]:
     """(embedding of every cell or None, reconstruction of the test cells) of a baseline
     (:func:`baseline_model`)."""
-    latent, reconstruct = baseline_model(name, adata, n_components, seed, max_pca_rank,
-                                         input_scaling)
+    latent, reconstruct = baseline_model(
+        name, adata, n_components, seed, max_pca_rank, input_scaling
+    )
     return latent, reconstruct(np.flatnonzero(adata.obs["split"].to_numpy() == "test"))

@@ -39,16 +39,20 @@ def evaluate_run(
     target_sum = float(data.uns["scae"]["target_sum"])
     library = test.obs["library_size"].to_numpy(np.float64)
 
-    per_cell = per_cell_metrics(truth, recon, data.var["train_mean"].to_numpy(),
-                                data.var["train_std"].to_numpy())
+    per_cell = per_cell_metrics(
+        truth, recon, data.var["train_mean"].to_numpy(), data.var["train_std"].to_numpy()
+    )
     values = summarize_reconstruction(per_cell, truth, recon)
     values |= breakdowns(truth, recon, per_cell, data.var["train_mean"].to_numpy(), library)
     theta = moment_dispersion(data.layers["counts"][is_train])
     values |= count_nll(test.layers["counts"], expected_counts(recon, library, target_sum), theta)
     if HELDOUT_LAYER in data.layers:
         values |= mcv_metrics(
-            test.layers[HELDOUT_LAYER], recon, library,
-            test.obs["mcv_library_size"].to_numpy(np.float64), target_sum,
+            test.layers[HELDOUT_LAYER],
+            recon,
+            library,
+            test.obs["mcv_library_size"].to_numpy(np.float64),
+            target_sum,
             moment_dispersion(data.layers[HELDOUT_LAYER][is_train]),
         )
     if EMBEDDING_KEY in embedding.obsm:

@@ -44,8 +44,10 @@ def answer_record(path: Path, text: str) -> dict:
     summary.md at its reference rank (the rank tuning ran at)."""
     records = [json.loads(found) for found in ANSWER_RECORD.findall(text)]
     if not records:
-        raise ValueError(f"{path}: no '<!-- {ANSWER_TAG} … -->' line; regenerate it with the "
-                         "current workflow (snakemake results/<dataset>/summary.md)")
+        raise ValueError(
+            f"{path}: no '<!-- {ANSWER_TAG} … -->' line; regenerate it with the "
+            "current workflow (snakemake results/<dataset>/summary.md)"
+        )
     return next((r for r in records if r.get("reference")), records[-1])
 
 
@@ -53,17 +55,22 @@ def across_datasets(records: list[dict]) -> str:
     """One line: for each loss, on how many datasets it is the best or tied with the best."""
     metrics = sorted({r["primary_metric"] for r in records})
     if len(metrics) > 1:
-        raise ValueError(f"the summaries rank by different primary metrics ({', '.join(metrics)}); "
-                         "set the same summary.primary_metric for every run")
+        raise ValueError(
+            f"the summaries rank by different primary metrics ({', '.join(metrics)}); "
+            "set the same summary.primary_metric for every run"
+        )
     counts: dict[str, list[int]] = {}
     for record in records:
         for loss in [record["best"], *record["tied"]]:
             counts.setdefault(loss, [0, 0])[0 if loss == record["best"] else 1] += 1
     ranked = sorted(counts.items(), key=lambda item: (-sum(item[1]), -item[1][0], item[0]))
-    parts = [f"`{loss}` on {wins + ties} ({wins} best, {ties} tied)"
-             for loss, (wins, ties) in ranked]
-    return (f"**Across {len(records)} datasets** (by `{metrics[0]}`; best or statistically "
-            f"tied with the best): {', '.join(parts)}; every other loss on none.")
+    parts = [
+        f"`{loss}` on {wins + ties} ({wins} best, {ties} tied)" for loss, (wins, ties) in ranked
+    ]
+    return (
+        f"**Across {len(records)} datasets** (by `{metrics[0]}`; best or statistically "
+        f"tied with the best): {', '.join(parts)}; every other loss on none."
+    )
 
 
 def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
@@ -74,15 +81,22 @@ def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
     text = path.read_text()
     record = answer_record(path, text)
     parts = ANSWER_RECORD.sub("", text.split(COMPARISONS, 1)[0]).split("\n## ")
-    kept = [parts[0]] + [part for part in parts[1:] if not part.startswith(RANK_SECTION)
-                         or part.startswith(f"{RANK_SECTION}{record.get('rank')} ")
-                         or part.startswith(f"{RANK_SECTION}{record.get('rank')}\n")]
+    kept = [parts[0]] + [
+        part
+        for part in parts[1:]
+        if not part.startswith(RANK_SECTION)
+        or part.startswith(f"{RANK_SECTION}{record.get('rank')} ")
+        or part.startswith(f"{RANK_SECTION}{record.get('rank')}\n")
+    ]
     text = "\n## ".join(kept).strip()
     if figures is not None:
         text = text.replace(f"]({FIGURE_DIR}/", f"]({figures}/{record['dataset']}/")
     body = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
-    return (f"{body}\n\n_Source: `{path}`; the other ranks and the paired per-cell comparisons "
-            "are in the same file._", record)
+    return (
+        f"{body}\n\n_Source: `{path}`; the other ranks and the paired per-cell comparisons "
+        "are in the same file._",
+        record,
+    )
 
 
 #: How a depth table marks the best autoencoder against PCA at the same rank.
@@ -102,30 +116,34 @@ def depth_tables(summaries: list[Path]) -> list[str]:
             continue
         ranks = pd.read_csv(path.parent / "ranks.tsv", sep="\t")
         ranks["verdict"] = ranks["verdict"].fillna("")
-        groups.setdefault(record["input"], []).append((record["depth"], record["dataset"],
-                                                       ranks))
+        groups.setdefault(record["input"], []).append((record["depth"], record["dataset"], ranks))
     tables = []
     for source, runs in groups.items():
         if len({depth for depth, _, _ in runs}) < 2:
             continue
         ranks = sorted({int(k) for _, _, table in runs for k in table["rank"]})
-        lines = [f"**Rank × depth** (`{source}`, binomially thinned; the best loss against "
-                 "PCA at the same rank, intervals simultaneous over the ranks):", "",
-                 "| depth | dataset | " + " | ".join(f"k = {k}" for k in ranks)
-                 + " | AE better up to | PCA better from |",
-                 "|---|---|" + "---|" * (len(ranks) + 2)]
+        lines = [
+            f"**Rank × depth** (`{source}`, binomially thinned; the best loss against "
+            "PCA at the same rank, intervals simultaneous over the ranks):",
+            "",
+            "| depth | dataset | "
+            + " | ".join(f"k = {k}" for k in ranks)
+            + " | AE better up to | PCA better from |",
+            "|---|---|" + "---|" * (len(ranks) + 2),
+        ]
         for depth, dataset, table in sorted(runs, key=lambda run: -run[0]):
             verdicts = dict(zip(table["rank"].astype(int), table["verdict"]))
             largest, smallest = crossing(table)
-            lines.append(f"| {depth:g} | {dataset} | "
-                         + " | ".join(MARKS.get(verdicts.get(k, ""), "–") for k in ranks)
-                         + f" | {largest or '–'} | {smallest or '–'} |")
+            lines.append(
+                f"| {depth:g} | {dataset} | "
+                + " | ".join(MARKS.get(verdicts.get(k, ""), "–") for k in ranks)
+                + f" | {largest or '–'} | {smallest or '–'} |"
+            )
         tables.append("\n".join(lines))
     return tables
 
 
-def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | None = None
-           ) -> str:
+def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | None = None) -> str:
     """Each summary's section, the across-datasets line when there are several and the
     rank × depth tables of depth variants, then the sections of ``also`` (not counted in
     that line)."""
@@ -168,12 +186,21 @@ def short_summary(summaries: list[Path], page: str) -> str:
     for path in summaries:
         text = path.read_text()
         record = answer_record(path, text)
-        crossing = next((line for line in text.splitlines()
-                         if line.startswith("**Crossing:**")), "")
-        answer = next((line for line in text.split(f"{RANK_SECTION}{record['rank']}", 1)[-1]
-                       .splitlines() if line.startswith("**Answer:**")), "")
-        lines.append(f"- **{record['dataset']}** — {crossing.removeprefix('**Crossing:** ')} "
-                     f"At k = {record['rank']}: {answer.removeprefix('**Answer:** ')}")
+        crossing = next(
+            (line for line in text.splitlines() if line.startswith("**Crossing:**")), ""
+        )
+        answer = next(
+            (
+                line
+                for line in text.split(f"{RANK_SECTION}{record['rank']}", 1)[-1].splitlines()
+                if line.startswith("**Answer:**")
+            ),
+            "",
+        )
+        lines.append(
+            f"- **{record['dataset']}** — {crossing.removeprefix('**Crossing:** ')} "
+            f"At k = {record['rank']}: {answer.removeprefix('**Answer:** ')}"
+        )
     records = [answer_record(path, path.read_text()) for path in summaries]
     if len(records) > 1:
         lines += ["", across_datasets(records)]
@@ -189,7 +216,7 @@ def main(argv: list[str]) -> None:
         readme, arguments = Path(arguments[1]), arguments[2:]
     split = arguments.index("--also") if "--also" in arguments else len(arguments)
     summaries = [Path(p) for p in arguments[:split]]
-    update_page(page, summaries, tuple(Path(p) for p in arguments[split + 1:]))
+    update_page(page, summaries, tuple(Path(p) for p in arguments[split + 1 :]))
     if readme is not None:
         link = page.resolve().relative_to(readme.resolve().parent).as_posix()
         _replace_block(readme, short_summary(summaries, link))

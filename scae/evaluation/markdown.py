@@ -43,21 +43,27 @@ def _seed_sentence(seeds: dict[str, int]) -> str:
         if n:
             groups.setdefault(n, []).append(metric)
     if len(groups) == 1:
-        (n, _), = groups.items()
+        ((n, _),) = groups.items()
         return f"Mean ± sd over {n} training seed{'s' * (n != 1)} on held-out test cells"
-    parts = [f"{n} seed{'s' * (n != 1)} for {', '.join(ms)}" for n, ms in sorted(groups.items(),
-                                                                                 reverse=True)]
-    return ("Mean ± sd over training seeds on held-out test cells — " + "; ".join(parts)
-            + " (columns marked “(n seed)” rest on fewer seeds than the others: a single seed "
-            "has no sd and says nothing about seed-to-seed variation)")
+    parts = [
+        f"{n} seed{'s' * (n != 1)} for {', '.join(ms)}"
+        for n, ms in sorted(groups.items(), reverse=True)
+    ]
+    return (
+        "Mean ± sd over training seeds on held-out test cells — "
+        + "; ".join(parts)
+        + " (columns marked “(n seed)” rest on fewer seeds than the others: a single seed "
+        "has no sd and says nothing about seed-to-seed variation)"
+    )
 
 
 def _notes(stats: pd.DataFrame) -> list[str]:
     """Caveats: MCV metrics the mean profile wins, and the rank MCV chose for PCA."""
     notes = []
     means = stats.pivot_table(index="model", columns="metric", values="mean")
-    models = stats.loc[(stats["kind"] == "autoencoder")
-                       | stats["model"].isin(DENOISING_BASELINES), "model"].unique()
+    models = stats.loc[
+        (stats["kind"] == "autoencoder") | stats["model"].isin(DENOISING_BASELINES), "model"
+    ].unique()
     for metric in [m for m in means if m.startswith("mcv_")]:
         if "baseline_mean" not in means.index or pd.isna(means.at["baseline_mean", metric]):
             continue
@@ -77,8 +83,14 @@ def _notes(stats: pd.DataFrame) -> list[str]:
             notes.append(
                 f"`baseline_pca_mcv_rank`: PCA at the rank k = {int(rank)} that minimises "
                 "`mcv_mse` on validation cells (molecular cross-validation, Batson et al. "
-                "2019)" + (f", beside `baseline_pca` at the latent dim k = {int(pca)}"
-                           if pca is not None and pd.notna(pca) else "") + ".")
+                "2019)"
+                + (
+                    f", beside `baseline_pca` at the latent dim k = {int(pca)}"
+                    if pca is not None and pd.notna(pca)
+                    else ""
+                )
+                + "."
+            )
     return notes
 
 
@@ -87,8 +99,10 @@ def _unconverged(runs: pd.DataFrame) -> str:
     bad = runs[~runs["converged"].astype(bool)]
     parts = []
     for dataset, in_dataset in bad.groupby("dataset", sort=True):
-        losses = [f"`{loss}` seed{'s' * (len(group) > 1)} {', '.join(map(str, group['seed']))}"
-                  for loss, group in in_dataset.groupby("model", sort=True)]
+        losses = [
+            f"`{loss}` seed{'s' * (len(group) > 1)} {', '.join(map(str, group['seed']))}"
+            for loss, group in in_dataset.groupby("model", sort=True)
+        ]
         parts.append(f"{dataset}: {'; '.join(losses)}")
     return "; ".join(parts)
 
@@ -110,12 +124,15 @@ def answer(
     """
     best = best_loss(stats, primary_metric)
     means = stats[stats["metric"] == primary_metric].set_index("model")["mean"]
-    n_seeds = int(stats.loc[(stats["metric"] == primary_metric) & (stats["model"] == best),
-                            "n"].iloc[0])
+    n_seeds = int(
+        stats.loc[(stats["metric"] == primary_metric) & (stats["model"] == best), "n"].iloc[0]
+    )
     rule = "higher" if direction(primary_metric) == "higher" else "lower"
-    text = (f"**Answer:** ranked by `{primary_metric}` ({rule} is better; mean over {n_seeds} "
-            f"seed{'s' * (n_seeds != 1)} on test cells), the best loss is `{best}` "
-            f"({means[best]:.4g})")
+    text = (
+        f"**Answer:** ranked by `{primary_metric}` ({rule} is better; mean over {n_seeds} "
+        f"seed{'s' * (n_seeds != 1)} on test cells), the best loss is `{best}` "
+        f"({means[best]:.4g})"
+    )
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     rows = comparisons[comparisons["family"] == "answer"]
@@ -127,12 +144,18 @@ def answer(
         if n_seeds == 1:
             confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
         if tied:
-            text += ("; statistically tied with it (" + confidence + " contain 0): "
-                     + ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied))
+            text += (
+                "; statistically tied with it ("
+                + confidence
+                + " contain 0): "
+                + ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied)
+            )
         elif len(against_best):
             text += f"; every other loss is worse ({confidence})"
-    for baseline, name in (("baseline_pca", "PCA at the same rank"),
-                           ("baseline_mean", "the training-mean profile")):
+    for baseline, name in (
+        ("baseline_pca", "PCA at the same rank"),
+        ("baseline_mean", "the training-mean profile"),
+    ):
         if baseline not in means:
             continue
         row = rows[(rows["model"] == best) & (rows["reference"] == baseline)]
@@ -140,14 +163,18 @@ def answer(
         if not len(row):
             text += f"; {name} scores {value}"
             continue
-        relation = {"better": f"it beats {name} ({value})",
-                    "worse": f"{name} ({value}) beats it",
-                    "no difference": f"it ties with {name} ({value})"}[row["verdict"].iloc[0]]
+        relation = {
+            "better": f"it beats {name} ({value})",
+            "worse": f"{name} ({value}) beats it",
+            "no difference": f"it ties with {name} ({value})",
+        }[row["verdict"].iloc[0]]
         text += f"; {relation}"
     text += "."
     if runs is not None and not runs["converged"].all():
-        text += (" Not converged (all max_epochs run, best epoch among the last `patience`: "
-                 f"more epochs might change their scores): {_unconverged(runs)}.")
+        text += (
+            " Not converged (all max_epochs run, best epoch among the last `patience`: "
+            f"more epochs might change their scores): {_unconverged(runs)}."
+        )
     record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
     return text, record
 
@@ -159,12 +186,18 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
     if settings.empty:
         return []
     table = settings.pivot(index="model", columns="metric", values="mean")
-    hidden = sorted((c for c in table if c.startswith(f"{SETTING_PREFIX}hidden_")),
-                    key=lambda c: int(c.rsplit("_", 1)[1]))
-    lines = ["", "Settings each loss trained with (every seed alike; `tuned`: chosen on "
-             "validation cells by the tune stage, see `tuning/{loss}/trials.tsv`):", "",
-             "| loss | learning_rate | weight_decay | batch_size | dropout | hidden | tuned |",
-             "|---|---|---|---|---|---|---|"]
+    hidden = sorted(
+        (c for c in table if c.startswith(f"{SETTING_PREFIX}hidden_")),
+        key=lambda c: int(c.rsplit("_", 1)[1]),
+    )
+    lines = [
+        "",
+        "Settings each loss trained with (every seed alike; `tuned`: chosen on "
+        "validation cells by the tune stage, see `tuning/{loss}/trials.tsv`):",
+        "",
+        "| loss | learning_rate | weight_decay | batch_size | dropout | hidden | tuned |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for model, row in table.iterrows():
         widths = ", ".join(f"{row[c]:.0f}" for c in hidden if pd.notna(row[c]))
         tuned = "yes" if row.get(f"{SETTING_PREFIX}tuned", 0) == 1 else "no"
@@ -172,7 +205,8 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
             f"| {model} | {row[SETTING_PREFIX + 'learning_rate']:.3g} | "
             f"{row[SETTING_PREFIX + 'weight_decay']:.3g} | "
             f"{row[SETTING_PREFIX + 'batch_size']:.0f} | {row[SETTING_PREFIX + 'dropout']:.3g}"
-            f" | [{widths}] | {tuned} |")
+            f" | [{widths}] | {tuned} |"
+        )
     return lines
 
 
@@ -180,26 +214,37 @@ def _thin_sentence(source: dict | None) -> str:
     thin = (source or {}).get("thin")
     if not thin:
         return ""
-    return (f"Molecules thinned binomially to a fraction {thin['fraction']:g} of the input's "
-            f"(seed {thin.get('seed', 0)}) before QC. ")
+    return (
+        f"Molecules thinned binomially to a fraction {thin['fraction']:g} of the input's "
+        f"(seed {thin.get('seed', 0)}) before QC. "
+    )
 
 
 def _preprocess_sentence(settings: dict) -> str:
-    return (f"Preprocessed with QC min_genes = {settings['min_genes']}, max_pct_mito = "
-            f"{settings['max_pct_mito']}, min_cells = {settings['min_cells']} (genes), "
-            f"{settings['n_top_genes']} HVGs, target_sum = {settings['target_sum']:g}; split "
-            f"test_fraction = {settings['test_fraction']}, val_fraction = "
-            f"{settings['val_fraction']}, split_seed = {settings['split_seed']}.")
+    return (
+        f"Preprocessed with QC min_genes = {settings['min_genes']}, max_pct_mito = "
+        f"{settings['max_pct_mito']}, min_cells = {settings['min_cells']} (genes), "
+        f"{settings['n_top_genes']} HVGs, target_sum = {settings['target_sum']:g}; split "
+        f"test_fraction = {settings['test_fraction']}, val_fraction = "
+        f"{settings['val_fraction']}, split_seed = {settings['split_seed']}."
+    )
 
 
 def crossing_sentence(table: pd.DataFrame) -> str:
     """The crossing in words (:func:`crossing`)."""
     largest, smallest = crossing(table)
-    parts = [("the best autoencoder beats PCA at the same rank up to k = "
-              f"{largest}" if largest is not None else
-              "the best autoencoder beats PCA at no rank"),
-             (f"PCA is better from k = {smallest}" if smallest is not None else
-              "PCA is better at no rank")]
+    parts = [
+        (
+            f"the best autoencoder beats PCA at the same rank up to k = {largest}"
+            if largest is not None
+            else "the best autoencoder beats PCA at no rank"
+        ),
+        (
+            f"PCA is better from k = {smallest}"
+            if smallest is not None
+            else "PCA is better at no rank"
+        ),
+    ]
     ties = table.loc[table["verdict"] == "no difference", "rank"].tolist()
     text = "**Crossing:** " + "; ".join(parts)
     if ties:
@@ -211,36 +256,55 @@ def crossing_sentence(table: pd.DataFrame) -> str:
 
 def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[str]:
     """The rank table, its crossing and the two figures of :mod:`scae.evaluation.plots`."""
-    verdicts = {"better": "autoencoder better", "worse": "PCA better",
-                "no difference": "no difference", "": "–"}
-    lines = ["## At which rank does an autoencoder beat PCA?", "",
-             f"Per latent rank k: the loss with the best mean `{primary_metric}` on test cells, "
-             "the same metric on its training cells (the generalization gap), PCA at rank k, "
-             "and best − PCA-k on the same test cells with an interval over seeds and cells, "
-             f"simultaneous at {level:.0%} over the {len(table)} rank"
-             f"{'s' * (len(table) != 1)}.", "",
-             "| k | best loss | test | train | PCA-k test | PCA-k train | best − PCA-k | "
-             f"simultaneous {level:.0%} CI | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    verdicts = {
+        "better": "autoencoder better",
+        "worse": "PCA better",
+        "no difference": "no difference",
+        "": "–",
+    }
+    lines = [
+        "## At which rank does an autoencoder beat PCA?",
+        "",
+        f"Per latent rank k: the loss with the best mean `{primary_metric}` on test cells, "
+        "the same metric on its training cells (the generalization gap), PCA at rank k, "
+        "and best − PCA-k on the same test cells with an interval over seeds and cells, "
+        f"simultaneous at {level:.0%} over the {len(table)} rank"
+        f"{'s' * (len(table) != 1)}.",
+        "",
+        "| k | best loss | test | train | PCA-k test | PCA-k train | best − PCA-k | "
+        f"simultaneous {level:.0%} CI | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def number(value: float, fmt: str = ".4f") -> str:
         return "–" if pd.isna(value) else format(value, fmt)
 
     for row in table.itertuples():
-        interval = ("–" if pd.isna(row.ci_low) else
-                    f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]")
+        interval = "–" if pd.isna(row.ci_low) else f"[{row.ci_low:+.4f}, {row.ci_high:+.4f}]"
         lines.append(
             f"| {row.rank} | `{row.best}` | {number(row.best_mean)} | {number(row.best_train)} | "
             f"{number(row.pca_mean)} | {number(row.pca_train)} | "
-            f"{number(row.mean_difference, '+.4f')} | {interval} | {verdicts[row.verdict]} |")
-    lines += ["", crossing_sentence(table), "",
-              "![rank curve](plots/rank_curve.png) ![answer](plots/forest.png)", ""]
+            f"{number(row.mean_difference, '+.4f')} | {interval} | {verdicts[row.verdict]} |"
+        )
+    lines += [
+        "",
+        crossing_sentence(table),
+        "",
+        "![rank curve](plots/rank_curve.png) ![answer](plots/forest.png)",
+        "",
+    ]
     return lines
 
 
 def _rank_section(
-    stats: pd.DataFrame, comparisons: pd.DataFrame, dataset: str, primary_metric: str,
-    runs: pd.DataFrame | None, level: float, rank: int, reference: bool,
+    stats: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    dataset: str,
+    primary_metric: str,
+    runs: pd.DataFrame | None,
+    level: float,
+    rank: int,
+    reference: bool,
     source: dict | None = None,
 ) -> list[str]:
     """One rank's table of mean ± sd per model and headline metric (best in bold), caveats,
@@ -253,13 +317,14 @@ def _rank_section(
     most = max(seeds.values())
     title = f"## Rank k = {rank}" + (" (the reference rank: tuning, MCV)" if reference else "")
     lines = [title, "", f"{_seed_sentence(seeds)} (baselines are deterministic).", ""]
-    header = [m if seeds[m] in (0, most) else f"{m} ({seeds[m]} seed{'s' * (seeds[m] != 1)})"
-              for m in metrics]
+    header = [
+        m if seeds[m] in (0, most) else f"{m} ({seeds[m]} seed{'s' * (seeds[m] != 1)})"
+        for m in metrics
+    ]
     lines.append("| model | " + " | ".join(header) + " |")
     lines.append("|---|" + "---|" * len(metrics))
     best = {
-        m: (means[m].max() if HEADLINE_METRICS[m] == "higher" else means[m].min())
-        for m in metrics
+        m: (means[m].max() if HEADLINE_METRICS[m] == "higher" else means[m].min()) for m in metrics
     }
     for model in order:
         cells = []
@@ -279,29 +344,40 @@ def _rank_section(
     text, record = answer(stats, comparisons, dataset, primary_metric, runs, level)
     record |= {"rank": rank, "reference": reference}
     if source is not None:  # which input, at which depth: findings tabulate depth variants
-        record |= {"input": str(source["path"]),
-                   "depth": float((source.get("thin") or {}).get("fraction", 1.0))}
+        record |= {
+            "input": str(source["path"]),
+            "depth": float((source.get("thin") or {}).get("fraction", 1.0)),
+        }
     lines += ["", text, "", f"<!-- {ANSWER_TAG} {json.dumps(record)} -->", ""]
     return lines
 
 
 def _comparison_lines(comparisons: pd.DataFrame, level: float) -> list[str]:
-    lines = ["## Paired comparisons", "",
-             "Model minus reference on the same test cells (joined by cell name) and "
-             "seeds. Intervals include seed-to-seed and cell-to-cell variation "
-             "(`scae.evaluation.stats`); within each table they are simultaneous at "
-             f"{level:.0%} (Bonferroni over the table's m rows), and p is "
-             "Bonferroni-adjusted. Verdict `no difference`: the interval contains 0. "
-             "Rows with 1 seed vary test cells only."]
-    titles = {"answer": "Ties with the best loss, and where PCA and the mean profile stand",
-              "paired": "Each loss against mse and against PCA"}
+    lines = [
+        "## Paired comparisons",
+        "",
+        "Model minus reference on the same test cells (joined by cell name) and "
+        "seeds. Intervals include seed-to-seed and cell-to-cell variation "
+        "(`scae.evaluation.stats`); within each table they are simultaneous at "
+        f"{level:.0%} (Bonferroni over the table's m rows), and p is "
+        "Bonferroni-adjusted. Verdict `no difference`: the interval contains 0. "
+        "Rows with 1 seed vary test cells only.",
+    ]
+    titles = {
+        "answer": "Ties with the best loss, and where PCA and the mean profile stand",
+        "paired": "Each loss against mse and against PCA",
+    }
     for (rank, family), members in comparisons.groupby(["rank", "family"], sort=False):
         if family == "rank":
             continue  # the rank table above
-        lines += ["", f"### k = {rank}: {titles[family]} (m = {len(members)})", "",
-                  "| model | vs | metric | seeds | mean difference | "
-                  f"simultaneous {level:.0%} CI | p (adjusted) | verdict |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"### k = {rank}: {titles[family]} (m = {len(members)})",
+            "",
+            "| model | vs | metric | seeds | mean difference | "
+            f"simultaneous {level:.0%} CI | p (adjusted) | verdict |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for row in members.itertuples():
             lines.append(
                 f"| {row.model} | {row.reference} | {row.metric} | {row.n_seeds} | "
@@ -332,27 +408,40 @@ def markdown_summary(
     stats = stats[stats["dataset"] == dataset]
     ranks = ranks_in(stats)
     reference_rank = reference_rank or ranks[-1]
-    lines = [f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
-             "does an autoencoder beat PCA?", "",
-             "Every model is scored on held-out test cells. **Bold**: best value per column, "
-             "baselines included. Higher is better except for mse and the negative "
-             f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.", ""]
+    lines = [
+        f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
+        "does an autoencoder beat PCA?",
+        "",
+        "Every model is scored on held-out test cells. **Bold**: best value per column, "
+        "baselines included. Higher is better except for mse and the negative "
+        f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.",
+        "",
+    ]
     if preprocess or source:
-        lines += [_thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess
-                                             else ""), ""]
+        lines += [
+            _thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess else ""),
+            "",
+        ]
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)
     for rank in ranks:
         runs_here = None
         if runs is not None:
-            runs_here = runs[(runs["dataset"].str.removesuffix(MCV_SUFFIX) == dataset)
-                             & (runs["rank"] == rank)]
-        lines += _rank_section(at_rank(stats, rank),
-                               comparisons[comparisons["rank"] == rank], dataset,
-                               primary_metric, runs_here, level, rank, rank == reference_rank,
-                               source)
+            runs_here = runs[
+                (runs["dataset"].str.removesuffix(MCV_SUFFIX) == dataset) & (runs["rank"] == rank)
+            ]
+        lines += _rank_section(
+            at_rank(stats, rank),
+            comparisons[comparisons["rank"] == rank],
+            dataset,
+            primary_metric,
+            runs_here,
+            level,
+            rank,
+            rank == reference_rank,
+            source,
+        )
     if len(comparisons):
         lines += _comparison_lines(comparisons, level)
     return "\n".join(lines).rstrip("\n") + "\n"
-

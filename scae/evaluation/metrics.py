@@ -43,8 +43,13 @@ THETA_RANGE = (1e-2, 1e4)
 #: Metric holding the width of a run's embedding: the latent dim, or a PCA baseline's rank.
 EMBEDDING_DIM = "embedding_dim"
 #: What :func:`embedding_metrics` scores from labels (NaN when too few cells are labelled).
-LABEL_METRICS = ("knn_accuracy", "leiden_ari_test", "leiden_nmi_test", "label_silhouette_test",
-                 "n_leiden_clusters_test")
+LABEL_METRICS = (
+    "knn_accuracy",
+    "leiden_ari_test",
+    "leiden_nmi_test",
+    "label_silhouette_test",
+    "n_leiden_clusters_test",
+)
 #: Labelled test cells below which the label metrics are not computed (a kNN graph and a
 #: silhouette of fewer cells say nothing).
 MIN_LABELLED_TEST = 4
@@ -70,7 +75,9 @@ def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def per_cell_metrics(
-    truth: sp.spmatrix | np.ndarray, recon: np.ndarray, train_mean: np.ndarray,
+    truth: sp.spmatrix | np.ndarray,
+    recon: np.ndarray,
+    train_mean: np.ndarray,
     train_std: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """One row per cell: cosine, centred_cosine, pearson, mse (truth densified in chunks).
@@ -89,8 +96,9 @@ def per_cell_metrics(
             "mse": ((x_hat - x) ** 2).mean(axis=1),
         }
         if scale is not None:
-            part["zscored_cosine"] = rowwise_cosine((x_hat - train_mean) / scale,
-                                                    (x - train_mean) / scale)
+            part["zscored_cosine"] = rowwise_cosine(
+                (x_hat - train_mean) / scale, (x - train_mean) / scale
+            )
         parts.append(pd.DataFrame(part))
     return pd.concat(parts, ignore_index=True)
 
@@ -160,8 +168,9 @@ def training_scores(
         scores = per_cell_metrics(truth[chunk], reconstruct(chunk), train_mean, train_std)
         for column in scores:
             sums[column] = sums.get(column, 0.0) + float(scores[column].sum())
-    return {TRAIN_PREFIX + PER_CELL_SUMMARY[column]: total / len(rows)
-            for column, total in sums.items()}
+    return {
+        TRAIN_PREFIX + PER_CELL_SUMMARY[column]: total / len(rows) for column, total in sums.items()
+    }
 
 
 def median_gene_pearson(truth: sp.spmatrix | np.ndarray, recon: np.ndarray) -> float:
@@ -197,8 +206,11 @@ def summarize_reconstruction(
         "pearson_mean": float(per_cell["pearson"].mean()),
         "mse": float(per_cell["mse"].mean()),
         "gene_pearson_median": median_gene_pearson(truth, recon),
-    } | ({"zscored_cosine_mean": float(per_cell["zscored_cosine"].mean())}
-         if "zscored_cosine" in per_cell else {})
+    } | (
+        {"zscored_cosine_mean": float(per_cell["zscored_cosine"].mean())}
+        if "zscored_cosine" in per_cell
+        else {}
+    )
 
 
 def expected_counts(recon: np.ndarray, library_size: np.ndarray, target_sum: float) -> np.ndarray:
@@ -215,18 +227,22 @@ def moment_dispersion(counts: sp.spmatrix) -> np.ndarray:
     return np.clip(theta, *THETA_RANGE)
 
 
-def count_nll(
-    counts: sp.spmatrix, mu: np.ndarray, theta: np.ndarray
-) -> dict[str, float]:
+def count_nll(counts: sp.spmatrix, mu: np.ndarray, theta: np.ndarray) -> dict[str, float]:
     """Mean over cells of the Poisson and reference-NB negative log-likelihoods of ``counts``."""
     poisson = nb = 0.0
     for start, c, m in _chunks(counts, mu):
         log_mu = np.log(m + MU_EPS)
         poisson += float((m - c * log_mu + gammaln(c + 1)).sum())
         log_theta_mu = np.log(theta + m)
-        nb += float(-(gammaln(c + theta) - gammaln(theta) - gammaln(c + 1)
-                      + theta * (np.log(theta) - log_theta_mu)
-                      + c * (log_mu - log_theta_mu)).sum())
+        nb += float(
+            -(
+                gammaln(c + theta)
+                - gammaln(theta)
+                - gammaln(c + 1)
+                + theta * (np.log(theta) - log_theta_mu)
+                + c * (log_mu - log_theta_mu)
+            ).sum()
+        )
     return {"poisson_nll": poisson / mu.shape[0], "nb_nll": nb / mu.shape[0]}
 
 
@@ -314,17 +330,28 @@ def embedding_metrics(
     graph = ad.AnnData(obsm={"X_emb": test_embedding})
     # Gaussian-kernel connectivities on sklearn's exact kNN: no numba JIT (≈10 s per process
     # for umap's kernel), which would dominate every evaluate job.
-    sc.pp.neighbors(graph, use_rep="X_emb", n_neighbors=min(n_neighbors, len(test_labels) - 1),
-                    random_state=seed, method="gauss", transformer="sklearn")
+    sc.pp.neighbors(
+        graph,
+        use_rep="X_emb",
+        n_neighbors=min(n_neighbors, len(test_labels) - 1),
+        random_state=seed,
+        method="gauss",
+        transformer="sklearn",
+    )
     sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
     clusters = graph.obs["leiden"].to_numpy()
     n_labels = len(np.unique(test_labels))
     silhouette = float("nan")
     if 2 <= n_labels < len(test_labels):
-        silhouette = float(silhouette_score(
-            test_embedding, test_labels, metric="cosine",
-            sample_size=min(silhouette_sample, len(test_labels)), random_state=seed,
-        ))
+        silhouette = float(
+            silhouette_score(
+                test_embedding,
+                test_labels,
+                metric="cosine",
+                sample_size=min(silhouette_sample, len(test_labels)),
+                random_state=seed,
+            )
+        )
     return {
         "knn_accuracy": accuracy,
         "leiden_ari_test": float(adjusted_rand_score(test_labels, clusters)),

@@ -23,15 +23,19 @@ def cosine_distributions(per_cell: dict[str, pd.DataFrame], path) -> None:
     """Box plots of per-test-cell cosine per model (seeds pooled), baselines in grey."""
     names = sorted(per_cell, key=lambda m: (m.startswith("baseline_"), m))
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 4.2))
-    boxes = ax.boxplot([per_cell[n]["cosine"] for n in names], showfliers=False,
-                       patch_artist=True)
+    boxes = ax.boxplot([per_cell[n]["cosine"] for n in names], showfliers=False, patch_artist=True)
     for patch, name in zip(boxes["boxes"], names):
         patch.set_facecolor("0.8" if name.startswith("baseline_") else "tab:blue")
     ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
     ax.set_ylabel("cosine(x̂, x) per test cell")
     if "baseline_mean" in per_cell:
-        ax.axhline(np.median(per_cell["baseline_mean"]["cosine"]), color="0.4", ls="--", lw=1,
-                   label="median of training-mean profile")
+        ax.axhline(
+            np.median(per_cell["baseline_mean"]["cosine"]),
+            color="0.4",
+            ls="--",
+            lw=1,
+            label="median of training-mean profile",
+        )
         ax.legend(loc="lower left", fontsize=8)
     _save(fig, path)
 
@@ -47,8 +51,9 @@ def _panel_grid(n_panels: int, width: float, height: float):
     unused axes of the last row are switched off."""
     n_cols = min(PANELS_PER_ROW, n_panels)
     n_rows = int(np.ceil(n_panels / n_cols))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False
+    )
     for ax in axes.flat[n_panels:]:
         ax.axis("off")
     return fig, list(axes.flat[:n_panels])
@@ -61,8 +66,13 @@ def training_curves(histories: dict[tuple[str, int], pd.DataFrame], path) -> Non
     colors = dict(zip(losses, plt.cm.tab10.colors))
     first_seed = {loss: min(s for name, s in histories if name == loss) for loss in losses}
     for (loss, seed), history in sorted(histories.items()):
-        axes[0].plot(history["epoch"], history["val_cosine"], color=colors[loss], lw=1,
-                     label=loss if seed == first_seed[loss] else None)
+        axes[0].plot(
+            history["epoch"],
+            history["val_cosine"],
+            color=colors[loss],
+            lw=1,
+            label=loss if seed == first_seed[loss] else None,
+        )
         ax = axes[1 + losses.index(loss)]
         ax.plot(history["epoch"], history["train_loss"], color=colors[loss], lw=1, alpha=0.5)
         ax.plot(history["epoch"], history["val_loss"], color=colors[loss], lw=1.5)
@@ -75,8 +85,9 @@ def training_curves(histories: dict[tuple[str, int], pd.DataFrame], path) -> Non
     _save(fig, path)
 
 
-def embeddings_umap(embeddings: dict[str, np.ndarray], labels: pd.Series | None, path,
-                    seed: int = 0) -> None:
+def embeddings_umap(
+    embeddings: dict[str, np.ndarray], labels: pd.Series | None, path, seed: int = 0
+) -> None:
     """UMAP of each embedding (one panel per model), coloured by label when there is one."""
     import anndata as ad
     import scanpy as sc
@@ -93,16 +104,19 @@ def embeddings_umap(embeddings: dict[str, np.ndarray], labels: pd.Series | None,
         sc.tl.umap(graph, random_state=seed)
         xy = graph.obsm["X_umap"]
         codes = categories.codes if categories is not None else np.zeros(len(xy), dtype=int)
-        ax.scatter(xy[:, 0], xy[:, 1], c=[palette[c % len(palette)] for c in codes], s=2,
-                   linewidths=0)
+        ax.scatter(
+            xy[:, 0], xy[:, 1], c=[palette[c % len(palette)] for c in codes], s=2, linewidths=0
+        )
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes.flat[len(names):]:
+    for ax in axes.flat[len(names) :]:
         ax.axis("off")
     if categories is not None:
-        handles = [plt.Line2D([], [], marker="o", ls="", color=palette[i % len(palette)])
-                   for i in range(len(categories.categories))]
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=palette[i % len(palette)])
+            for i in range(len(categories.categories))
+        ]
         fig.legend(handles, categories.categories, loc="center right", fontsize=7)
         fig.subplots_adjust(right=0.82)
     fig.savefig(path, dpi=100)
@@ -115,9 +129,9 @@ def metric_heatmap(tidy: pd.DataFrame, path) -> None:
     means = stats.pivot_table(index="model", columns="metric", values="mean")
     metrics = [m for m in HEADLINE_METRICS if m in means]
     means = means[metrics]
-    ranks = pd.DataFrame({
-        m: means[m].rank(ascending=HEADLINE_METRICS[m] == "lower") for m in metrics
-    })
+    ranks = pd.DataFrame(
+        {m: means[m].rank(ascending=HEADLINE_METRICS[m] == "lower") for m in metrics}
+    )
     fig, ax = plt.subplots(figsize=(1.1 * len(metrics) + 2.5, 0.45 * len(means) + 1.8))
     ax.imshow(ranks.to_numpy(), cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(metrics)), metrics, rotation=45, ha="right")
@@ -126,8 +140,15 @@ def metric_heatmap(tidy: pd.DataFrame, path) -> None:
         for j, metric in enumerate(metrics):
             value = means.iloc[i, j]
             if pd.notna(value):
-                ax.text(j, i, f"{value:.3g}", ha="center", va="center", fontsize=7,
-                        color="white" if ranks.iloc[i, j] <= len(means) / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{value:.3g}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if ranks.iloc[i, j] <= len(means) / 2 else "black",
+                )
     ax.set_title("mean over seeds (colour: rank per metric, dark = best)")
     _save(fig, path)
 
@@ -144,8 +165,11 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
         ax.plot(complete["trial"], complete["score"], "o", color="tab:blue", ms=5)
         ax.plot(pruned["trial"], pruned["score"], "o", mfc="none", color="tab:blue", ms=5)
         if len(complete):
-            best = complete.loc[complete["score"].idxmax() if TUNING_CRITERIA[criterion][1]
-                                else complete["score"].idxmin()]
+            best = complete.loc[
+                complete["score"].idxmax()
+                if TUNING_CRITERIA[criterion][1]
+                else complete["score"].idxmin()
+            ]
             ax.plot(best["trial"], best["score"], "*", color="tab:red", ms=12)
         ax.set_title(loss, fontsize=9)
         ax.set_xlabel("trial")
@@ -154,8 +178,11 @@ def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None
 
 
 #: How the rank curve marks each rank's verdict (best loss − PCA at that rank).
-VERDICT_MARKS = {"better": ("▲", "autoencoder better"), "worse": ("▼", "PCA better"),
-                 "no difference": ("○", "no difference")}
+VERDICT_MARKS = {
+    "better": ("▲", "autoencoder better"),
+    "worse": ("▼", "PCA better"),
+    "no difference": ("○", "no difference"),
+}
 
 
 def _seed_band(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
@@ -181,8 +208,9 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
     colors = dict(zip(losses, plt.cm.tab10.colors))
     for loss in losses:
         for metric, faint in ((primary_metric, False), (TRAIN_PREFIX + primary_metric, True)):
-            rows = autoencoders[(autoencoders["model"] == loss)
-                                & (autoencoders["metric"] == metric)]
+            rows = autoencoders[
+                (autoencoders["model"] == loss) & (autoencoders["metric"] == metric)
+            ]
             if rows.empty:
                 continue
             band = np.array([_seed_band(g["value"]) for _, g in rows.groupby("rank")])
@@ -192,16 +220,23 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
                 continue
             ax.plot(ks, band[:, 0], "o-", color=colors[loss], lw=1.4, ms=3, label=loss)
             ax.fill_between(ks, band[:, 1], band[:, 2], color=colors[loss], alpha=0.15, lw=0)
-    for metric, style in ((primary_metric, dict(lw=2.2, ls="-", alpha=1.0, label="PCA at k")),
-                          (TRAIN_PREFIX + primary_metric, dict(lw=1.0, ls="--", alpha=0.4))):
+    for metric, style in (
+        (primary_metric, dict(lw=2.2, ls="-", alpha=1.0, label="PCA at k")),
+        (TRAIN_PREFIX + primary_metric, dict(lw=1.0, ls="--", alpha=0.4)),
+    ):
         pca = tidy[(tidy["model"] == "baseline_pca") & (tidy["metric"] == metric)]
         pca = pca.sort_values("rank")
         if len(pca):
             ax.plot(pca["rank"], pca["value"], "s", color="black", ms=4, **style)
     mean = tidy[(tidy["model"] == "baseline_mean") & (tidy["metric"] == primary_metric)]
     if len(mean):
-        ax.axhline(float(mean["value"].iloc[0]), color="0.5", ls=":", lw=1.2,
-                   label="training-mean profile (k = 0)")
+        ax.axhline(
+            float(mean["value"].iloc[0]),
+            color="0.5",
+            ls=":",
+            lw=1.2,
+            label="training-mean profile (k = 0)",
+        )
     ax.set_xscale("log", base=2)
     ks = ranks["rank"].tolist()
     ax.set_xticks(ks, [str(k) for k in ks])
@@ -209,8 +244,14 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
     top = ax.get_ylim()[1]
     for row in ranks.itertuples():
         if row.verdict in VERDICT_MARKS:
-            ax.annotate(VERDICT_MARKS[row.verdict][0], (row.rank, top), ha="center",
-                        va="bottom", fontsize=12, annotation_clip=False)
+            ax.annotate(
+                VERDICT_MARKS[row.verdict][0],
+                (row.rank, top),
+                ha="center",
+                va="bottom",
+                fontsize=12,
+                annotation_clip=False,
+            )
     ax.set_xlabel("latent rank k (log2)")
     ax.set_ylabel(f"{primary_metric} (test cells; dashed: training cells)")
     marks = ", ".join(f"{mark} {text}" for mark, text in VERDICT_MARKS.values())
@@ -228,20 +269,28 @@ def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
     n_rows = max(1, int(np.ceil(len(ranks) / columns)))
     n_cols = min(columns, max(1, len(ranks)))
     height = 0.32 * max((answer["rank"] == r).sum() for r in ranks) + 1.4 if ranks else 2
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows),
-                             squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False)
     for ax, rank in zip(axes.flat, ranks):
         rows = answer[answer["rank"] == rank]
         versus_best = rows[~rows["reference"].str.startswith("baseline_")]
         best = versus_best["reference"].iloc[0] if len(versus_best) else rows["model"].iloc[0]
-        rows = pd.concat([versus_best.sort_values("mean_difference"),
-                          rows[rows["reference"].str.startswith("baseline_")]])
-        labels = [f"{r.model} − {r.reference.removeprefix('baseline_')}"
-                  if r.reference.startswith("baseline_") else f"{r.model} − best"
-                  for r in rows.itertuples()]
+        rows = pd.concat(
+            [
+                versus_best.sort_values("mean_difference"),
+                rows[rows["reference"].str.startswith("baseline_")],
+            ]
+        )
+        labels = [
+            f"{r.model} − {r.reference.removeprefix('baseline_')}"
+            if r.reference.startswith("baseline_")
+            else f"{r.model} − best"
+            for r in rows.itertuples()
+        ]
         y = np.arange(len(rows))[::-1]
-        colors = ["tab:green" if v == "better" else "tab:red" if v == "worse" else "0.4"
-                  for v in rows["verdict"]]
+        colors = [
+            "tab:green" if v == "better" else "tab:red" if v == "worse" else "0.4"
+            for v in rows["verdict"]
+        ]
         for row, height, color in zip(rows.itertuples(), y, colors):
             ax.plot([row.ci_low, row.ci_high], [height, height], color=color, lw=1.6)
             ax.plot(row.mean_difference, height, "o", color=color, ms=4)
@@ -249,6 +298,6 @@ def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
         ax.set_yticks(y, labels, fontsize=8)
         ax.set_title(f"k = {rank} (best: {best})", fontsize=9)
         ax.set_xlabel(f"difference in {rows['metric'].iloc[0]}", fontsize=8)
-    for ax in axes.flat[len(ranks):]:
+    for ax in axes.flat[len(ranks) :]:
         ax.axis("off")
     _save(fig, path)

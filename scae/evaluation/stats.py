@@ -93,8 +93,9 @@ def crossed_mean_difference(d: np.ndarray) -> MeanDifference:
     residual = d - seed_means[:, None] - cell_means[None, :] + grand
     ms_res = float((residual**2).sum()) / ((n_seeds - 1) * (n_cells - 1))
     scale = n_seeds * n_cells
-    return MeanDifference(grand, ms_seed / scale, max(ms_cell - ms_res, 0.0) / scale,
-                          n_seeds, n_cells)
+    return MeanDifference(
+        grand, ms_seed / scale, max(ms_cell - ms_res, 0.0) / scale, n_seeds, n_cells
+    )
 
 
 def bonferroni(p_values: np.ndarray) -> np.ndarray:

@@ -45,14 +45,38 @@ DENOISING_BASELINES = ("baseline_pca", "baseline_pca_mcv_rank")
 
 
 #: Columns of comparisons.tsv (:func:`paired_differences`).
-COMPARISON_COLUMNS = ["rank", "family", "model", "reference", "metric", "better", "n_seeds",
-                      "n_cells", "mean_difference", "ci_low", "ci_high", "p_value", "p_adjusted",
-                      "verdict"]
+COMPARISON_COLUMNS = [
+    "rank",
+    "family",
+    "model",
+    "reference",
+    "metric",
+    "better",
+    "n_seeds",
+    "n_cells",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "verdict",
+]
 
 
 #: Columns of ranks.tsv (:func:`rank_table`).
-RANK_COLUMNS = ["rank", "best", "metric", "best_mean", "best_train", "pca_mean", "pca_train",
-                "mean_difference", "ci_low", "ci_high", "verdict"]
+RANK_COLUMNS = [
+    "rank",
+    "best",
+    "metric",
+    "best_mean",
+    "best_train",
+    "pca_mean",
+    "pca_train",
+    "mean_difference",
+    "ci_low",
+    "ci_high",
+    "verdict",
+]
 
 
 def merge_variants(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -61,8 +85,9 @@ def merge_variants(tidy: pd.DataFrame) -> pd.DataFrame:
     chose; every other run has the same width in both variants)."""
     variant = tidy["dataset"].str.endswith(MCV_SUFFIX)
     keep = ~variant | tidy["metric"].str.startswith("mcv_") | (tidy["metric"] == EMBEDDING_DIM)
-    merged = tidy[keep].assign(dataset=tidy["dataset"].str.removesuffix(MCV_SUFFIX),
-                               _variant=variant[keep])
+    merged = tidy[keep].assign(
+        dataset=tidy["dataset"].str.removesuffix(MCV_SUFFIX), _variant=variant[keep]
+    )
     # Where both variants have a value (the embedding width of the same model), the main's.
     merged = merged.sort_values("_variant", kind="stable")
     merged = merged.drop_duplicates(subset=[*KEYS, "metric"], keep="first").sort_index()
@@ -77,8 +102,9 @@ def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) ->
     its ``epochs``, ``best_epoch`` and ``converged``.
     """
     # Baselines have no seed (and some no rank); a placeholder keeps them through the pivot.
-    rows = tidy.assign(seed=tidy["seed"].fillna(-1).astype(int),
-                       rank=tidy["rank"].fillna(-1).astype(int))
+    rows = tidy.assign(
+        seed=tidy["seed"].fillna(-1).astype(int), rank=tidy["rank"].fillna(-1).astype(int)
+    )
     wide = rows.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first")
     wide = wide.reset_index()
     wide.columns.name = None
@@ -87,8 +113,11 @@ def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) ->
     training = []
     if convergence is not None:
         training = ["epochs", "best_epoch", "converged"]
-        wide = wide.merge(convergence[["dataset", "model", "rank", "seed", *training]],
-                          on=["dataset", "model", "rank", "seed"], how="left")
+        wide = wide.merge(
+            convergence[["dataset", "model", "rank", "seed", *training]],
+            on=["dataset", "model", "rank", "seed"],
+            how="left",
+        )
         wide[["epochs", "best_epoch"]] = wide[["epochs", "best_epoch"]].astype("Int64")
         wide["converged"] = wide["converged"].astype("boolean")
     wide["seed"] = wide["seed"].astype("Int64").mask(wide["seed"] < 0)
@@ -102,8 +131,9 @@ def wide_summary(tidy: pd.DataFrame, convergence: pd.DataFrame | None = None) ->
 
 def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample sd and number of seeds per (dataset, kind, model, rank, metric)."""
-    grouped = tidy.groupby(["dataset", "kind", "model", "rank", "metric"], sort=False,
-                           dropna=False)["value"]
+    grouped = tidy.groupby(
+        ["dataset", "kind", "model", "rank", "metric"], sort=False, dropna=False
+    )["value"]
     return grouped.agg(mean="mean", sd="std", n="count").reset_index()
 
 
@@ -131,11 +161,20 @@ def convergence(
     for (dataset, rank, loss, seed), history in sorted(histories.items()):
         epochs = int(history["epoch"].max())
         best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        rows.append({"dataset": dataset, "rank": rank, "model": loss, "seed": seed,
-                     "epochs": epochs, "best_epoch": best,
-                     "converged": not (epochs >= max_epochs and best > max_epochs - patience)})
-    return pd.DataFrame(rows, columns=["dataset", "rank", "model", "seed", "epochs",
-                                       "best_epoch", "converged"])
+        rows.append(
+            {
+                "dataset": dataset,
+                "rank": rank,
+                "model": loss,
+                "seed": seed,
+                "epochs": epochs,
+                "best_epoch": best,
+                "converged": not (epochs >= max_epochs and best > max_epochs - patience),
+            }
+        )
+    return pd.DataFrame(
+        rows, columns=["dataset", "rank", "model", "seed", "epochs", "best_epoch", "converged"]
+    )
 
 
 def at_rank(frame: pd.DataFrame, rank: int) -> pd.DataFrame:
@@ -158,8 +197,10 @@ def best_loss(stats: pd.DataFrame, primary_metric: str) -> str:
     """The loss with the best mean over seeds of ``primary_metric`` (stats of :func:`aggregate`)."""
     rows = stats[(stats["kind"] == "autoencoder") & (stats["metric"] == primary_metric)]
     if rows.empty:
-        raise ValueError(f"summary.primary_metric {primary_metric!r} has no autoencoder values; "
-                         f"choose one of {', '.join(PER_CELL_OF)}")
+        raise ValueError(
+            f"summary.primary_metric {primary_metric!r} has no autoencoder values; "
+            f"choose one of {', '.join(PER_CELL_OF)}"
+        )
     means = rows.set_index("model")["mean"]
     return str(means.idxmax() if direction(primary_metric) == "higher" else means.idxmin())
 
@@ -190,8 +231,11 @@ def difference_table(
     def aligned(key: tuple[str, int | None]) -> np.ndarray:
         table = per_cell[key]
         scores = pd.Series(table[metric].to_numpy(), index=pd.Index(table["cell"]))
-        if not scores.index.is_unique or len(scores) != len(cells) or not cells.isin(
-                scores.index).all():
+        if (
+            not scores.index.is_unique
+            or len(scores) != len(cells)
+            or not cells.isin(scores.index).all()
+        ):
             raise ValueError(
                 f"per-cell scores of {_run_name(key)} cover other test cells than those of "
                 f"{_run_name(first)} ({int((~cells.isin(scores.index)).sum())} missing, "
@@ -204,8 +248,9 @@ def difference_table(
     return np.vstack([aligned(a) - aligned(b) for a, b in pairs])
 
 
-def comparison_plan(losses: list[str], baselines: list[str], best: str, primary_metric: str
-                    ) -> list[tuple[str, str, str, str]]:
+def comparison_plan(
+    losses: list[str], baselines: list[str], best: str, primary_metric: str
+) -> list[tuple[str, str, str, str]]:
     """(family, model, reference, per-cell metric) of every paired comparison.
 
     * ``answer``: every other loss against the best one, and the best against PCA and the
@@ -215,12 +260,18 @@ def comparison_plan(losses: list[str], baselines: list[str], best: str, primary_
     """
     primary = PER_CELL_OF[primary_metric]
     plan = [("answer", loss, best, primary) for loss in losses if loss != best]
-    plan += [("answer", best, b, primary) for b in ("baseline_pca", "baseline_mean")
-             if b in baselines]
+    plan += [
+        ("answer", best, b, primary) for b in ("baseline_pca", "baseline_mean") if b in baselines
+    ]
     metrics = list(dict.fromkeys([*PAIRED_METRICS, primary]))
-    plan += [("paired", loss, reference, metric)
-             for reference in REFERENCES if reference in losses or reference in baselines
-             for loss in losses if loss != reference for metric in metrics]
+    plan += [
+        ("paired", loss, reference, metric)
+        for reference in REFERENCES
+        if reference in losses or reference in baselines
+        for loss in losses
+        if loss != reference
+        for metric in metrics
+    ]
     return plan
 
 
@@ -254,14 +305,22 @@ def paired_differences(
     losses = sorted({m for m, _ in per_cell if not m.startswith("baseline_")})
     baselines = sorted({m for m, _ in per_cell if m.startswith("baseline_")})
     rows = []
-    for family, model, reference, metric in comparison_plan(losses, baselines, best,
-                                                            primary_metric):
+    for family, model, reference, metric in comparison_plan(
+        losses, baselines, best, primary_metric
+    ):
         table = difference_table(per_cell, model, reference, metric)
         if table is not None:
-            rows.append({"rank": rank, "family": family, "model": model,
-                         "reference": reference, "metric": metric,
-                         "better": PER_CELL_BETTER[metric],
-                         "difference": crossed_mean_difference(table)})
+            rows.append(
+                {
+                    "rank": rank,
+                    "family": family,
+                    "model": model,
+                    "reference": reference,
+                    "metric": metric,
+                    "better": PER_CELL_BETTER[metric],
+                    "difference": crossed_mean_difference(table),
+                }
+            )
     return with_intervals(rows, level)
 
 
@@ -283,8 +342,9 @@ def with_intervals(rows: list[dict], level: float) -> pd.DataFrame:
     frame["mean_difference"] = [d.mean for d in frame["difference"]]
     frame["n_seeds"] = [d.n_seeds for d in frame["difference"]]
     frame["n_cells"] = [d.n_cells for d in frame["difference"]]
-    frame["verdict"] = [_verdict(lo, hi, b) for lo, hi, b in
-                        zip(frame["ci_low"], frame["ci_high"], frame["better"])]
+    frame["verdict"] = [
+        _verdict(lo, hi, b) for lo, hi, b in zip(frame["ci_low"], frame["ci_high"], frame["better"])
+    ]
     return frame[COMPARISON_COLUMNS]
 
 
@@ -308,10 +368,17 @@ def rank_comparisons(
         frames.append(paired_differences(runs, best, primary_metric, level, rank))
         table = difference_table(runs, best, "baseline_pca", metric)
         if table is not None:
-            rank_rows.append({"rank": rank, "family": "rank", "model": best,
-                              "reference": "baseline_pca", "metric": metric,
-                              "better": PER_CELL_BETTER[metric],
-                              "difference": crossed_mean_difference(table)})
+            rank_rows.append(
+                {
+                    "rank": rank,
+                    "family": "rank",
+                    "model": best,
+                    "reference": "baseline_pca",
+                    "metric": metric,
+                    "better": PER_CELL_BETTER[metric],
+                    "difference": crossed_mean_difference(table),
+                }
+            )
     frames.append(with_intervals(rank_rows, level))
     frames = [f for f in frames if len(f)]
     if not frames:
@@ -319,8 +386,7 @@ def rank_comparisons(
     return pd.concat(frames, ignore_index=True)
 
 
-def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: str
-               ) -> pd.DataFrame:
+def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: str) -> pd.DataFrame:
     """One row per latent rank (:data:`RANK_COLUMNS`): the best loss, its mean
     ``primary_metric`` on test cells and on training cells (``train_*``: the generalization
     gap), PCA's at that rank, and the ``rank``-family difference best − PCA with its
@@ -335,12 +401,19 @@ def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: s
             value = here.loc[(here["model"] == model) & (here["metric"] == metric), "mean"]
             return float(value.iloc[0]) if len(value) else np.nan
 
-        row = {"rank": rank, "best": best, "metric": primary_metric,
-               "best_mean": mean(best, primary_metric),
-               "best_train": mean(best, TRAIN_PREFIX + primary_metric),
-               "pca_mean": mean("baseline_pca", primary_metric),
-               "pca_train": mean("baseline_pca", TRAIN_PREFIX + primary_metric),
-               "mean_difference": np.nan, "ci_low": np.nan, "ci_high": np.nan, "verdict": ""}
+        row = {
+            "rank": rank,
+            "best": best,
+            "metric": primary_metric,
+            "best_mean": mean(best, primary_metric),
+            "best_train": mean(best, TRAIN_PREFIX + primary_metric),
+            "pca_mean": mean("baseline_pca", primary_metric),
+            "pca_train": mean("baseline_pca", TRAIN_PREFIX + primary_metric),
+            "mean_difference": np.nan,
+            "ci_low": np.nan,
+            "ci_high": np.nan,
+            "verdict": "",
+        }
         match = family[family["rank"] == rank] if len(family) else family
         if len(match):
             found = match.iloc[0]
@@ -354,6 +427,4 @@ def crossing(table: pd.DataFrame) -> tuple[int | None, int | None]:
     smallest at which PCA is better), each None when there is no such rank."""
     better = table.loc[table["verdict"] == "better", "rank"]
     worse = table.loc[table["verdict"] == "worse", "rank"]
-    return (int(better.max()) if len(better) else None,
-            int(worse.min()) if len(worse) else None)
-
+    return (int(better.max()) if len(better) else None, int(worse.min()) if len(worse) else None)

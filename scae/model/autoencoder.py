@@ -58,8 +58,9 @@ _TRAIN_DEFAULTS = TrainParams()
 
 
 #: What a wrong counts layer's error advises.
-LAYER_FIX = ("pass layer= the layer holding raw UMI counts (scae.preprocess writes them to "
-             "layers['counts'])")
+LAYER_FIX = (
+    "pass layer= the layer holding raw UMI counts (scae.preprocess writes them to layers['counts'])"
+)
 
 
 class Autoencoder:
@@ -104,17 +105,28 @@ class Autoencoder:
         self.input_scaling = input_scaling
         if self.loss.uses_counts:
             layer = self.setup["layer"]
-            validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
-                            require_integers=True, fix=LAYER_FIX)
+            validate_counts(
+                adata.layers[layer],
+                f"adata.layers[{layer!r}]",
+                "adata",
+                require_integers=True,
+                fix=LAYER_FIX,
+            )
         self.module_params = ModelParams(
-            n_genes=adata.n_vars, hidden=tuple(hidden), latent_dim=latent_dim, dropout=dropout,
-            batch_norm=batch_norm, output=self.loss.output,
+            n_genes=adata.n_vars,
+            hidden=tuple(hidden),
+            latent_dim=latent_dim,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            output=self.loss.output,
             dispersion=self.loss_params.get("dispersion", _MODEL_DEFAULTS.dispersion),
         )
         self.var_names = list(map(str, adata.var_names))
         # The training cells' gene moments: the z-scoring of every AnnData this model sees.
-        self.scaling = (adata.var["train_mean"].to_numpy(np.float32),
-                        adata.var["train_std"].to_numpy(np.float32))
+        self.scaling = (
+            adata.var["train_mean"].to_numpy(np.float32),
+            adata.var["train_std"].to_numpy(np.float32),
+        )
         self.target_sum = float(self.setup["target_sum"])
         self.module = None
         self.history: pd.DataFrame | None = None
@@ -125,11 +137,16 @@ class Autoencoder:
         self.device = torch.device("cpu")
 
     def __repr__(self) -> str:
-        state = (f"trained, best epoch {self.best_epoch}, stopped by {self.stopped_by}"
-                 if self.is_trained else "not trained")
-        return (f"Autoencoder(loss={self.loss.name!r}, latent_dim="
-                f"{self.module_params.latent_dim}, hidden={list(self.module_params.hidden)}, "
-                f"{self.module_params.n_genes} genes; {state})")
+        state = (
+            f"trained, best epoch {self.best_epoch}, stopped by {self.stopped_by}"
+            if self.is_trained
+            else "not trained"
+        )
+        return (
+            f"Autoencoder(loss={self.loss.name!r}, latent_dim="
+            f"{self.module_params.latent_dim}, hidden={list(self.module_params.hidden)}, "
+            f"{self.module_params.n_genes} genes; {state})"
+        )
 
     # --- AnnData registration ----------------------------------------------------------
 
@@ -162,8 +179,13 @@ class Autoencoder:
                 f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw "
                 "counts, or run scae.preprocess on the raw-count AnnData first"
             )
-        if validate_counts(adata.layers[layer], f"adata.layers[{layer!r}]", "adata",
-                           require_integers=False, fix=LAYER_FIX):
+        if validate_counts(
+            adata.layers[layer],
+            f"adata.layers[{layer!r}]",
+            "adata",
+            require_integers=False,
+            fix=LAYER_FIX,
+        ):
             adata.layers[layer] = round_counts(adata.layers[layer])  # conversion noise
         if labels_key is not None and labels_key not in adata.obs:
             raise InputError(
@@ -177,23 +199,38 @@ class Autoencoder:
             # a missing label stays missing: one stratum of its own
             labels = label_strings(adata.obs[labels_key]) if labels_key else None
             adata.obs[split_key] = pd.Categorical(
-                stratified_split(labels, adata.n_obs, params.test_fraction,
-                                 params.val_fraction, split_seed), categories=SPLITS)
-            logger.info("setup_anndata: added a %s split in obs[%r] (seed %d)",
-                        "/".join(SPLITS), split_key, split_seed)
+                stratified_split(
+                    labels, adata.n_obs, params.test_fraction, params.val_fraction, split_seed
+                ),
+                categories=SPLITS,
+            )
+            logger.info(
+                "setup_anndata: added a %s split in obs[%r] (seed %d)",
+                "/".join(SPLITS),
+                split_key,
+                split_seed,
+            )
         if library_size_key not in adata.obs:
             adata.obs[library_size_key] = np.asarray(
-                adata.layers[layer].sum(axis=1), dtype=np.float32).ravel()
+                adata.layers[layer].sum(axis=1), dtype=np.float32
+            ).ravel()
         if not {"train_mean", "train_std"} <= set(adata.var):
             is_train = (adata.obs[split_key].astype(str) == "train").to_numpy()
             mean, std = gene_mean_std(sp.csr_matrix(adata.X[is_train]))
             adata.var["train_mean"], adata.var["train_std"] = mean, std
         recorded = adata.uns.get("scae", {}).get("target_sum")
         adata.uns[SETUP_KEY] = {
-            "layer": layer, "labels_key": labels_key or "", "split_key": split_key,
+            "layer": layer,
+            "labels_key": labels_key or "",
+            "split_key": split_key,
             "library_size_key": library_size_key,
-            "target_sum": float(target_sum if target_sum is not None
-                                else recorded if recorded is not None else params.target_sum),
+            "target_sum": float(
+                target_sum
+                if target_sum is not None
+                else recorded
+                if recorded is not None
+                else params.target_sum
+            ),
         }
 
     # --- training ----------------------------------------------------------------------
@@ -221,14 +258,24 @@ class Autoencoder:
         after every epoch is saved there and a run of the same settings resumes from it.
         Threads: torch's own setting (``torch.set_num_threads``) is left as it is.
         """
-        self.train_params = TrainParams(batch_size=batch_size, learning_rate=learning_rate,
-                                        weight_decay=weight_decay, max_epochs=max_epochs,
-                                        patience=patience, lr_patience=lr_patience,
-                                        lr_factor=lr_factor)
+        self.train_params = TrainParams(
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            weight_decay=weight_decay,
+            max_epochs=max_epochs,
+            patience=patience,
+            lr_patience=lr_patience,
+            lr_factor=lr_factor,
+        )
         self.device, self.seed = resolve_device(device), int(seed)
         result: FitResult = fit(
-            self.training_data(), self.loss, self.loss_params, self.module_params,
-            self.train_params, seed=self.seed, device=self.device,
+            self.training_data(),
+            self.loss,
+            self.loss_params,
+            self.module_params,
+            self.train_params,
+            seed=self.seed,
+            device=self.device,
             checkpoint=Path(checkpoint) if checkpoint is not None else None,
         )
         self.module, self.history = result.model, result.history
@@ -251,12 +298,14 @@ class Autoencoder:
     def settings(self) -> dict[str, Any]:
         """The architecture and optimisation settings of the last training, flat."""
         self._require_trained()
-        return {"learning_rate": self.train_params.learning_rate,
-                "weight_decay": self.train_params.weight_decay,
-                "batch_size": self.train_params.batch_size,
-                "dropout": self.module_params.dropout,
-                "hidden": list(self.module_params.hidden),
-                "latent_dim": self.module_params.latent_dim}
+        return {
+            "learning_rate": self.train_params.learning_rate,
+            "weight_decay": self.train_params.weight_decay,
+            "batch_size": self.train_params.batch_size,
+            "dropout": self.module_params.dropout,
+            "hidden": list(self.module_params.hidden),
+            "latent_dim": self.module_params.latent_dim,
+        }
 
     @property
     def is_trained(self) -> bool:
@@ -265,7 +314,9 @@ class Autoencoder:
     # --- inference ---------------------------------------------------------------------
 
     def get_latent_representation(
-        self, adata: ad.AnnData | None = None, indices: np.ndarray | None = None,
+        self,
+        adata: ad.AnnData | None = None,
+        indices: np.ndarray | None = None,
         key_added: str | None = None,
     ) -> np.ndarray:
         """The latent embedding (cells × ``latent_dim``) of ``adata`` (default: the training
@@ -280,7 +331,9 @@ class Autoencoder:
         return latent
 
     def get_reconstruction(
-        self, adata: ad.AnnData | None = None, indices: np.ndarray | None = None,
+        self,
+        adata: ad.AnnData | None = None,
+        indices: np.ndarray | None = None,
         space: Literal["expression", "counts"] = "expression",
     ) -> np.ndarray:
         """Reconstructions (cells × genes, dense float32) of all cells or of ``indices``.
@@ -293,8 +346,9 @@ class Autoencoder:
         if space not in ("expression", "counts"):
             raise ValueError(f"space={space!r}; use 'expression' or 'counts'")
         adata, rows = self._target(adata, indices)
-        return reconstruction(self.module, self._cell_data(adata), rows, self.device,
-                              counts=space == "counts")
+        return reconstruction(
+            self.module, self._cell_data(adata), rows, self.device, counts=space == "counts"
+        )
 
     # --- persistence -------------------------------------------------------------------
 
@@ -307,22 +361,34 @@ class Autoencoder:
             raise FileExistsError(f"{directory / MODEL_FILE} exists; pass overwrite=True")
         result = FitResult(self.module, self.history, self.best_epoch, self.stopped_by)
         # Both files appear together or not at all (renamed only once both are written).
-        with atomic_path(directory / HISTORY_FILE) as history, \
-                atomic_path(directory / MODEL_FILE) as model_file:
+        with (
+            atomic_path(directory / HISTORY_FILE) as history,
+            atomic_path(directory / MODEL_FILE) as model_file,
+        ):
             self.history.to_csv(history, sep="\t", index=False)
-            save_model(model_file, result, {
-                "loss": self.loss.name, "loss_params": self.loss_params, "seed": self.seed,
-                "input_scaling": self.input_scaling, "var_names": self.var_names,
-                "stopped_by": self.stopped_by, "train_params": asdict(self.train_params),
-                "setup": dict(self.setup), "target_sum": self.target_sum,
-                "train_mean": torch.from_numpy(self.scaling[0]),
-                "train_std": torch.from_numpy(self.scaling[1]),
-                "history": self.history.to_dict(orient="list"),
-            })
+            save_model(
+                model_file,
+                result,
+                {
+                    "loss": self.loss.name,
+                    "loss_params": self.loss_params,
+                    "seed": self.seed,
+                    "input_scaling": self.input_scaling,
+                    "var_names": self.var_names,
+                    "stopped_by": self.stopped_by,
+                    "train_params": asdict(self.train_params),
+                    "setup": dict(self.setup),
+                    "target_sum": self.target_sum,
+                    "train_mean": torch.from_numpy(self.scaling[0]),
+                    "train_std": torch.from_numpy(self.scaling[1]),
+                    "history": self.history.to_dict(orient="list"),
+                },
+            )
 
     @classmethod
-    def load(cls, dir_path: str | Path, adata: ad.AnnData,
-             device: str | torch.device = "auto") -> Autoencoder:
+    def load(
+        cls, dir_path: str | Path, adata: ad.AnnData, device: str | torch.device = "auto"
+    ) -> Autoencoder:
         """A saved model, attached to ``adata`` (same genes in the same order as the
         training data; registered with the saved setup if it is not registered yet)."""
         device = resolve_device(device)
@@ -330,16 +396,25 @@ class Autoencoder:
         _check_genes(adata, saved["var_names"], Path(dir_path))
         if SETUP_KEY not in adata.uns:
             setup = saved["setup"]
-            cls.setup_anndata(adata, layer=setup["layer"],
-                              labels_key=setup["labels_key"] if setup["labels_key"] in
-                              adata.obs else None,
-                              split_key=setup["split_key"],
-                              library_size_key=setup["library_size_key"],
-                              target_sum=saved["target_sum"])
+            cls.setup_anndata(
+                adata,
+                layer=setup["layer"],
+                labels_key=setup["labels_key"] if setup["labels_key"] in adata.obs else None,
+                split_key=setup["split_key"],
+                library_size_key=setup["library_size_key"],
+                target_sum=saved["target_sum"],
+            )
         params = module.params
-        model = cls(adata, saved["loss"], saved["loss_params"], hidden=params.hidden,
-                    latent_dim=params.latent_dim, dropout=params.dropout,
-                    batch_norm=params.batch_norm, input_scaling=saved["input_scaling"])
+        model = cls(
+            adata,
+            saved["loss"],
+            saved["loss_params"],
+            hidden=params.hidden,
+            latent_dim=params.latent_dim,
+            dropout=params.dropout,
+            batch_norm=params.batch_norm,
+            input_scaling=saved["input_scaling"],
+        )
         model.module, model.device = module, device
         # The training data's gene moments and target, not those of the AnnData given here.
         model.scaling = (saved["train_mean"].numpy(), saved["train_std"].numpy())
@@ -376,14 +451,19 @@ class Autoencoder:
     def _cell_data(self, adata: ad.AnnData, group_key: str | None = None) -> CellData:
         setup = _setup_of(adata)
         return CellData(
-            adata, self.input_scaling, group_key=group_key,
-            counts_layer=setup["layer"], split_key=setup["split_key"],
-            library_size_key=setup["library_size_key"], scaling=self.scaling,
+            adata,
+            self.input_scaling,
+            group_key=group_key,
+            counts_layer=setup["layer"],
+            split_key=setup["split_key"],
+            library_size_key=setup["library_size_key"],
+            scaling=self.scaling,
             target_sum=self.target_sum,
         )
 
-    def _target(self, adata: ad.AnnData | None,
-                indices: np.ndarray | None) -> tuple[ad.AnnData, np.ndarray]:
+    def _target(
+        self, adata: ad.AnnData | None, indices: np.ndarray | None
+    ) -> tuple[ad.AnnData, np.ndarray]:
         self._require_trained()
         adata = self.adata if adata is None else adata
         if adata is not self.adata:
@@ -413,4 +493,3 @@ def _check_genes(adata: ad.AnnData, var_names: list[str], source) -> None:
             f"({shared} shared, or the order differs); subset it to the model's genes: "
             "adata[:, model.var_names]"
         )
-

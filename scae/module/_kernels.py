@@ -82,8 +82,10 @@ class _CosineSimilarity(torch.autograd.Function):
         a, b, norm_a, norm_b, denom_a, denom_b, cos = ctx.saved_tensors
         common = grad / (denom_a * denom_b)  # ∂cos/∂a = b/(‖a‖‖b‖) − cos·a/‖a‖²
         grads = []
-        for x, y, norm, need in ((a, b, norm_a, ctx.needs_input_grad[0]),
-                                 (b, a, norm_b, ctx.needs_input_grad[1])):
+        for x, y, norm, need in (
+            (a, b, norm_a, ctx.needs_input_grad[0]),
+            (b, a, norm_b, ctx.needs_input_grad[1]),
+        ):
             if not need:
                 grads.append(None)
                 continue
@@ -135,8 +137,7 @@ class _NegativeBinomialNLL(torch.autograd.Function):
         mu_nz += eps
         ratio, ratio_grad = _lgamma_ratio_with_grad(counts, theta)
         excess = c * (torch.log(mu_nz) - torch.log(shifted_nz)) + ratio  # log NB(c) − log NB(0)
-        ctx.save_for_backward(shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz,
-                              ratio_grad)
+        ctx.save_for_backward(shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz, ratio_grad)
         ctx.counts = counts
         return zero - counts.per_cell(excess)
 
@@ -147,7 +148,8 @@ class _NegativeBinomialNLL(torch.autograd.Function):
         c = counts.values
         grad_mu = torch.outer(grad, theta).div_(shifted)  # ∂/∂μ of θ log(θ+μ+ε)
         grad_theta = (
-            log_shifted.t() @ grad + grad_mu.sum(dim=0)
+            log_shifted.t() @ grad
+            + grad_mu.sum(dim=0)
             - grad.sum() * (torch.log(theta_eps) + theta / theta_eps)
         )
         grad_nz = grad.index_select(0, counts.rows)
@@ -185,16 +187,22 @@ class Dropout(nn.Dropout):
     generator: np.random.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not self.training or not 0 < self.p < 1 or self.generator is None
-                or x.device.type != "cpu" or not kernel_enabled("dropout")):
+        if (
+            not self.training
+            or not 0 < self.p < 1
+            or self.generator is None
+            or x.device.type != "cpu"
+            or not kernel_enabled("dropout")
+        ):
             return super().forward(x)
         n = x.numel()
         words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
         threshold = min(round(self.p * 2**16), 2**16 - 1)
         # The mask, already scaled, from one comparison and one multiply (5× faster than
         # np.where with two scalars): one torch multiply remains.
-        scale = np.multiply(words >= threshold, np.float32(2**16 / (2**16 - threshold)),
-                            dtype=np.float32)
+        scale = np.multiply(
+            words >= threshold, np.float32(2**16 / (2**16 - threshold)), dtype=np.float32
+        )
         return x * torch.from_numpy(scale).view(x.shape).to(dtype=x.dtype)
 
 
@@ -211,15 +219,20 @@ class FusedAdam:
     Python per call (~5 % of a small MLP's step at batch 128).
     """
 
-    def __init__(self, params: Iterable[Tensor], lr: float, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        lr: float,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         # One step counter per parameter, float32 on its device: the kernel's contract.
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device)
-                      for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for p in self.params:
@@ -237,10 +250,19 @@ class FusedAdam:
         steps = [self.steps[i] for i in active]
         torch._foreach_add_(steps, 1)
         torch._fused_adam_(
-            [self.params[i] for i in active], [self.params[i].grad for i in active],
-            [self.exp_avg[i] for i in active], [self.exp_avg_sq[i] for i in active],
-            [], steps, amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-            weight_decay=self.weight_decay, eps=self.eps, maximize=False,
+            [self.params[i] for i in active],
+            [self.params[i].grad for i in active],
+            [self.exp_avg[i] for i in active],
+            [self.exp_avg_sq[i] for i in active],
+            [],
+            steps,
+            amsgrad=False,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
         )
 
     def state_dict(self) -> dict[str, list[Tensor]]:
@@ -249,8 +271,10 @@ class FusedAdam:
     def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
         for name, current in self.state_dict().items():
             if len(state[name]) != len(current):
-                raise ValueError(f"optimizer state '{name}' holds {len(state[name])} tensors "
-                                 f"for {len(current)} parameters")
+                raise ValueError(
+                    f"optimizer state '{name}' holds {len(state[name])} tensors "
+                    f"for {len(current)} parameters"
+                )
             for mine, saved in zip(current, state[name]):
                 mine.copy_(saved)
 
@@ -312,4 +336,3 @@ def keep_freed_memory() -> bool:
     return mallopt(m_mmap_threshold, MMAP_THRESHOLD) == 1 and (
         mallopt(m_trim_threshold, TRIM_THRESHOLD) == 1
     )
-

@@ -152,8 +152,10 @@ class LossSpec:
         unknown = sorted(set(overrides) - set(self.defaults))
         if unknown:
             valid = ", ".join(self.defaults) or "none"
-            raise InputError(f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
-                             f"its parameters are: {valid}")
+            raise InputError(
+                f"loss {self.name!r} has no parameter {', '.join(unknown)}; "
+                f"its parameters are: {valid}"
+            )
         for key, value in overrides.items():
             self._check(key, value)
         return {**self.defaults, **overrides}
@@ -162,11 +164,13 @@ class LossSpec:
         where = f"loss {self.name!r} parameter {key}"
         if key in self.choices:
             if value not in self.choices[key]:
-                raise InputError(f"{where}={value!r}; choose one of: "
-                                 f"{', '.join(self.choices[key])}")
+                raise InputError(
+                    f"{where}={value!r}; choose one of: {', '.join(self.choices[key])}"
+                )
             return
-        check_number(where, value, self.limits.get(key, {}),
-                     integer=isinstance(self.defaults[key], int))
+        check_number(
+            where, value, self.limits.get(key, {}), integer=isinstance(self.defaults[key], int)
+        )
 
     def variants(self) -> list[dict[str, str]]:
         """Overrides reaching every categorical choice once: ``[{}]`` for a loss without
@@ -191,9 +195,15 @@ def register_loss(
     limits: dict[str, dict[str, float]] | None = None,
 ) -> Callable[[LossFn], LossFn]:
     def decorate(fn: LossFn) -> LossFn:
-        LOSSES[name] = LossSpec(name=name, fn=fn, output=output, formula=formula,
-                                defaults=dict(defaults or {}), choices=dict(choices or {}),
-                                limits=dict(limits or {}))
+        LOSSES[name] = LossSpec(
+            name=name,
+            fn=fn,
+            output=output,
+            formula=formula,
+            defaults=dict(defaults or {}),
+            choices=dict(choices or {}),
+            limits=dict(limits or {}),
+        )
         return fn
 
     return decorate
@@ -204,9 +214,7 @@ def get_loss(name: str) -> LossSpec:
     try:
         return LOSSES[name]
     except KeyError:
-        raise ValueError(
-            f"unknown loss {name!r}; valid losses are: {', '.join(LOSSES)}"
-        ) from None
+        raise ValueError(f"unknown loss {name!r}; valid losses are: {', '.join(LOSSES)}") from None
 
 
 def cosine_similarity(a: Tensor, b: Tensor, eps: float = EPS) -> Tensor:
@@ -316,9 +324,8 @@ def _nb_nonzero_excess(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tenso
     c(log μ − log(θ+μ)) + log Γ(c+θ) − log Γ(θ).
     """
     c, mu_nz, theta_nz = counts.values, counts.at(mu), counts.at(theta)
-    return (
-        c * (torch.log(mu_nz + EPS) - torch.log(theta_nz + mu_nz + EPS))
-        + _lgamma_ratio(counts, theta)
+    return c * (torch.log(mu_nz + EPS) - torch.log(theta_nz + mu_nz + EPS)) + _lgamma_ratio(
+        counts, theta
     )
 
 
@@ -341,8 +348,9 @@ def nb_nll(counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor) -> Tensor:
     return -nb_log_prob(counts, mu, theta).sum(dim=-1)
 
 
-def zinb_nll(counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor,
-             dropout_logits: Tensor) -> Tensor:
+def zinb_nll(
+    counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor, dropout_logits: Tensor
+) -> Tensor:
     """Σ_g −log ZINB(c_g), per cell, with π = sigmoid(dropout_logits):
 
     ZINB(0) = π + (1−π)·NB(0),   ZINB(c>0) = (1−π)·NB(c).
@@ -354,8 +362,11 @@ def zinb_nll(counts: Tensor | SparseCounts, mu: Tensor, theta: Tensor,
         log_nb0 = _nb_zero_log_prob(mu, theta)
         zero = torch.where(counts.zero_mask(), torch.logaddexp(dropout_logits, log_nb0), 0.0)
         log_nb_nonzero = counts.at(log_nb0) + _nb_nonzero_excess(counts, mu, theta)
-        return -(log_not_pi + zero).sum(dim=-1) - counts.per_cell(log_nb_nonzero) \
+        return (
+            -(log_not_pi + zero).sum(dim=-1)
+            - counts.per_cell(log_nb_nonzero)
             + counts.log_factorial
+        )
     log_pi = -F.softplus(-dropout_logits)
     log_not_pi = -F.softplus(dropout_logits)
     log_nb = nb_log_prob(counts, mu, theta)
@@ -398,9 +409,13 @@ def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return (positive + negative) / (1 + negatives.shape[1])
 
 
-@register_loss("mse_cosine", "expression", "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
-               defaults={"alpha": 0.5},
-               limits={"alpha": {"minimum": 0, "maximum": 1}})
+@register_loss(
+    "mse_cosine",
+    "expression",
+    "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
+    defaults={"alpha": 0.5},
+    limits={"alpha": {"minimum": 0, "maximum": 1}},
+)
 def mse_cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     alpha = params["alpha"]
     return alpha * mse(out, batch, params) + (1 - alpha) * cosine(out, batch, params)
@@ -416,14 +431,23 @@ def poisson(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return poisson_nll(batch.count_targets, out.mu)
 
 
-@register_loss("nb", "nb", "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ",
-               defaults={"dispersion": "gene"}, choices={"dispersion": DISPERSIONS})
+@register_loss(
+    "nb",
+    "nb",
+    "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ",
+    defaults={"dispersion": "gene"},
+    choices={"dispersion": DISPERSIONS},
+)
 def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return nb_nll(batch.count_targets, out.mu, out.theta)
 
 
-@register_loss("zinb", "zinb", "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]",
-               defaults={"dispersion": "gene"}, choices={"dispersion": DISPERSIONS})
+@register_loss(
+    "zinb",
+    "zinb",
+    "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]",
+    defaults={"dispersion": "gene"},
+    choices={"dispersion": DISPERSIONS},
+)
 def zero_inflated_negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     return zinb_nll(batch.count_targets, out.mu, out.theta, out.dropout_logits)
-

@@ -33,7 +33,8 @@ class ModelParams:
     #: The limits of ``config/schema.yaml``'s model section (a test keeps them equal); a
     #: limit on ``hidden`` holds for each of its layer widths.
     LIMITS: ClassVar[dict[str, dict[str, float]]] = {
-        "hidden": {"minimum": 1}, "latent_dim": {"minimum": 1},
+        "hidden": {"minimum": 1},
+        "latent_dim": {"minimum": 1},
         "dropout": {"minimum": 0, "exclusiveMaximum": 1},
     }
 
@@ -117,4 +118,3 @@ class AutoencoderModule(nn.Module):
 
     def forward(self, x: Tensor, library: Tensor | None = None) -> DecoderOutput:
         return self.decode(self.encode(x), library)
-

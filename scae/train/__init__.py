@@ -5,5 +5,13 @@ from .cells import CellData, resolve_device
 from .trainer import TrainingDiverged, TrainParams, fit
 from .tune import TuneParams, tune
 
-__all__ = ["CellData", "TrainParams", "TrainingDiverged", "TuneParams", "fit",
-           "keep_freed_memory", "resolve_device", "tune"]
+__all__ = [
+    "CellData",
+    "TrainParams",
+    "TrainingDiverged",
+    "TuneParams",
+    "fit",
+    "keep_freed_memory",
+    "resolve_device",
+    "tune",
+]

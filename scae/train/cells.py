@@ -29,11 +29,18 @@ class CellData:
     ``split_key`` column the cells can be embedded and reconstructed, not trained on.
     """
 
-    def __init__(self, adata: ad.AnnData, input_scaling: InputScaling = "none",
-                 group_key: str | None = None, *, counts_layer: str = "counts",
-                 split_key: str = "split", library_size_key: str = "library_size",
-                 scaling: tuple[np.ndarray, np.ndarray] | None = None,
-                 target_sum: float | None = None):
+    def __init__(
+        self,
+        adata: ad.AnnData,
+        input_scaling: InputScaling = "none",
+        group_key: str | None = None,
+        *,
+        counts_layer: str = "counts",
+        split_key: str = "split",
+        library_size_key: str = "library_size",
+        scaling: tuple[np.ndarray, np.ndarray] | None = None,
+        target_sum: float | None = None,
+    ):
         self.x = sp.csr_matrix(adata.X, dtype=np.float32)
         self.counts = sp.csr_matrix(adata.layers[counts_layer], dtype=np.float32)
         self.counts_library = np.asarray(self.counts.sum(axis=1), dtype=np.float32).ravel()
@@ -42,12 +49,15 @@ class CellData:
         self.target_sum = float(
             adata.uns["scae"]["target_sum"] if target_sum is None else target_sum
         )
-        self.split = (adata.obs[split_key].astype(str).to_numpy() if split_key in adata.obs
-                      else None)
+        self.split = adata.obs[split_key].astype(str).to_numpy() if split_key in adata.obs else None
         self.input_scaling = input_scaling
-        mean, std = scaling if scaling is not None else (
-            adata.var["train_mean"].to_numpy(np.float32),
-            adata.var["train_std"].to_numpy(np.float32),
+        mean, std = (
+            scaling
+            if scaling is not None
+            else (
+                adata.var["train_mean"].to_numpy(np.float32),
+                adata.var["train_std"].to_numpy(np.float32),
+            )
         )
         self.mean = torch.from_numpy(np.asarray(mean, dtype=np.float32))
         self.std = torch.from_numpy(np.maximum(np.asarray(std, dtype=np.float32), MIN_STD))
@@ -66,9 +76,11 @@ class CellData:
 
     def rows(self, split: str) -> np.ndarray:
         if self.split is None:
-            raise ValueError("these cells carry no train/val/test split column in obs; "
-                             "training needs one (scae.preprocess or scae.Autoencoder."
-                             "setup_anndata adds it)")
+            raise ValueError(
+                "these cells carry no train/val/test split column in obs; "
+                "training needs one (scae.preprocess or scae.Autoencoder."
+                "setup_anndata adds it)"
+            )
         return np.flatnonzero(self.split == split)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,13 +112,16 @@ class CellData:
         sub = self.counts[rows]
         cells = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
         return SparseCounts(
-            rows=torch.from_numpy(cells), cols=torch.from_numpy(sub.indices.astype(np.int64)),
-            values=torch.from_numpy(sub.data), shape=(len(rows), self.n_genes),
+            rows=torch.from_numpy(cells),
+            cols=torch.from_numpy(sub.indices.astype(np.int64)),
+            values=torch.from_numpy(sub.data),
+            shape=(len(rows), self.n_genes),
             log_factorial=torch.from_numpy(self.log_factorial[rows]),
         )
 
-    def batch(self, rows: np.ndarray, with_counts: bool
-              ) -> tuple[torch.Tensor, Batch, torch.Tensor]:
+    def batch(
+        self, rows: np.ndarray, with_counts: bool
+    ) -> tuple[torch.Tensor, Batch, torch.Tensor]:
         """(model input, loss targets, count-head library sizes) for ``rows``.
 
         The input is densified (``rows`` only); raw counts stay sparse (``sparse_counts``).
@@ -115,8 +130,10 @@ class CellData:
         counts = self.sparse_counts(rows) if with_counts else None
         groups = self.groups[rows] if self.groups is not None else None
         inputs = self.scale(x)
-        return inputs, Batch(x=inputs, groups=groups, sparse_counts=counts), torch.from_numpy(
-            self.counts_library[rows]
+        return (
+            inputs,
+            Batch(x=inputs, groups=groups, sparse_counts=counts),
+            torch.from_numpy(self.counts_library[rows]),
         )
 
     def to_expression(self, out: DecoderOutput, rows: np.ndarray) -> torch.Tensor:
@@ -149,7 +166,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
                 f"train.device is {str(device)!r} but this job sees {visible} CUDA device(s) "
                 f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}); use "
                 "device: auto (CUDA when present, else the CPU), or give the job a GPU "
-                "(on SLURM: set-resources: {train: {gpu: 1}} in the profile)")
+                "(on SLURM: set-resources: {train: {gpu: 1}} in the profile)"
+            )
     return resolved
 
 
@@ -175,8 +193,10 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     sparse = batch.sparse_counts
     if sparse is not None:
         sparse = SparseCounts(
-            rows=sparse.rows.to(device), cols=sparse.cols.to(device),
-            values=sparse.values.to(device), shape=sparse.shape,
+            rows=sparse.rows.to(device),
+            cols=sparse.cols.to(device),
+            values=sparse.values.to(device),
+            shape=sparse.shape,
             log_factorial=sparse.log_factorial.to(device),
         )
     return Batch(
@@ -186,4 +206,3 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
         generator=batch.generator,
         sparse_counts=sparse,
     )
-

@@ -13,8 +13,9 @@ from ..module._kernels import FusedAdam, fused_kernel_works, kernel_enabled
 logger = logging.getLogger("scae")
 
 
-def adam(params: Iterable[Tensor], device: torch.device, lr: float,
-         weight_decay: float = 0.0) -> FusedAdam | torch.optim.Adam:
+def adam(
+    params: Iterable[Tensor], device: torch.device, lr: float, weight_decay: float = 0.0
+) -> FusedAdam | torch.optim.Adam:
     """:class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
     else ``torch.optim.Adam``, fused where torch fuses for that device (one log line says so).
     """
@@ -23,8 +24,13 @@ def adam(params: Iterable[Tensor], device: torch.device, lr: float,
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if fused_kernel_works(device):
         return FusedAdam(params, lr=lr, weight_decay=weight_decay)
-    logger.info("torch %s: the private _fused_adam_ op is missing or changed on %s; "
-                "using torch.optim.Adam(fused=%s)", torch.__version__, device.type, fused)
+    logger.info(
+        "torch %s: the private _fused_adam_ op is missing or changed on %s; "
+        "using torch.optim.Adam(fused=%s)",
+        torch.__version__,
+        device.type,
+        fused,
+    )
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
@@ -35,4 +41,3 @@ def set_learning_rate(optimizer: FusedAdam | torch.optim.Optimizer, lr: float) -
     else:
         for group in optimizer.param_groups:
             group["lr"] = lr
-

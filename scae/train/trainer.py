@@ -64,15 +64,23 @@ class TrainParams:
     #: Each setting's limits as ``config/schema.yaml``'s train section states them (a test
     #: keeps the two equal): the API refuses what the workflow refuses.
     LIMITS: ClassVar[dict[str, dict[str, float]]] = {
-        "batch_size": {"minimum": 2}, "learning_rate": {"exclusiveMinimum": 0},
-        "weight_decay": {"minimum": 0}, "max_epochs": {"minimum": 1}, "patience": {"minimum": 1},
-        "lr_patience": {"minimum": 0}, "lr_factor": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        "batch_size": {"minimum": 2},
+        "learning_rate": {"exclusiveMinimum": 0},
+        "weight_decay": {"minimum": 0},
+        "max_epochs": {"minimum": 1},
+        "patience": {"minimum": 1},
+        "lr_patience": {"minimum": 0},
+        "lr_factor": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     }
 
     def __post_init__(self):
         for f in fields(self):
-            check_number(f"train.{f.name}", getattr(self, f.name), self.LIMITS[f.name],
-                         integer=isinstance(f.default, int))
+            check_number(
+                f"train.{f.name}",
+                getattr(self, f.name),
+                self.LIMITS[f.name],
+                integer=isinstance(f.default, int),
+            )
 
 
 def fingerprint(*parts: dict) -> str:
@@ -118,7 +126,8 @@ def evaluate_split(
             truth = data.unscale(batch.x)
             sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
             sums["val_centred_cosine"] += float(
-                cosine_similarity(recon - centre, truth - centre).sum())
+                cosine_similarity(recon - centre, truth - centre).sum()
+            )
             sums["val_mse"] += float(((recon - truth) ** 2).mean(dim=1).sum())
     return {name: total / len(rows) for name, total in sums.items()}
 
@@ -201,13 +210,32 @@ def fit(
     """
     torch.manual_seed(seed)
     model = AutoencoderModule(model_params).to(device)
-    optimizer = adam(model.parameters(), device, lr=train_params.learning_rate,
-                     weight_decay=train_params.weight_decay)
-    key = fingerprint(asdict(train_params), model_params.to_dict(), loss_params,
-                      {"loss": spec.name, "seed": seed, "scaling": data.input_scaling,
-                       "optimizer": type(optimizer).__name__})
-    state = {"epoch": 0, "best_val": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "best_model": None, "history": [], "lr": train_params.learning_rate}
+    optimizer = adam(
+        model.parameters(),
+        device,
+        lr=train_params.learning_rate,
+        weight_decay=train_params.weight_decay,
+    )
+    key = fingerprint(
+        asdict(train_params),
+        model_params.to_dict(),
+        loss_params,
+        {
+            "loss": spec.name,
+            "seed": seed,
+            "scaling": data.input_scaling,
+            "optimizer": type(optimizer).__name__,
+        },
+    )
+    state = {
+        "epoch": 0,
+        "best_val": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "best_model": None,
+        "history": [],
+        "lr": train_params.learning_rate,
+    }
     if checkpoint is not None and checkpoint.exists():
         state = _resume(checkpoint, key, model, optimizer, state, device)
 
@@ -215,8 +243,9 @@ def fit(
     while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
         epoch = state["epoch"] + 1
         started = time.perf_counter()
-        train_loss = train_epoch(model, optimizer, data, spec, loss_params, train_rows,
-                                 train_params, seed, epoch, device)
+        train_loss = train_epoch(
+            model, optimizer, data, spec, loss_params, train_rows, train_params, seed, epoch, device
+        )
         scores = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
         if not math.isfinite(scores["val_loss"]):
             raise TrainingDiverged(
@@ -224,25 +253,49 @@ def fit(
                 f"train.learning_rate (now {train_params.learning_rate})"
             )
         seconds = time.perf_counter() - started
-        state["history"].append({"epoch": epoch, "train_loss": train_loss, **scores,
-                                 "learning_rate": state["lr"], "seconds": seconds})
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **scores,
+                "learning_rate": state["lr"],
+                "seconds": seconds,
+            }
+        )
         _select(state, epoch, scores["val_loss"], model, optimizer, train_params)
         logger.info(
             "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
-            epoch, train_loss, scores["val_loss"], scores["val_cosine"], seconds,
+            epoch,
+            train_loss,
+            scores["val_loss"],
+            scores["val_cosine"],
+            seconds,
             "  *" if state["best_epoch"] == epoch else "",
         )
         if on_epoch is not None:
             on_epoch(state["history"][-1])
         if checkpoint is not None:
             with atomic_path(checkpoint) as tmp:
-                torch.save({"fingerprint": key, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "state": state}, tmp)
+                torch.save(
+                    {
+                        "fingerprint": key,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "state": state,
+                    },
+                    tmp,
+                )
     return _finish(model, state, train_params)
 
 
-def _resume(checkpoint: Path, key: str, model: AutoencoderModule, optimizer, state: dict,
-            device: torch.device) -> dict:
+def _resume(
+    checkpoint: Path,
+    key: str,
+    model: AutoencoderModule,
+    optimizer,
+    state: dict,
+    device: torch.device,
+) -> dict:
     """The training state after the checkpoint's last epoch, loaded into ``model`` and
     ``optimizer``, when it was written for the same settings (``key``); else ``state``."""
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
@@ -256,8 +309,14 @@ def _resume(checkpoint: Path, key: str, model: AutoencoderModule, optimizer, sta
     return saved["state"]
 
 
-def _select(state: dict, epoch: int, val_loss: float, model: AutoencoderModule, optimizer,
-            train_params: TrainParams) -> None:
+def _select(
+    state: dict,
+    epoch: int,
+    val_loss: float,
+    model: AutoencoderModule,
+    optimizer,
+    train_params: TrainParams,
+) -> None:
     """Model selection after an epoch: a new best validation loss keeps the weights and
     resets the streak of bad epochs; otherwise the streak grows, and reduce-on-plateau
     multiplies the rate by ``lr_factor`` whenever it reaches a multiple of ``lr_patience``:
@@ -266,8 +325,12 @@ def _select(state: dict, epoch: int, val_loss: float, model: AutoencoderModule, 
     ``torch.optim`` optimizer, whose construction costs a job ~3 s that :class:`FusedAdam`
     does not."""
     if val_loss < state["best_val"]:
-        state.update(best_val=val_loss, best_epoch=epoch, bad_epochs=0,
-                     best_model={k: v.detach().clone() for k, v in model.state_dict().items()})
+        state.update(
+            best_val=val_loss,
+            best_epoch=epoch,
+            bad_epochs=0,
+            best_model={k: v.detach().clone() for k, v in model.state_dict().items()},
+        )
     else:
         state["bad_epochs"] += 1
         if train_params.lr_patience and state["bad_epochs"] % train_params.lr_patience == 0:
@@ -281,23 +344,40 @@ def _finish(model: AutoencoderModule, state: dict, train_params: TrainParams) ->
     model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
     stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
-    logger.info("best epoch %d (val loss %.5f), stopped by %s", state["best_epoch"],
-                state["best_val"], stopped_by)
+    logger.info(
+        "best epoch %d (val loss %.5f), stopped by %s",
+        state["best_epoch"],
+        state["best_val"],
+        stopped_by,
+    )
     if stopped_by == "max_epochs":  # then the best epoch is among the last `patience` ones
         logger.warning(
             "not converged: stopped at max_epochs=%d with the best epoch %d among the last "
-            "patience=%d epochs; raise max_epochs", train_params.max_epochs,
-            state["best_epoch"], train_params.patience)
-    return FitResult(model=model, history=pd.DataFrame(state["history"]),
-                     best_epoch=state["best_epoch"], stopped_by=stopped_by)
+            "patience=%d epochs; raise max_epochs",
+            train_params.max_epochs,
+            state["best_epoch"],
+            train_params.patience,
+        )
+    return FitResult(
+        model=model,
+        history=pd.DataFrame(state["history"]),
+        best_epoch=state["best_epoch"],
+        stopped_by=stopped_by,
+    )
 
 
 def save_model(path: Path, result: FitResult, meta: dict) -> None:
     """Write state dict + the exact settings used (loadable with ``weights_only=True``)."""
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": result.model.state_dict(),
-                    "model_params": result.model.params.to_dict(),
-                    "best_epoch": result.best_epoch, **meta}, tmp)
+        torch.save(
+            {
+                "state_dict": result.model.state_dict(),
+                "model_params": result.model.params.to_dict(),
+                "best_epoch": result.best_epoch,
+                **meta,
+            },
+            tmp,
+        )
 
 
 def load_model(path: Path, device: torch.device) -> tuple[AutoencoderModule, dict]:
@@ -324,7 +404,10 @@ def latent_representation(
 
 @torch.no_grad()
 def reconstruction(
-    model: AutoencoderModule, data: CellData, rows: np.ndarray, device: torch.device,
+    model: AutoencoderModule,
+    data: CellData,
+    rows: np.ndarray,
+    device: torch.device,
     counts: bool = False,
 ) -> np.ndarray:
     """Reconstructions of ``rows`` in the common space log1p(normalized expression) or,
@@ -341,4 +424,3 @@ def reconstruction(
             expression = torch.expm1(expression) * scale[:, None]
         recon[start : start + len(idx)] = expression.cpu().numpy()
     return recon
-

@@ -55,8 +55,13 @@ Criterion = Literal["own_loss", "val_mse", "val_centred_cosine"]
 #: History column each criterion reads, and whether larger is better.
 CRITERIA = TUNING_CRITERIA
 #: Settings a trial chooses: where each lives in the config.
-TUNED = {"learning_rate": "train", "weight_decay": "train", "batch_size": "train",
-         "dropout": "model", "hidden": "model"}
+TUNED = {
+    "learning_rate": "train",
+    "weight_decay": "train",
+    "batch_size": "train",
+    "dropout": "model",
+    "hidden": "model",
+}
 Pruner = Literal["endpoint", "median", "none"]
 #: ``tune.pruner: median``, the pruner tuning had before ``endpoint``: Optuna's MedianPruner
 #: after this many completed trials, from this epoch on.
@@ -100,9 +105,11 @@ class EndpointPruner(optuna.pruners.BasePruner):
 
     def warmup(self, study: optuna.Study) -> int | None:
         """The first epoch at which trials are judged; None while no trial has completed."""
-        complete = [trial for trial in study.get_trials(deepcopy=False,
-                                                        states=(TrialState.COMPLETE,))
-                    if trial.intermediate_values]
+        complete = [
+            trial
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if trial.intermediate_values
+        ]
         if not complete:
             return None
         first = min(complete, key=lambda trial: trial.number)
@@ -113,8 +120,11 @@ class EndpointPruner(optuna.pruners.BasePruner):
         if epoch is None or warmup is None or epoch < warmup:
             return False
         earlier = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        reached = [value for other in earlier if other.number < trial.number
-                   and (value := _value_by(other, epoch)) is not None]
+        reached = [
+            value
+            for other in earlier
+            if other.number < trial.number and (value := _value_by(other, epoch)) is not None
+        ]
         if not reached:
             return False
         median, score = float(np.median(reached)), trial.intermediate_values[epoch]
@@ -123,20 +133,24 @@ class EndpointPruner(optuna.pruners.BasePruner):
         return score > median
 
 
-def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner,
-                                   Callable[[optuna.Study], int | None]]:
+def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner, Callable[[optuna.Study], int | None]]:
     """``tune.pruner``'s pruner, and the warm-up epoch it has in force for the next trial
     (None: it prunes no epoch of that trial)."""
     if name == "endpoint":
         pruner = EndpointPruner()
         return pruner, pruner.warmup
     if name == "median":
+
         def median_warmup(study: optuna.Study) -> int | None:
             complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             return MEDIAN_WARMUP if len(complete) >= MEDIAN_STARTUP else None
 
-        return (optuna.pruners.MedianPruner(n_startup_trials=MEDIAN_STARTUP,
-                                            n_warmup_steps=MEDIAN_WARMUP), median_warmup)
+        return (
+            optuna.pruners.MedianPruner(
+                n_startup_trials=MEDIAN_STARTUP, n_warmup_steps=MEDIAN_WARMUP
+            ),
+            median_warmup,
+        )
     return optuna.pruners.NopPruner(), lambda study: None
 
 
@@ -153,17 +167,22 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, space: dict) -> SearchSpace:
-        return cls(learning_rate=tuple(space["learning_rate"]), dropout=tuple(space["dropout"]),
-                   weight_decay=tuple(space["weight_decay"]),
-                   batch_size=tuple(space["batch_size"]),
-                   hidden=tuple(tuple(h) for h in space["hidden"]))
+        return cls(
+            learning_rate=tuple(space["learning_rate"]),
+            dropout=tuple(space["dropout"]),
+            weight_decay=tuple(space["weight_decay"]),
+            batch_size=tuple(space["batch_size"]),
+            hidden=tuple(tuple(h) for h in space["hidden"]),
+        )
 
     def contains(self, point: dict[str, Any]) -> bool:
-        return (self.learning_rate[0] <= point["learning_rate"] <= self.learning_rate[1]
-                and self.dropout[0] <= point["dropout"] <= self.dropout[1]
-                and point["weight_decay"] in self.weight_decay
-                and point["batch_size"] in self.batch_size
-                and tuple(point["hidden"]) in self.hidden)
+        return (
+            self.learning_rate[0] <= point["learning_rate"] <= self.learning_rate[1]
+            and self.dropout[0] <= point["dropout"] <= self.dropout[1]
+            and point["weight_decay"] in self.weight_decay
+            and point["batch_size"] in self.batch_size
+            and tuple(point["hidden"]) in self.hidden
+        )
 
 
 @dataclass(frozen=True)
@@ -181,9 +200,14 @@ class TuneParams:
     @classmethod
     def from_config(cls, tune: dict) -> TuneParams:
         """From ``config['tune']`` (schema-validated, defaults filled)."""
-        return cls(n_trials=tune["n_trials"], max_epochs=tune["max_epochs"], seed=tune["seed"],
-                   criterion=tune["criterion"], space=SearchSpace.from_config(tune["space"]),
-                   pruner=tune["pruner"])
+        return cls(
+            n_trials=tune["n_trials"],
+            max_epochs=tune["max_epochs"],
+            seed=tune["seed"],
+            criterion=tune["criterion"],
+            space=SearchSpace.from_config(tune["space"]),
+            pruner=tune["pruner"],
+        )
 
 
 def _hidden_key(hidden: tuple[int, ...]) -> str:
@@ -222,27 +246,45 @@ def tune(
     data, spec, loss_params = model.training_data(), model.loss, model.loss_params
     model_params = model.module_params
     study, warmup = _create_study(spec.name, params, train_params, model_params)
-    objective = _Objective(data, spec, loss_params, model_params, train_params, params,
-                           resolve_device(device), warmup, study)
+    objective = _Objective(
+        data,
+        spec,
+        loss_params,
+        model_params,
+        train_params,
+        params,
+        resolve_device(device),
+        warmup,
+        study,
+    )
     study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
     trials = _trial_table(study, objective.outcomes)
     _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
     best = study.best_trial
     chosen = {**best.params, "hidden": [int(w) for w in best.params["hidden"].split(",")]}
     settings = {
-        "loss": spec.name, "criterion": params.criterion, "score": float(best.value),
-        "trial": best.number, "n_trials": len(trials),
+        "loss": spec.name,
+        "criterion": params.criterion,
+        "score": float(best.value),
+        "trial": best.number,
+        "n_trials": len(trials),
         "model": {name: chosen[name] for name, where in TUNED.items() if where == "model"},
         "train": {name: chosen[name] for name, where in TUNED.items() if where == "train"},
     }
-    logger.info("best trial %d of %d: %s = %.5f with %s", best.number, len(trials),
-                params.criterion, best.value, chosen)
+    logger.info(
+        "best trial %d of %d: %s = %.5f with %s",
+        best.number,
+        len(trials),
+        params.criterion,
+        best.value,
+        chosen,
+    )
     return trials, settings
 
 
-def _create_study(loss: str, params: TuneParams, train_params: TrainParams,
-                  model_params: ModelParams
-                  ) -> tuple[optuna.Study, Callable[[optuna.Study], int | None]]:
+def _create_study(
+    loss: str, params: TuneParams, train_params: TrainParams, model_params: ModelParams
+) -> tuple[optuna.Study, Callable[[optuna.Study], int | None]]:
     """The seeded study of one loss, with the configured point enqueued as trial 0 (when
     the space holds it), and the warm-up its pruner has in force for the next trial."""
     pruner, warmup = _pruner(params.pruner)
@@ -253,15 +295,19 @@ def _create_study(loss: str, params: TuneParams, train_params: TrainParams,
         sampler=optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=4),
         pruner=pruner,
     )
-    configured = {"learning_rate": train_params.learning_rate,
-                  "weight_decay": train_params.weight_decay,
-                  "batch_size": train_params.batch_size, "dropout": model_params.dropout,
-                  "hidden": model_params.hidden}
+    configured = {
+        "learning_rate": train_params.learning_rate,
+        "weight_decay": train_params.weight_decay,
+        "batch_size": train_params.batch_size,
+        "dropout": model_params.dropout,
+        "hidden": model_params.hidden,
+    }
     if params.space.contains(configured):
         study.enqueue_trial({**configured, "hidden": _hidden_key(model_params.hidden)})
     else:
-        logger.info("the configured settings %s lie outside tune.space: no trial starts there",
-                    configured)
+        logger.info(
+            "the configured settings %s lie outside tune.space: no trial starts there", configured
+        )
     return study, warmup
 
 
@@ -272,8 +318,12 @@ def _sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
         "weight_decay": trial.suggest_categorical("weight_decay", list(space.weight_decay)),
         "batch_size": trial.suggest_categorical("batch_size", list(space.batch_size)),
         "dropout": trial.suggest_float("dropout", *space.dropout),
-        "hidden": tuple(int(w) for w in trial.suggest_categorical(
-            "hidden", [_hidden_key(h) for h in space.hidden]).split(",")),
+        "hidden": tuple(
+            int(w)
+            for w in trial.suggest_categorical(
+                "hidden", [_hidden_key(h) for h in space.hidden]
+            ).split(",")
+        ),
     }
 
 
@@ -296,8 +346,14 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         chosen = _sample(trial, self.params.space)
-        outcome = {"epochs": 0, "best_epoch": 0, "stopped_by": "diverged",  # unless fit returns
-                   "score": np.nan, "pruned_at": None, "warmup": self.warmup(self.study)}
+        outcome = {
+            "epochs": 0,
+            "best_epoch": 0,
+            "stopped_by": "diverged",  # unless fit returns
+            "score": np.nan,
+            "pruned_at": None,
+            "warmup": self.warmup(self.study),
+        }
         self.outcomes[trial.number] = outcome
         column = CRITERIA[self.params.criterion][0]
         best_val_loss = np.inf
@@ -314,12 +370,20 @@ class _Objective:
                 raise optuna.TrialPruned()
 
         result = fit(
-            self.data, self.spec, self.loss_params,
+            self.data,
+            self.spec,
+            self.loss_params,
             replace(self.model_params, dropout=chosen["dropout"], hidden=chosen["hidden"]),
-            replace(self.train_params, learning_rate=chosen["learning_rate"],
-                    weight_decay=chosen["weight_decay"], batch_size=chosen["batch_size"],
-                    max_epochs=self.params.max_epochs),
-            seed=self.params.seed, device=self.device, on_epoch=report,
+            replace(
+                self.train_params,
+                learning_rate=chosen["learning_rate"],
+                weight_decay=chosen["weight_decay"],
+                batch_size=chosen["batch_size"],
+                max_epochs=self.params.max_epochs,
+            ),
+            seed=self.params.seed,
+            device=self.device,
+            on_epoch=report,
         )
         outcome["stopped_by"] = result.stopped_by
         return float(outcome["score"])
@@ -330,15 +394,23 @@ def _trial_table(study: optuna.Study, outcomes: dict[int, dict]) -> pd.DataFrame
     rows = []
     for trial in study.trials:
         outcome = outcomes[trial.number]
-        rows.append({
-            "trial": trial.number, "state": trial.state.name.lower(),
-            **{name: trial.params[name] for name in TUNED}, **outcome,
-            # stopped_by is max_epochs exactly when the cap came within patience of the best
-            "converged": (outcome["stopped_by"] != "max_epochs"
-                          if trial.state == TrialState.COMPLETE else None),
-        })
+        rows.append(
+            {
+                "trial": trial.number,
+                "state": trial.state.name.lower(),
+                **{name: trial.params[name] for name in TUNED},
+                **outcome,
+                # stopped_by is max_epochs exactly when the cap came within patience of the best
+                "converged": (
+                    outcome["stopped_by"] != "max_epochs"
+                    if trial.state == TrialState.COMPLETE
+                    else None
+                ),
+            }
+        )
     return pd.DataFrame(rows).astype(
-        {"pruned_at": "Int64", "warmup": "Int64", "converged": "boolean"})
+        {"pruned_at": "Int64", "warmup": "Int64", "converged": "boolean"}
+    )
 
 
 def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: int) -> None:
@@ -346,13 +418,24 @@ def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: 
     (a warning: the cap, not the data, then ended a trial)."""
     pruned = trials["pruned_at"].dropna().astype(int).tolist()
     capped = int(trials["converged"].eq(False).sum())
-    logger.info("pruner %s stopped %d of %d trials, after epochs %s; %d stopped at "
-                "tune.max_epochs=%d still improving", pruner, len(pruned), len(trials),
-                pruned, capped, max_epochs)
+    logger.info(
+        "pruner %s stopped %d of %d trials, after epochs %s; %d stopped at "
+        "tune.max_epochs=%d still improving",
+        pruner,
+        len(pruned),
+        len(trials),
+        pruned,
+        capped,
+        max_epochs,
+    )
     if capped:
-        logger.warning("%d trial(s) stopped at tune.max_epochs=%d with their best epoch among "
-                       "the last train.patience=%d: still improving; raise tune.max_epochs",
-                       capped, max_epochs, patience)
+        logger.warning(
+            "%d trial(s) stopped at tune.max_epochs=%d with their best epoch among "
+            "the last train.patience=%d: still improving; raise tune.max_epochs",
+            capped,
+            max_epochs,
+            patience,
+        )
 
 
 def apply_best(model: dict, train: dict, best: dict) -> tuple[dict, dict]:
