@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import scae.train.tune  # noqa: E402  (the checkout's package, after the path above)
 from scae import Autoencoder  # noqa: E402
 from scae.config import COUNT_LOSSES  # noqa: E402
-from scae.data.params import PreprocessParams  # noqa: E402
+from scae.data.params import DatasetOptions, PreprocessParams  # noqa: E402
 from scae.data.preprocess import preprocess_file  # noqa: E402
 from scae.sizes import SizeNeeds  # noqa: E402
 from scae.train import keep_freed_memory  # noqa: E402
@@ -65,16 +65,19 @@ def preprocessed(config: dict):
     return preprocess_file(
         REPO / spec["path"],
         PreprocessParams(**config["preprocess"] | spec.get("preprocess", {})),
-        dataset=DATASET,
+        DatasetOptions(
+            DATASET,
+            spec["label_key"] or None,
+            spec["mito_prefix"] or None,
+            clusters=clusters,
+            require_integers=any(loss in COUNT_LOSSES for loss in losses),
+            needs=SizeNeeds(
+                latent_dim=max(latent if isinstance(latent, list) else [latent]),
+                clusters=clusters,
+            ),
+        ),
         counts=spec["counts"],
         transpose=spec.get("transpose", False),
-        label_key=spec["label_key"] or None,
-        mito_prefix=spec["mito_prefix"] or None,
-        clusters=clusters,
-        require_integers=any(loss in COUNT_LOSSES for loss in losses),
-        needs=SizeNeeds(
-            latent_dim=max(latent if isinstance(latent, list) else [latent]), clusters=clusters
-        ),
     )
 
 

@@ -55,12 +55,11 @@ def write_small_workflow_config(
     return path
 
 
-def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1200):
-    """Run the repository's Snakefile in ``workdir``; fail the test with its output."""
-    import subprocess
+def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
+    """The command line that runs the repository's Snakefile in ``workdir`` with ``args``."""
     import sys
 
-    command = [
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -70,8 +69,15 @@ def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1
         str(workdir),
         "--configfile",
         str(configfile),
-        *extra,
+        *args,
     ]
+
+
+def run_snakemake(workdir: Path, configfile: Path, *extra: str, timeout: int = 1200):
+    """Run the repository's Snakefile in ``workdir``; fail the test with its output."""
+    import subprocess
+
+    command = snakemake_command(workdir, configfile, *extra)
     proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(

@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from scae.config import InputError, check_input_path
 from scae.data.checks import validate_counts
-from scae.data.params import PreprocessParams
+from scae.data.params import DatasetOptions, PreprocessParams
 from scae.data.preprocess import preprocess
 from scae.data.readers import read_counts
 from scae.data.split import stratified_split
@@ -251,9 +251,9 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
     path = tmp_path / "p.h5ad"
     pbmc_subset(300).write_h5ad(path)
     loose = PreprocessParams(min_genes=10, max_pct_mito=100, n_top_genes=300)
-    full = preprocess_file(path, loose, dataset="p", label_key="cell_type")
+    full = preprocess_file(path, loose, DatasetOptions("p", "cell_type"))
     thin = preprocess_file(
-        path, loose, dataset="p", label_key="cell_type", thin=Thinning(0.25, seed=3)
+        path, loose, DatasetOptions("p", "cell_type", thin=Thinning(0.25, seed=3))
     )
     assert thin.uns["scae"]["thin"] == {"fraction": 0.25, "seed": 3}
     cells = full.obs_names.intersection(thin.obs_names)
@@ -274,6 +274,6 @@ def test_a_thinned_dataset_is_the_same_cells_at_a_fraction_of_their_depth(tmp_pa
     assert (binomial_thin(stored, 0.25, 3) != first).nnz > 0
     monkeypatch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 12)
     small_blocks = preprocess_file(
-        path, loose, dataset="p", label_key="cell_type", thin=Thinning(0.25, seed=3)
+        path, loose, DatasetOptions("p", "cell_type", thin=Thinning(0.25, seed=3))
     )
     assert (small_blocks.layers["counts"] != thin.layers["counts"]).nnz == 0

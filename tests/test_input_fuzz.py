@@ -73,7 +73,7 @@ from hypothesis.control import currently_in_test_context, event, note
 
 import scae.data
 from scae.config import CLUSTER_KEY, InputError
-from scae.data.params import PreprocessParams
+from scae.data.params import DatasetOptions, PreprocessParams
 from scae.data.preprocess import preprocess_file
 from scae.data.split import stratified_split
 from scae.sizes import SizeNeeds
@@ -436,17 +436,15 @@ def run(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                result = preprocess_file(
-                    path,
-                    dataset=DATASET,
-                    counts=counts or case.counts_key,
-                    params=params,
-                    label_key=label_key,
-                    mito_prefix=mito_prefix,
+                options = DatasetOptions(
+                    DATASET,
+                    label_key,
+                    mito_prefix,
                     require_integers=require_integers,
                     needs=needs,
                     clusters=needs is not None and needs.clusters,
                 )
+                result = preprocess_file(path, params, options, counts=counts or case.counts_key)
                 error = None
             except InputError as err:
                 result, error = None, err

@@ -17,7 +17,7 @@ from scae.data._passes import preprocess_rows
 from scae.data.checks import validate_counts
 from scae.data.hvg import GeneMoments, gene_mean_std, seurat_hvg
 from scae.data.mcv import HELDOUT_LAYER, binomial_split
-from scae.data.params import MCVParams, PreprocessParams
+from scae.data.params import DatasetOptions, MCVParams, PreprocessParams
 from scae.data.preprocess import preprocess
 from scae.data.readers import H5adRows, HDF5Rows, open_counts, preprocess_mem_mb, read_counts
 from scae.data.split import stratified_split
@@ -122,7 +122,7 @@ def test_bundled_data_matches_the_in_memory_scanpy_pipeline(pbmc3k, pbmc3k_refer
         with open_counts(PBMC3K) as rows:
             assert isinstance(rows, H5adRows)
             assert sum(1 for _ in rows.blocks(scae.data.readers.CHUNK_NNZ)) > 5
-            out_of_core = preprocess_rows(rows, DEFAULT, dataset="pbmc3k", label_key="cell_type")
+            out_of_core = preprocess_rows(rows, DEFAULT, DatasetOptions("pbmc3k", "cell_type"))
     assert_same_result(out_of_core, pbmc3k_reference)
     assert out_of_core.uns["log1p"] == in_memory.uns["log1p"]
     assert out_of_core.uns["scae"] == in_memory.uns["scae"]
@@ -217,7 +217,7 @@ def test_the_full_matrix_is_never_read(tmp_path, monkeypatch):
         reads = ReadGuard(limit)
         guard.setattr(h5py.Dataset, "__getitem__", lambda dataset, key: reads(dataset, key))
         validate_counts(rows, str(path), "t", require_integers=True)
-        got = preprocess_rows(rows, params, dataset="t", label_key="cell_type")
+        got = preprocess_rows(rows, params, DatasetOptions("t", "cell_type"))
     assert 0 < ReadGuard.largest <= limit
     assert_same_result(got, reference_preprocess(raw, params, "cell_type", "MT-"))
     with h5py.File(path) as file, pytest.raises(AssertionError, match="not a bounded block"):
@@ -244,7 +244,7 @@ def test_memory_scales_with_the_result_not_the_input(tmp_path):
                 patch.setattr(scae.data.readers, "CHUNK_NNZ", 1 << 17)
                 with open_counts(path) as rows:
                     result = preprocess_rows(
-                        rows, params, dataset="w", label_key="cell_type", mito_prefix=None
+                        rows, params, DatasetOptions("w", "cell_type", mito_prefix=None)
                     )
         _, peak = tracemalloc.get_traced_memory()
     finally:
@@ -332,7 +332,7 @@ def test_truncated_file_is_named_when_a_block_fails(tmp_path):
     cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(InputError, match=r"cut\.h5ad: could not be read as AnnData.*complete"):
         with open_counts(cut) as rows:
-            preprocess_rows(rows, PreprocessParams(n_top_genes=100), dataset="t")
+            preprocess_rows(rows, PreprocessParams(n_top_genes=100), DatasetOptions("t"))
 
 
 def test_unknown_counts_are_named_without_reading_the_matrix(tmp_path):

@@ -39,7 +39,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -59,7 +58,7 @@ from scae.io import atomic_path
 from scae.module.losses import cosine_similarity
 from scae.train.trainer import load_model
 
-from .conftest import REPO, pbmc_subset, write_small_workflow_config
+from .conftest import REPO, pbmc_subset, snakemake_command, write_small_workflow_config
 
 DATASET = "pbmc_small"
 RESULTS = f"results/{DATASET}"
@@ -91,27 +90,10 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     return path
 
 
-def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(configfile),
-        "--cores",
-        "2",
-        *args,
-    ]
-
-
 def snakemake(workdir: Path, configfile: Path, *args: str, timeout: int = 600):
     """Run snakemake and return the finished process, whatever its exit status."""
     proc = subprocess.run(
-        snakemake_command(workdir, configfile, *args),
+        snakemake_command(workdir, configfile, "--cores", "2", *args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -594,7 +576,7 @@ def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
     console = tmp_path / "killed_run.txt"
     with open(console, "w") as stream:  # a file, not a pipe: a full pipe would stall snakemake
         proc = subprocess.Popen(
-            snakemake_command(workdir, configfile, MSE_METRICS),
+            snakemake_command(workdir, configfile, "--cores", "2", MSE_METRICS),
             stdout=stream,
             stderr=subprocess.STDOUT,
         )

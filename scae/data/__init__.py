@@ -5,7 +5,7 @@ only; :mod:`scae.data.preprocess` states the order.
 """
 
 from .checks import COUNT_TOLERANCE, validate_counts
-from .params import SPLITS, MCVParams, PreprocessParams, Thinning
+from .params import SPLITS, DatasetOptions, MCVParams, PreprocessParams, Thinning
 from .preprocess import preprocess, preprocess_file
 from .readers import CountRows, open_counts, read_counts
 from .split import stratified_split
@@ -14,6 +14,7 @@ __all__ = [
     "COUNT_TOLERANCE",
     "SPLITS",
     "CountRows",
+    "DatasetOptions",
     "MCVParams",
     "PreprocessParams",
     "Thinning",

@@ -19,12 +19,11 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..config import CLUSTER_KEY, InputError
-from ..sizes import SizeNeeds
 from .checks import _mito_mask, make_names_unique, validate_counts
 from .clusters import training_clusters
 from .hvg import GeneMoments, gene_mean_std, seurat_hvg
 from .mcv import HELDOUT_LAYER, binomial_split
-from .params import SPLITS, MCVParams, PreprocessParams, Thinning
+from .params import SPLITS, DatasetOptions, MCVParams, PreprocessParams, Thinning
 from .readers import CountRows
 from .split import labels_of, require_every_split, stratified_split
 
@@ -94,16 +93,9 @@ def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_ma
 def preprocess_rows(
     rows: CountRows,
     params: PreprocessParams = PreprocessParams(),
+    options: DatasetOptions = DatasetOptions(),
     *,
-    dataset: str = "adata",
-    label_key: str | None = None,
-    mito_prefix: str | None = "MT-",
-    mcv: MCVParams | None = None,
-    clusters: bool = False,
-    require_integers: bool = False,
-    needs: SizeNeeds | None = None,
     counts_fix: str | None = None,
-    thin: Thinning | None = None,
 ) -> ad.AnnData:
     """:func:`preprocess` as four passes over the blocks of ``rows``; only per-cell and
     per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in memory.
@@ -117,11 +109,15 @@ def preprocess_rows(
        :func:`seurat_hvg`, together with each gene's stored entries (to size the result).
     4. The HVG columns of every cell: log-normalized, raw (and held-out) counts.
 
-    With ``needs``, the split and the HVGs are checked against what the later stages need
+    ``options`` (:class:`DatasetOptions`) names the dataset and its variants. With
+    ``options.needs``, the split and the HVGs are checked against what the later stages need
     (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built. With ``thin``
     every pass after validation reads the thinned counts (a depth variant of the input).
     """
-    validate_counts(rows, rows.source, dataset, require_integers or thin is not None, counts_fix)
+    dataset, label_key, mcv, thin = options.dataset, options.label_key, options.mcv, options.thin
+    validate_counts(
+        rows, rows.source, dataset, options.require_integers or thin is not None, counts_fix
+    )
     if thin is not None:
         rows.thinning = thin
         logger.info(
@@ -133,7 +129,7 @@ def preprocess_rows(
     names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
     make_names_unique(names, "var", dataset)
     make_names_unique(names, "obs", dataset)
-    qc = _cell_pass(rows, params, _mito_genes(names.var_names, mito_prefix, dataset), mcv)
+    qc = _cell_pass(rows, params, _mito_genes(names.var_names, options.mito_prefix, dataset), mcv)
     labels = labels_of(names.obs, qc.cells, label_key, dataset)
     split = pd.Categorical(
         stratified_split(
@@ -156,8 +152,8 @@ def preprocess_rows(
     hvg = _choose_hvgs(totals, params, int(genes.sum()), dataset, qc.text)
     # cells left without counts in the kept genes are gone: check the split again
     sizes = require_every_split(split[final], dataset, qc.text)
-    if needs is not None:
-        needs.check_split(
+    if options.needs is not None:
+        options.needs.check_split(
             sizes.to_dict(),
             int(hvg.sum()),
             dataset,
@@ -182,7 +178,7 @@ def preprocess_rows(
         thin=thin,
     )
     is_train = np.asarray(adata.obs["split"] == "train")
-    if clusters:
+    if options.clusters:
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
         logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())
     logger.info(

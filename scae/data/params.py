@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..sizes import SizeNeeds
+
 SPLITS = ("train", "val", "test")
 
 
@@ -41,3 +43,22 @@ class Thinning:
 
     fraction: float
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    """What preprocessing needs to know of a dataset besides its counts and the
+    :class:`PreprocessParams`: its name (every error names it), the ``obs`` column of cell
+    types to stratify the split by (None: none), the mitochondrial gene prefix (None: no
+    mitochondrial QC), its molecular cross-validation and depth variants, and what the later
+    stages need of the result (integer counts for a count loss, training-cell clusters for
+    ``cluster`` negatives, the sizes of :class:`scae.sizes.SizeNeeds`)."""
+
+    dataset: str = "adata"
+    label_key: str | None = None
+    mito_prefix: str | None = "MT-"
+    mcv: MCVParams | None = None
+    thin: Thinning | None = None
+    clusters: bool = False
+    require_integers: bool = False
+    needs: SizeNeeds | None = None

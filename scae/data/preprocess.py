@@ -22,7 +22,7 @@ import anndata as ad
 from ..config import InputError
 from ..sizes import SizeNeeds
 from ._passes import preprocess_rows
-from .params import MCVParams, PreprocessParams, Thinning
+from .params import DatasetOptions, MCVParams, PreprocessParams
 from .readers import open_counts, rows_of
 
 
@@ -75,9 +75,7 @@ def preprocess(
         "scae.preprocess the raw-count AnnData"
     )
     source = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    return preprocess_rows(
-        rows_of(adata, source, layer),
-        params,
+    options = DatasetOptions(
         dataset=dataset,
         label_key=label_key,
         mito_prefix=mito_prefix,
@@ -85,43 +83,25 @@ def preprocess(
         clusters=clusters,
         require_integers=require_integers,
         needs=needs,
-        counts_fix=fix,
     )
+    return preprocess_rows(rows_of(adata, source, layer), params, options, counts_fix=fix)
 
 
 def preprocess_file(
     path: str | Path,
     params: PreprocessParams = PreprocessParams(),
+    options: DatasetOptions = DatasetOptions(),
     *,
-    dataset: str,
     counts: str = "X",
     transpose: bool = False,
-    label_key: str | None = None,
-    mito_prefix: str | None = "MT-",
-    mcv: MCVParams | None = None,
-    clusters: bool = False,
-    require_integers: bool = False,
-    needs: SizeNeeds | None = None,
-    thin: Thinning | None = None,
 ) -> ad.AnnData:
     """:func:`preprocess_rows` of the dataset at ``path`` (read as :func:`open_counts` does,
     ``.h5ad`` and 10x ``.h5`` a block of cells at a time): what the workflow's preprocess
-    job runs. Every :class:`InputError` names ``dataset``."""
+    job runs. Every :class:`InputError` names ``options.dataset``."""
     try:
         with open_counts(path, counts=counts, transpose=transpose) as rows:
-            return preprocess_rows(
-                rows,
-                params,
-                dataset=dataset,
-                label_key=label_key,
-                mito_prefix=mito_prefix,
-                mcv=mcv,
-                clusters=clusters,
-                require_integers=require_integers,
-                needs=needs,
-                thin=thin,
-            )
+            return preprocess_rows(rows, params, options)
     except InputError as err:
-        if f"dataset {dataset!r}" in str(err):
+        if f"dataset {options.dataset!r}" in str(err):
             raise
-        raise InputError(f"dataset {dataset!r}: {err}") from err
+        raise InputError(f"dataset {options.dataset!r}: {err}") from err
