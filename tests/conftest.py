@@ -59,16 +59,18 @@ def snakemake_command(workdir: Path, configfile: Path, *args: str) -> list[str]:
     """The command line that runs the repository's Snakefile in ``workdir`` with ``args``."""
     import sys
 
+    # --configfile takes several files: it goes first, so that no target in args is read
+    # as one more
     return [
         sys.executable,
         "-m",
         "snakemake",
+        "--configfile",
+        str(configfile),
         "--snakefile",
         str(REPO / "Snakefile"),
         "--directory",
         str(workdir),
-        "--configfile",
-        str(configfile),
         *args,
     ]
 

@@ -721,7 +721,7 @@ def _torch_load_calls(path: Path):
 
 
 def test_every_torch_load_passes_weights_only():
-    sources = sorted([*(REPO / "scae").glob("*.py"), *(REPO / "scripts").glob("*.py")])
+    sources = sorted([*(REPO / "scae").rglob("*.py"), *(REPO / "scripts").glob("*.py")])
     calls = []
     for path in sources:
         text = path.read_text()
