@@ -404,3 +404,16 @@ def test_training_imports_neither_scanpy_nor_sklearn():
     assert out.strip() == "[]"
     scripts = (REPO / "scripts/train.py").read_text()
     assert "scanpy" not in scripts and "sklearn" not in scripts
+
+
+def test_the_model_api_loads_optuna_only_for_tuning():
+    """scae.train leaves its tuning module (and optuna, ~0.3 s) to whoever tunes."""
+    code = (
+        "import sys; from scae import Autoencoder; import scae.train; "
+        "before = 'optuna' in sys.modules; import scae.train.tune; "
+        "print(before, 'optuna' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.split() == ["False", "True"]

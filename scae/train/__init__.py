@@ -1,17 +1,16 @@
-"""Training: the fit loop with early stopping and checkpoints, the optimiser, and tuning."""
+"""Training: the fit loop with early stopping and checkpoints, the optimiser, and tuning
+(:mod:`scae.train.tune`, not imported here: it loads optuna, which fitting a model does not
+need)."""
 
 from ..module._kernels import keep_freed_memory
 from .cells import CellData, resolve_device
 from .trainer import TrainingDiverged, TrainParams, fit
-from .tune import TuneParams, tune
 
 __all__ = [
     "CellData",
     "TrainParams",
     "TrainingDiverged",
-    "TuneParams",
     "fit",
     "keep_freed_memory",
     "resolve_device",
-    "tune",
 ]
