@@ -124,6 +124,21 @@ def preprocessed_synthetic(n_cells: int, workdir: Path):
     )
 
 
+def bench_model_params(n_genes: int, hidden, output: str):
+    """The benchmark's autoencoder: latent 32, dropout 0.1, batch norm, θ per gene."""
+    from scae.module.network import ModelParams
+
+    return ModelParams(
+        n_genes=n_genes,
+        hidden=tuple(hidden),
+        latent_dim=32,
+        dropout=0.1,
+        batch_norm=True,
+        output=output,
+        dispersion="gene",
+    )
+
+
 def fit_epoch_seconds(
     data,
     loss: str,
@@ -145,7 +160,6 @@ def fit_epoch_seconds(
 
     import scae.train.trainer
     from scae.module.losses import get_loss
-    from scae.module.network import ModelParams
     from scae.train.trainer import TrainParams, fit
 
     if not validation:
@@ -160,15 +174,7 @@ def fit_epoch_seconds(
             scae.train.trainer.evaluate_split = real
 
     spec = get_loss(loss)
-    params = ModelParams(
-        n_genes=data.n_genes,
-        hidden=tuple(hidden),
-        latent_dim=32,
-        dropout=0.1,
-        batch_norm=True,
-        output=spec.output,
-        dispersion="gene",
-    )
+    params = bench_model_params(data.n_genes, hidden, spec.output)
     train = TrainParams(
         batch_size=batch_size, learning_rate=1e-3, max_epochs=epochs, patience=epochs + 1
     )
@@ -850,21 +856,13 @@ def profile_epoch(data, threads: int, loss: str, hidden, batch_size: int, seed: 
     from torch.profiler import ProfilerActivity, profile
 
     from scae.module.losses import get_loss
-    from scae.module.network import AutoencoderModule, ModelParams
+    from scae.module.network import AutoencoderModule
     from scae.train.optim import adam
     from scae.train.trainer import TrainParams, train_epoch
 
     torch.set_num_threads(threads)
     spec = get_loss(loss)
-    params = ModelParams(
-        n_genes=data.n_genes,
-        hidden=tuple(hidden),
-        latent_dim=32,
-        dropout=0.1,
-        batch_norm=True,
-        output=spec.output,
-        dispersion="gene",
-    )
+    params = bench_model_params(data.n_genes, hidden, spec.output)
     torch.manual_seed(seed)
     model = AutoencoderModule(params)
     optimizer = adam(model.parameters(), torch.device("cpu"), lr=1e-3, weight_decay=0.0)
