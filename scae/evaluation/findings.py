@@ -1,5 +1,7 @@
-"""Copy the workflow's generated ``summary.md`` files into the findings page of the manual
-(``docs/findings.md``) and a few lines of them into the README.
+"""Copy the workflow's generated ``summary.md`` files into the findings page and the README.
+
+The summaries go into the findings page of the manual (``docs/findings.md``), and a few
+lines of them into the README.
 
 Usage: ``python -m scae.evaluation.findings docs/findings.md --readme README.md
 results/pbmc3k/summary.md results/zheng17/summary.md [--also results/pbmc3k_zscore/summary.md]``
@@ -40,8 +42,11 @@ ANSWER_RECORD = re.compile(rf"^<!-- {re.escape(ANSWER_TAG)} (\{{.*\}}) -->$", re
 
 
 def answer_record(path: Path, text: str) -> dict:
-    """The machine-readable answer (dataset, primary_metric, best, tied, rank) of a
-    summary.md at its reference rank (the rank tuning ran at)."""
+    """Return the machine-readable answer of a summary.md at its reference rank.
+
+    The answer holds dataset, primary_metric, best, tied and rank; the reference rank is the
+    rank tuning ran at.
+    """
     records = [json.loads(found) for found in ANSWER_RECORD.findall(text)]
     if not records:
         raise ValueError(
@@ -52,7 +57,7 @@ def answer_record(path: Path, text: str) -> dict:
 
 
 def across_datasets(records: list[dict]) -> str:
-    """One line: for each loss, on how many datasets it is the best or tied with the best."""
+    """Return one line: for each loss, on how many datasets it is the best or tied with it."""
     metrics = sorted({r["primary_metric"] for r in records})
     if len(metrics) > 1:
         raise ValueError(
@@ -74,10 +79,13 @@ def across_datasets(records: list[dict]) -> str:
 
 
 def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
-    """A summary's rank table and its reference rank's section (its other ranks and paired
-    comparisons stay in the file), headings demoted below the README's "What we found", with
-    its source line; and its answer record. With ``figures``, the links to its figures point
-    to ``{figures}/{dataset}/`` (where :func:`update_readme` copies them)."""
+    """Return a summary's section of the page, and its answer record.
+
+    The section is the summary's rank table and its reference rank's section (its other ranks
+    and paired comparisons stay in the file), headings demoted below the README's "What we
+    found", with its source line. With ``figures``, the links to its figures point
+    to ``{figures}/{dataset}/`` (where :func:`update_readme` copies them).
+    """
     text = path.read_text()
     record = answer_record(path, text)
     parts = ANSWER_RECORD.sub("", text.split(COMPARISONS, 1)[0]).split("\n## ")
@@ -104,9 +112,12 @@ MARKS = {"better": "▲ AE", "worse": "▼ PCA", "no difference": "○ tie"}
 
 
 def depth_tables(summaries: list[Path]) -> list[str]:
-    """For every input that ran at several depths (``datasets.<name>.thin`` variants): a
-    table of the rank table's verdicts, one row per depth and one column per rank, with the
-    crossing (from each summary's ``ranks.tsv``)."""
+    """Return a rank × depth table for every input that ran at several depths.
+
+    The depths are the ``datasets.<name>.thin`` variants. Each table holds the rank table's
+    verdicts, one row per depth and one column per rank, with the crossing (from each
+    summary's ``ranks.tsv``).
+    """
     from .summary import crossing
 
     groups: dict[str, list[tuple[float, str, pd.DataFrame]]] = {}
@@ -144,9 +155,12 @@ def depth_tables(summaries: list[Path]) -> list[str]:
 
 
 def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | None = None) -> str:
-    """Each summary's section, the across-datasets line when there are several and the
+    """Return the page's generated part.
+
+    Each summary's section, the across-datasets line when there are several and the
     rank × depth tables of depth variants, then the sections of ``also`` (not counted in
-    that line)."""
+    that line).
+    """
     sections = [_section(path, figures) for path in summaries]
     parts = [text for text, _ in sections]
     if len(sections) > 1:
@@ -166,8 +180,11 @@ def _replace_block(path: Path, block: str) -> None:
 
 
 def update_page(page: Path, summaries: list[Path], also: tuple[Path, ...] = ()) -> None:
-    """Replace the findings page's generated part (between the markers) and copy each
-    summary's figures beside it, under :data:`FIGURES` (results/ is not in the repository)."""
+    """Replace the findings page's generated part (between the markers) and copy the figures.
+
+    Each summary's figures are copied beside the page, under :data:`FIGURES` (results/ is not
+    in the repository).
+    """
     for path in [*summaries, *also]:
         dataset = answer_record(path, path.read_text())["dataset"]
         target = page.parent / FIGURES / dataset
@@ -180,8 +197,11 @@ def update_page(page: Path, summaries: list[Path], also: tuple[Path, ...] = ()) 
 
 
 def short_summary(summaries: list[Path], page: str) -> str:
-    """The README's few lines: per dataset its crossing and its answer at the reference rank,
-    the across-datasets line, and the link to the findings page."""
+    """Return the README's few lines of findings.
+
+    Per dataset its crossing and its answer at the reference rank, the across-datasets line,
+    and the link to the findings page.
+    """
     lines = []
     for path in summaries:
         text = path.read_text()
@@ -204,12 +224,17 @@ def short_summary(summaries: list[Path], page: str) -> str:
     records = [answer_record(path, path.read_text()) for path in summaries]
     if len(records) > 1:
         lines += ["", across_datasets(records)]
-    lines += ["", f"Tables, figures and the rank × depth table: [{page}]({page})."]
+    contents = (
+        "Tables, figures and the rank × depth table"
+        if depth_tables(summaries)
+        else ("Tables and figures")
+    )
+    lines += ["", f"{contents}: [{page}]({page})."]
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> None:
-    """``PAGE [--readme README] SUMMARY… [--also SUMMARY…]``."""
+    """Run the command line ``PAGE [--readme README] SUMMARY… [--also SUMMARY…]``."""
     page, arguments = Path(argv[0]), argv[1:]
     readme = None
     if arguments[:1] == ["--readme"]:
