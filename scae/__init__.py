@@ -1,8 +1,9 @@
-"""scae: which loss should a single-cell autoencoder train with?
+"""scae: a comparison of the losses a single-cell autoencoder can train with.
 
-The package holds the logic of the Snakemake workflow (data loading and preprocessing,
-models, losses, training, metrics, plots); every piece is importable and testable without
-Snakemake. The public API, for notebooks::
+Which loss should a single-cell autoencoder train with? The package holds the logic of the
+Snakemake workflow that answers it (data loading and preprocessing, models, losses, training,
+metrics, plots); every piece is importable and testable without Snakemake. The public API,
+for notebooks::
 
     scae.preprocess(adata, ...)        # QC, train/val/test split, normalize, HVGs on train
     scae.Autoencoder                   # setup_anndata → Autoencoder(adata, loss) → train()

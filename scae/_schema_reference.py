@@ -79,13 +79,16 @@ class Key:
 
 
 def load_schema(path: Path = SCHEMA) -> dict:
-    """The schema at ``path`` (default ``config/schema.yaml``)."""
+    """Load the schema at ``path`` (default ``config/schema.yaml``)."""
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
 def keys(schema: dict) -> list[Key]:
-    """Every key of ``schema`` in the schema's order, each followed by the keys below it:
-    ``properties`` by name, ``additionalProperties`` as ``<name>`` (``$ref`` resolved)."""
+    """Return every key of ``schema`` in the schema's order, each followed by the keys below it.
+
+    The keys below a key are its ``properties`` by name and its ``additionalProperties`` as
+    ``<name>`` (``$ref`` resolved).
+    """
     return list(_walk(schema, schema, "", required=False))
 
 
@@ -95,8 +98,11 @@ def undescribed(schema: dict) -> list[str]:
 
 
 def render(schema: dict) -> str:
-    """The reference page: one section per top-level key (its description, type, default and
-    allowed values), then a table of every key below it."""
+    """Return the reference page of ``schema`` as Markdown.
+
+    One section per top-level key (its description, type, default and allowed values), then
+    a table of every key below it.
+    """
     sections: dict[str, list[Key]] = {}
     for key in keys(schema):
         sections.setdefault(key.path.split(".")[0], []).append(key)
@@ -118,8 +124,11 @@ def render(schema: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Write ``config/README.md``, or with ``--check`` write nothing and return 1 when it is
-    stale or a key of ``config/schema.yaml`` has no description (reported either way)."""
+    """Write ``config/README.md``, or with ``--check`` check it; return the exit status.
+
+    With ``--check`` nothing is written, and the status is 1 when the page is stale or a key
+    of ``config/schema.yaml`` has no description (reported either way).
+    """
     parser = argparse.ArgumentParser(
         prog="python -m scae._schema_reference",
         description="Generate config/README.md from config/schema.yaml.",
@@ -145,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _walk(root: dict, node: dict, path: str, required: bool) -> Iterator[Key]:
-    """The key ``node`` at ``path`` (none for the root), then the keys below it."""
+    """Yield the key ``node`` at ``path`` (none for the root), then the keys below it."""
     if path:
         yield Key(
             path=path,
@@ -165,8 +174,10 @@ def _walk(root: dict, node: dict, path: str, required: bool) -> Iterator[Key]:
 
 
 def _resolve(root: dict, node: dict) -> dict:
-    """``node`` with a local ``$ref`` (``#/definitions/...``) replaced by its target (keywords
-    beside the ``$ref`` kept over the target's)."""
+    """Return ``node`` with a local ``$ref`` (``#/definitions/...``) replaced by its target.
+
+    Keywords beside the ``$ref`` are kept over the target's.
+    """
     if "$ref" not in node:
         return node
     target: Any = root
@@ -176,8 +187,11 @@ def _resolve(root: dict, node: dict) -> dict:
 
 
 def _type_text(node: dict, plural: bool = False) -> str:
-    """What a value of ``node`` is: ``integer or null``, ``list of integers``, ``string (one
-    of: a, b)``; ``plural`` for a list's items (``lists of integers``)."""
+    """Return the type column: what a value of ``node`` is.
+
+    E.g. ``integer or null``, ``list of integers``, ``string (one of: a, b)``; ``plural`` for
+    a list's items (``lists of integers``).
+    """
     if "oneOf" in node:
         return " or ".join(_type_text(option, plural) for option in node["oneOf"])
     kinds = node["type"] if isinstance(node["type"], list) else [node["type"]]
@@ -196,15 +210,18 @@ def _type_text(node: dict, plural: bool = False) -> str:
 
 
 def _default_text(node: dict, required: bool) -> str:
-    """The default column: :data:`REQUIRED`, the default as YAML, or :data:`NO_DEFAULT`."""
+    """Return the default column: :data:`REQUIRED`, the default as YAML, or :data:`NO_DEFAULT`."""
     if required:
         return REQUIRED
     return _yaml_text(node["default"]) if "default" in node else NO_DEFAULT
 
 
 def _yaml_text(value: Any) -> str:
-    """``value`` as YAML flow text, as config/config.yaml writes it: floats positional
-    (0.000001, not 1e-06), strings bare unless YAML would read them otherwise."""
+    """Return ``value`` as YAML flow text, as config/config.yaml writes it.
+
+    Floats positional (0.000001, not 1e-06), strings bare unless YAML would read them
+    otherwise.
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if value is None:
@@ -223,7 +240,7 @@ def _yaml_text(value: Any) -> str:
 
 
 def _bounds(node: dict) -> str:
-    """A number's range: ``≥ 1``, ``> 0``, ``0 < x < 1``, ``0 ≤ x ≤ 100``; empty if none."""
+    """Return a number's range: ``≥ 1``, ``> 0``, ``0 < x < 1``, ``0 ≤ x ≤ 100``; empty if none."""
     low = next(((sign, node[k]) for k, sign in LOWER.items() if k in node), None)
     high = next(((sign, node[k]) for k, sign in UPPER.items() if k in node), None)
     if low and high:
@@ -243,8 +260,11 @@ def _count(n: int, noun: str) -> str:
 
 
 def _limits(node: dict) -> str:
-    """The allowed column: a number's range, a list's length, uniqueness and item range, a
-    mapping's size and entry names (each option's, for ``oneOf``); empty if unconstrained."""
+    """Return the allowed column of ``node``; empty if unconstrained.
+
+    A number's range, a list's length, uniqueness and item range, a mapping's size and entry
+    names (each option's, for ``oneOf``).
+    """
     if "oneOf" in node:
         return "; ".join(
             f"{_type_text(option)}: {limits}"
@@ -277,8 +297,11 @@ def _code(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    """Plain ``text`` made safe in a Markdown table cell: pipes, a ``<`` that would open an
-    HTML tag (``<name>``) and ``*`` (emphasis) escaped; inline code keeps its ``<`` and ``*``."""
+    """Return plain ``text`` made safe in a Markdown table cell.
+
+    Pipes, a ``<`` that would open an HTML tag (``<name>``) and ``*`` (emphasis) are escaped;
+    inline code keeps its ``<`` and ``*``.
+    """
     pieces = text.split("`")
     for i in range(0, len(pieces), 2):  # outside code spans
         pieces[i] = re.sub(r"<(?=[A-Za-z/!?])", r"\\<", pieces[i]).replace("*", "\\*")

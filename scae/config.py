@@ -32,9 +32,12 @@ RANGE_KEYWORDS = {
 
 
 def check_number(where: str, value: object, limits: dict[str, float], integer: bool) -> None:
-    """Raise InputError unless ``value`` is a number (an integer if ``integer``; never a bool)
-    within ``limits``, given in :data:`RANGE_KEYWORDS` as the schema gives them, so the API
-    refuses what the workflow's schema refuses. ``where`` names the setting."""
+    """Raise InputError unless ``value`` is a number within ``limits``.
+
+    ``value`` must be an integer if ``integer`` (never a bool), within ``limits``, given in
+    :data:`RANGE_KEYWORDS` as the schema gives them, so the API refuses what the workflow's
+    schema refuses. ``where`` names the setting.
+    """
     kind = numbers.Integral if integer else numbers.Real  # NumPy's scalars included
     if isinstance(value, bool) or not isinstance(value, kind):
         raise InputError(f"{where}={value!r}; it takes {'an integer' if integer else 'a number'}")
@@ -44,7 +47,7 @@ def check_number(where: str, value: object, limits: dict[str, float], integer: b
 
 
 def format_of(path: str | Path) -> str:
-    """The key of :data:`SUPPORTED_FORMATS` for ``path`` (``.gz`` is looked through)."""
+    """Return the key of :data:`SUPPORTED_FORMATS` for ``path`` (``.gz`` is looked through)."""
     path = Path(path)
     if path.is_dir():
         return "<directory>"

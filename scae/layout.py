@@ -1,5 +1,7 @@
-"""Where the workflow keeps each run's files: the one definition that the rules' input
-functions, the scripts and the readers of finished results share.
+"""Where the workflow keeps each run's files.
+
+The one definition that the rules' input functions, the scripts and the readers of finished
+results share.
 
 ::
 
@@ -34,7 +36,7 @@ def run_file(dataset: str, scope_name: str, kind: str, model: str, run: str, suf
 
 
 def history_file(dataset: str, scope_name: str, loss: str, run: str) -> str:
-    """The training history of one autoencoder run (``run``: ``seed{seed}``)."""
+    """Return the path of one autoencoder run's training history (``run``: ``seed{seed}``)."""
     return f"{RESULTS}/{dataset}/{scope_name}/models/{loss}/{run}/history.tsv"
 
 
@@ -49,10 +51,12 @@ class RunPath:
 
     @property
     def rank(self) -> int | None:
+        """The latent rank of the run, or None for a baseline without one (scope ``shared``)."""
         return None if self.scope == SHARED else int(self.scope.removeprefix("k"))
 
     @property
     def seed(self) -> int | None:
+        """The seed of an autoencoder run (``seed{seed}``), or None for a baseline."""
         return int(self.run.removeprefix("seed")) if self.model != "baseline" else None
 
     @property
@@ -62,8 +66,11 @@ class RunPath:
 
 
 def parse(path: str | Path) -> RunPath:
-    """The run of an embedding, reconstruction or metrics file, or of a model folder's
-    ``model.pt`` / ``history.tsv`` (the layout in the module docstring)."""
+    """Return the run that a results file belongs to.
+
+    The file is an embedding, reconstruction or metrics file, or a model folder's
+    ``model.pt`` / ``history.tsv`` (the layout in the module docstring).
+    """
     parts = Path(path).parts
     if parts[-1] in ("model.pt", "history.tsv"):  # .../{scope}/models/{loss}/seed{n}/file
         return RunPath(parts[-6], parts[-5], parts[-3], parts[-2])

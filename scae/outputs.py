@@ -21,9 +21,12 @@ RUN_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "dropout", "hidde
 
 
 def settings_metrics(meta: dict) -> dict[str, float]:
-    """``setting_*`` values of a run's recorded settings (``uns['scae_run']`` of its
-    embedding): one per scalar, ``setting_hidden_1``, ``_2``, … per hidden layer width, and
-    ``setting_tuned`` 1 when tune.enabled chose them on validation cells."""
+    """Return the ``setting_*`` metrics of a run's recorded settings.
+
+    ``meta`` is ``uns['scae_run']`` of the run's embedding. One value per scalar setting,
+    ``setting_hidden_1``, ``_2``, … per hidden layer width, and ``setting_tuned`` 1 when
+    tune.enabled chose them on validation cells.
+    """
     values = {}
     for name in RUN_SETTINGS:
         if name not in meta:
@@ -37,8 +40,10 @@ def settings_metrics(meta: dict) -> dict[str, float]:
 
 
 def run_label(path: str | Path) -> str:
-    """The run a results file belongs to, as tables and figures name it: ``nb`` for
-    …/k32/embeddings/nb/seed0.h5ad, ``baseline_pca`` for …/baseline/pca.<ext>."""
+    """Return the run a results file belongs to, as tables and figures name it.
+
+    ``nb`` for …/k32/embeddings/nb/seed0.h5ad, ``baseline_pca`` for …/baseline/pca.<ext>.
+    """
     return parse(path).label
 
 

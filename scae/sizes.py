@@ -49,7 +49,7 @@ class SizeNeeds:
     clusters: bool = False
 
     def minimums(self) -> dict[str, int]:
-        """The fewest cells of each split (``train``, ``val``, ``test``)."""
+        """Return the fewest cells of each split (``train``, ``val``, ``test``)."""
         train = self.latent_dim + 1
         if self.clusters:
             train = max(train, CLUSTER_NEIGHBOURS + 1)
@@ -102,8 +102,11 @@ class SizeNeeds:
         test_fraction: float,
         val_fraction: float,
     ) -> None:
-        """Refuse a split (cells per ``train``/``val``/``test`` after QC) or a gene count the
-        later stages cannot use; ``qc`` describes the cells QC kept, for the message."""
+        """Refuse a split or a gene count that the later stages cannot use.
+
+        ``split_sizes`` holds the cells per ``train``/``val``/``test`` after QC; ``qc``
+        describes the cells QC kept, for the message.
+        """
         need = self.minimums()
         short = [
             f"{split_sizes.get(name, 0)} {word} cells (need {need[name]})"
@@ -125,10 +128,12 @@ class SizeNeeds:
 
 
 def input_shape(path: str | Path, counts: str = "X") -> tuple[int, int] | None:
-    """(cells, features) of an ``.h5ad``'s counts (CSR, CSC or dense, in ``X``, ``raw`` or a
-    layer) or of a Cell Ranger ≥ 3 ``.h5`` (all feature types), from metadata alone: nothing
-    is read but shapes and attributes. None for other formats, layouts and unreadable files
-    (their readers report those)."""
+    """Return the (cells, features) shape of a dataset's counts, from metadata alone.
+
+    The counts of an ``.h5ad`` (CSR, CSC or dense, in ``X``, ``raw`` or a layer) or of a
+    Cell Ranger ≥ 3 ``.h5`` (all feature types): nothing is read but shapes and attributes.
+    None for other formats, layouts and unreadable files (their readers report those).
+    """
     path = Path(path)
     try:
         with h5py.File(path, "r") as file:

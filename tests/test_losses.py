@@ -8,17 +8,9 @@ import yaml
 from scipy import stats
 
 from scae.config import COUNT_LOSSES
-from scae.module.losses import (
-    LOSSES,
-    Batch,
-    DecoderOutput,
-    cosine_similarity,
-    get_loss,
-    nb_nll,
-    poisson_nll,
-    sample_negatives,
-    zinb_nll,
-)
+from scae.module.batch import Batch, DecoderOutput
+from scae.module.likelihoods import nb_nll, poisson_nll, zinb_nll
+from scae.module.losses import LOSSES, cosine_similarity, get_loss, sample_negatives
 
 PARAMS = {
     "mse": {},

@@ -329,7 +329,7 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     two.write_text(text.replace(json.dumps(answer_record(one, text)), json.dumps(record)))
     rendered = render([one, two])
     assert "## Paired comparisons" not in rendered and "scae-answer" not in rendered
-    assert "### d: which loss" in rendered and "**Answer:**" in rendered
+    assert "\n## d: which loss" in rendered and "**Answer:**" in rendered
     assert rendered.strip().endswith(
         "**Across 2 datasets** (by `centred_cosine_mean`; best or statistically tied with the "
         "best): `mse` on 2 (1 best, 1 tied), `mse_cosine` on 1 (1 best, 0 tied); every other "
@@ -369,7 +369,7 @@ def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(
     written = page.read_text()
     assert "](figures/d/rank_curve.png)" in written and "](plots/" not in written
     assert (tmp_path / "docs/figures/d/forest.png").read_bytes() == b"png forest.png"
-    assert "\nold\n" not in written and "### Rank k = 32" in written  # demoted one level
+    assert "\nold\n" not in written and "\n### Rank k = 32" in written  # demoted one level
     short = readme.read_text()
     assert "- **d** — the best autoencoder beats PCA at no rank" in short
     assert "At k = 32: ranked by `centred_cosine_mean`" in short

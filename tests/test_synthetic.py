@@ -13,7 +13,8 @@ from scae.data.preprocess import preprocess
 from scae.data.readers import read_counts
 from scae.data.synthetic import SyntheticParams, _profiles, synthetic_counts, write_synthetic
 from scae.module._kernels import Dropout
-from scae.module.losses import LOSSES, Batch, DecoderOutput, SparseCounts, get_loss
+from scae.module.batch import Batch, DecoderOutput, SparseCounts
+from scae.module.losses import LOSSES, get_loss
 from scae.module.network import AutoencoderModule, ModelParams
 from scae.train.cells import CellData
 from scae.train.trainer import TrainParams, fit

@@ -23,7 +23,7 @@ from .checks import _mito_mask, make_names_unique, validate_counts
 from .clusters import training_clusters
 from .hvg import GeneMoments, gene_mean_std, seurat_hvg
 from .mcv import HELDOUT_LAYER, binomial_split
-from .params import SPLITS, DatasetOptions, MCVParams, PreprocessParams, Thinning
+from .params import SPLITS, DatasetOptions, MCVParams, PreprocessParams
 from .readers import CountRows
 from .split import labels_of, require_every_split, stratified_split
 
@@ -35,10 +35,12 @@ logger = logging.getLogger("scae")
 def _cell_blocks(
     rows: CountRows, select: Callable[[int, sp.csr_matrix], np.ndarray], mcv: MCVParams | None
 ) -> Iterator[tuple[np.ndarray, sp.csr_matrix, sp.csr_matrix | None]]:
-    """(input row numbers, counts, held-out molecules or None) of the rows ``select`` keeps,
-    block by block. With ``mcv`` the counts are the training molecules c' of
-    :func:`scae.data.mcv.binomial_split`, drawn in row order from one generator per pass, so every
-    pass (and the whole matrix at once) sees the same c' and c''."""
+    """Yield the rows ``select`` keeps, block by block.
+
+    Each block is (input row numbers, counts, held-out molecules or None). With ``mcv`` the counts
+    are the training molecules c' of :func:`scae.data.mcv.binomial_split`, drawn in row order from
+    one generator per pass, so every pass (and the whole matrix at once) sees the same c' and c''.
+    """
     generator = np.random.default_rng(mcv.seed) if mcv is not None else None
     for start, block in rows.blocks():
         keep = select(start, block)
@@ -53,8 +55,11 @@ def _row_sums(X: sp.csr_matrix) -> np.ndarray:
 
 
 class _RowStack:
-    """A CSR matrix filled block of rows by block of rows into arrays allocated once for its
-    known number of stored entries (at most), so the result is never held twice."""
+    """A CSR matrix filled block of rows by block of rows.
+
+    The blocks go into arrays allocated once for its known number of stored entries (at most), so
+    the result is never held twice.
+    """
 
     def __init__(self, n_rows: int, n_cols: int, nnz: int) -> None:
         self.shape = (n_rows, n_cols)
@@ -80,8 +85,10 @@ class _RowStack:
 
 
 def _log_normalized(counts: sp.csr_matrix, target_sum: float) -> tuple[sp.csr_matrix, dict]:
-    """scanpy's normalize_total + log1p of a block of cells (both act cell by cell), and the
-    ``uns`` entry log1p leaves."""
+    """Apply scanpy's normalize_total + log1p to a block of cells.
+
+    Both act cell by cell. Return the result and the ``uns`` entry log1p leaves.
+    """
     import scanpy as sc
 
     block = ad.AnnData(X=counts.copy())
@@ -97,8 +104,10 @@ def preprocess_rows(
     *,
     counts_fix: str | None = None,
 ) -> ad.AnnData:
-    """:func:`preprocess` as four passes over the blocks of ``rows``; only per-cell and
-    per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in memory.
+    """Run :func:`preprocess` as four passes over the blocks of ``rows``.
+
+    Only per-cell and per-gene vectors and, in the last pass, the result (cells × HVGs) are kept in
+    memory.
 
     0. :func:`validate_counts` (``require_integers``: refuse fractions; ``counts_fix``: the
        advice its errors end with); counts with conversion noise are read rounded.
@@ -114,21 +123,8 @@ def preprocess_rows(
     (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built. With ``thin``
     every pass after validation reads the thinned counts (a depth variant of the input).
     """
-    dataset, label_key, mcv, thin = options.dataset, options.label_key, options.mcv, options.thin
-    validate_counts(
-        rows, rows.source, dataset, options.require_integers or thin is not None, counts_fix
-    )
-    if thin is not None:
-        rows.thinning = thin
-        logger.info(
-            "%s: molecules thinned binomially to a fraction %g (seed %d) before QC",
-            dataset,
-            thin.fraction,
-            thin.seed,
-        )
-    names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
-    make_names_unique(names, "var", dataset)
-    make_names_unique(names, "obs", dataset)
+    dataset, label_key, mcv = options.dataset, options.label_key, options.mcv
+    names = _validated_names(rows, options, counts_fix)
     qc = _cell_pass(rows, params, _mito_genes(names.var_names, options.mito_prefix, dataset), mcv)
     labels = labels_of(names.obs, qc.cells, label_key, dataset)
     split = pd.Categorical(
@@ -141,44 +137,12 @@ def preprocess_rows(
     is_train = np.asarray(split == "train")
     genes = _gene_pass(rows, qc, is_train, params, mcv, dataset)
     totals = _library_pass(rows, qc, genes, is_train, params, mcv)
-    final = totals.library > 0
-    if not final.all():
-        # a cell whose counts were all in removed genes has no profile to learn
-        logger.info(
-            "removed %d cells with zero counts in the genes kept by min_cells=%d",
-            int((~final).sum()),
-            params.min_cells,
-        )
+    final = _cells_with_counts(totals, params)
     hvg = _choose_hvgs(totals, params, int(genes.sum()), dataset, qc.text)
-    # cells left without counts in the kept genes are gone: check the split again
-    sizes = require_every_split(split[final], dataset, qc.text)
-    if options.needs is not None:
-        options.needs.check_split(
-            sizes.to_dict(),
-            int(hvg.sum()),
-            dataset,
-            qc.text,
-            params.test_fraction,
-            params.val_fraction,
-        )
-    adata = _result(
-        rows,
-        names,
-        qc,
-        genes,
-        final,
-        hvg,
-        totals,
-        split,
-        labels,
-        params,
-        mcv,
-        dataset=dataset,
-        label_key=label_key,
-        thin=thin,
-    )
-    is_train = np.asarray(adata.obs["split"] == "train")
+    _check_final_split(split[final], int(hvg.sum()), params, options, qc.text)
+    adata = _result(rows, names, qc, genes, final, hvg, totals, split, labels, params, options)
     if options.clusters:
+        is_train = np.asarray(adata.obs["split"] == "train")
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
         logger.info("%d Leiden clusters of training cells", adata.obs[CLUSTER_KEY].nunique())
     logger.info(
@@ -189,6 +153,60 @@ def preprocess_rows(
         adata.obs["split"].value_counts().to_dict(),
     )
     return adata
+
+
+def _validated_names(rows: CountRows, options: DatasetOptions, counts_fix: str | None):
+    """Run pass 0: :func:`validate_counts` over ``rows``.
+
+    The thinning of ``options.thin`` is switched on after it. Return the input's cell and gene names
+    made unique, as an AnnData without X.
+    """
+    thin = options.thin
+    validate_counts(
+        rows, rows.source, options.dataset, options.require_integers or thin is not None, counts_fix
+    )
+    if thin is not None:
+        rows.thinning = thin
+        logger.info(
+            "%s: molecules thinned binomially to a fraction %g (seed %d) before QC",
+            options.dataset,
+            thin.fraction,
+            thin.seed,
+        )
+    names = ad.AnnData(obs=rows.obs.copy(), var=rows.var.copy(), uns=dict(rows.uns))
+    make_names_unique(names, "var", options.dataset)
+    make_names_unique(names, "obs", options.dataset)
+    return names
+
+
+def _cells_with_counts(totals: _Totals, params: PreprocessParams) -> np.ndarray:
+    """Return the QC-passed cells with some counts in the genes ``min_cells`` kept.
+
+    A cell whose counts were all in removed genes has no profile to learn.
+    """
+    final = totals.library > 0
+    if not final.all():
+        logger.info(
+            "removed %d cells with zero counts in the genes kept by min_cells=%d",
+            int((~final).sum()),
+            params.min_cells,
+        )
+    return final
+
+
+def _check_final_split(
+    split: pd.Categorical, n_hvgs: int, params: PreprocessParams, options: DatasetOptions, qc: str
+) -> None:
+    """Check the split of the final cells again.
+
+    Cells left without counts in the kept genes are gone. With ``options.needs``, also check it
+    against what the later stages need.
+    """
+    sizes = require_every_split(split, options.dataset, qc)
+    if options.needs is not None:
+        options.needs.check_split(
+            sizes.to_dict(), n_hvgs, options.dataset, qc, params.test_fraction, params.val_fraction
+        )
 
 
 def _result(
@@ -202,14 +220,14 @@ def _result(
     split: pd.Categorical,
     labels: pd.Series | None,
     params: PreprocessParams,
-    mcv: MCVParams | None,
-    *,
-    dataset: str,
-    label_key: str | None,
-    thin: Thinning | None,
+    options: DatasetOptions,
 ) -> ad.AnnData:
-    """Pass 4 (:func:`_hvg_pass`) and the result: the kept cells × HVGs with their layers,
-    per-cell annotations, training-cell gene moments and the preprocessing record in ``uns``."""
+    """Run pass 4 (:func:`_hvg_pass`) and build the result.
+
+    The result holds the kept cells × HVGs with their layers,
+    per-cell annotations, training-cell gene moments and the preprocessing record in ``uns``.
+    """
+    mcv, label_key, thin = options.mcv, options.label_key, options.thin
     x, counts, heldout, log1p_uns = _hvg_pass(rows, qc, genes, final, hvg, totals, params, mcv)
 
     # annotations of the remaining cells and HVGs, subset as anndata subsets (unused
@@ -231,7 +249,7 @@ def _result(
     adata.var["train_mean"] = mean
     adata.var["train_std"] = std
     adata.uns["scae"] = {
-        "dataset": dataset,
+        "dataset": options.dataset,
         "label_key": label_key if labels is not None else "",
         "target_sum": float(params.target_sum),
         "n_cells_input": int(qc.n_input),
@@ -245,7 +263,7 @@ def _result(
 
 
 def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str) -> np.ndarray | None:
-    """The mitochondrial genes, or None (no prefix, or no gene matches it: warned)."""
+    """Return the mitochondrial genes, or None (no prefix, or no gene matches it: warned)."""
     if not mito_prefix:
         return None
     mito = _mito_mask(var_names, mito_prefix)
@@ -261,9 +279,12 @@ def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str) -> n
 
 @dataclass(frozen=True)
 class _CellQC:
-    """Pass 1's result: which input rows passed QC (``passed``), the kept cells' input row
+    """Pass 1's result.
+
+    It records which input rows passed QC (``passed``), the kept cells' input row
     numbers (``cells``; QC passed and some counts), each input row's position among them
-    (``position``, −1 if dropped), the % mitochondrial counts (or None) and the QC in words."""
+    (``position``, −1 if dropped), the % mitochondrial counts (or None) and the QC in words.
+    """
 
     passed: np.ndarray
     cells: np.ndarray
@@ -279,8 +300,10 @@ class _CellQC:
 def _cell_pass(
     rows: CountRows, params: PreprocessParams, mito: np.ndarray | None, mcv: MCVParams | None
 ) -> _CellQC:
-    """1. Per-cell QC (genes detected, % mitochondrial counts), then cells without counts
-    (after the molecule split, with ``mcv``) are dropped."""
+    """Run pass 1: per-cell QC (genes detected, % mitochondrial counts).
+
+    Then cells without counts (after the molecule split, with ``mcv``) are dropped.
+    """
     n_input = rows.shape[0]
     passed = np.zeros(n_input, dtype=bool)
     pct = np.zeros(n_input, dtype=np.float32) if mito is not None else None
@@ -363,8 +386,11 @@ def _kept_blocks(
 
 @dataclass(frozen=True)
 class _Totals:
-    """Pass 3's result: library sizes over the kept genes (and of the held-out molecules),
-    the training cells' gene moments for the HVGs, and each gene's stored entries."""
+    """Pass 3's result.
+
+    It holds library sizes over the kept genes (and of the held-out molecules),
+    the training cells' gene moments for the HVGs, and each gene's stored entries.
+    """
 
     library: np.ndarray
     heldout_library: np.ndarray | None
@@ -381,8 +407,11 @@ def _library_pass(
     params: PreprocessParams,
     mcv: MCVParams | None,
 ) -> _Totals:
-    """3. Library sizes over the kept genes; the moments of expm1(log1p(normalized)) over
-    training cells (for :func:`seurat_hvg`); each gene's stored entries (to size pass 4)."""
+    """Run pass 3: library sizes over the kept genes, and gene moments.
+
+    Compute library sizes over the kept genes; the moments of expm1(log1p(normalized)) over
+    training cells (for :func:`seurat_hvg`); each gene's stored entries (to size pass 4).
+    """
     n_cells, n_kept = len(qc.cells), int(genes.sum())
     library = np.zeros(n_cells, dtype=np.float32)
     heldout_library = np.zeros(n_cells, dtype=np.float32) if mcv is not None else None
@@ -406,7 +435,7 @@ def _library_pass(
 def _choose_hvgs(
     totals: _Totals, params: PreprocessParams, n_kept: int, dataset: str, qc_text: str
 ) -> np.ndarray:
-    """The ``n_top_genes`` highly variable genes among the kept ones (all when fewer)."""
+    """Return the ``n_top_genes`` highly variable genes among the kept ones (all when fewer)."""
     n_top = min(params.n_top_genes, n_kept)
     if params.n_top_genes > n_kept:
         logger.info(
@@ -435,9 +464,12 @@ def _hvg_pass(
     params: PreprocessParams,
     mcv: MCVParams | None,
 ) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix | None, dict]:
-    """4. The HVG columns of every remaining cell: (log-normalized, raw counts, held-out
+    """Run pass 4: build the HVG columns of every remaining cell.
+
+    Return (log-normalized, raw counts, held-out
     counts or None without ``mcv``, normalize_total's/log1p's uns), each built in arrays
-    allocated once."""
+    allocated once.
+    """
     n_cells, n_hvg = int(final.sum()), int(hvg.sum())
     x_stack = _RowStack(n_cells, n_hvg, int(totals.stored[hvg].sum()))
     counts_stack = _RowStack(n_cells, n_hvg, int(totals.stored[hvg].sum()))

@@ -57,7 +57,7 @@ class _CountCheck:
         self.distances = histogram if self.distances is None else self.distances + histogram
 
     def median_distance(self) -> float:
-        """The median distance of the fractional values to the nearest integer (to 0.001)."""
+        """Return the median distance of the fractional values to the nearest integer (to 0.001)."""
         cumulative = np.cumsum(self.distances)
         return float(_DISTANCE_BINS[1:][np.searchsorted(cumulative, cumulative[-1] / 2)])
 

@@ -8,8 +8,10 @@ import scipy.sparse as sp
 
 
 class GeneMoments:
-    """Per-gene count, mean and sum of squared deviations M2 of sparse rows added block by
-    block, combined as Chan, Golub & LeVeque (1979) do (stable at any number of cells).
+    """Per-gene count, mean and sum of squared deviations M2 of sparse rows, block by block.
+
+    The blocks are combined as Chan, Golub & LeVeque (1979) do (stable at any number of
+    cells).
 
     A block b of n_b cells has mean_b = Σx / n_b and M2_b = Σ_stored (x − mean_b)² +
     (n_b − stored) · mean_b²; merged into (n_a, mean_a, M2_a): n = n_a + n_b,
@@ -22,6 +24,18 @@ class GeneMoments:
         self.m2 = np.zeros(n_genes)
 
     def add(self, X: sp.csr_matrix) -> GeneMoments:
+        """Merge the moments of the block of rows ``X`` (cells × genes) into these.
+
+        Parameters
+        ----------
+        X
+            A block of cells, sparse CSR with one column per gene.
+
+        Returns
+        -------
+        GeneMoments
+            ``self``, updated in place (so that calls chain).
+        """
         n_b = X.shape[0]
         if n_b == 0:
             return self
@@ -40,7 +54,7 @@ class GeneMoments:
         return self
 
     def variance(self) -> np.ndarray:
-        """The unbiased variance M2 / (n − 1) (M2 / n for a single cell, as scanpy)."""
+        """Return the unbiased variance M2 / (n − 1) (M2 / n for a single cell, as scanpy)."""
         return self.m2 / (self.n - 1 if self.n > 1 else max(self.n, 1))
 
 
@@ -51,7 +65,9 @@ def gene_mean_std(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def seurat_hvg(mean: np.ndarray, var: np.ndarray, n_top: int, n_bins: int = 20) -> np.ndarray:
-    """The genes ``scanpy.pp.highly_variable_genes(flavor="seurat", n_top_genes=n_top)``
+    """Select highly variable genes as scanpy's ``flavor="seurat"`` does, from gene moments.
+
+    The genes ``scanpy.pp.highly_variable_genes(flavor="seurat", n_top_genes=n_top)``
     selects, from each gene's mean m and unbiased variance v of expm1(X) (the normalized
     counts), so that the moments can be accumulated out of core.
 

@@ -31,7 +31,8 @@ def binomial_split(
     """(c', c'') with c' ~ Binomial(c, p) per entry and c'' = c − c' (totals kept exactly).
 
     ``seed`` is a seed or a generator: the out-of-core path passes one generator through
-    its blocks of cells, so a block's draws continue where the previous block's ended."""
+    its blocks of cells, so a block's draws continue where the previous block's ended.
+    """
     train = binomial_thin(counts, train_fraction, seed, drop_zeros=False)
     heldout = counts.astype(np.float32) - train
     train.eliminate_zeros()
@@ -45,10 +46,13 @@ def binomial_thin(
     seed: int | np.random.Generator,
     drop_zeros: bool = True,
 ) -> sp.csr_matrix:
-    """c' ~ Binomial(c, ``fraction``) per entry: every molecule kept independently with
-    probability ``fraction``, i.e. the counts the same cells would have at that fraction of the
-    sequencing depth. Draws run in the order of the stored entries, so one generator passed
-    through consecutive blocks of rows gives the same c' as the whole matrix at once."""
+    """Thin the counts binomially: c' ~ Binomial(c, ``fraction``) per entry.
+
+    Every molecule is kept independently with probability ``fraction``, i.e. the counts the
+    same cells would have at that fraction of the sequencing depth. Draws run in the order of
+    the stored entries, so one generator passed through consecutive blocks of rows gives the
+    same c' as the whole matrix at once.
+    """
     rng = np.random.default_rng(seed)
     thinned = sp.csr_matrix(counts, dtype=np.float32, copy=True)
     thinned.data = rng.binomial(np.rint(counts.data).astype(np.int64), fraction).astype(np.float32)
@@ -60,8 +64,10 @@ def binomial_thin(
 def heldout_expression(
     heldout: sp.spmatrix, heldout_library: np.ndarray, target_sum: float
 ) -> sp.csr_matrix:
-    """log1p(c''/ℓ'' · target_sum): the held-out molecules in the space ``mcv_mse`` scores
-    (a cell without held-out molecules is all zeros)."""
+    """Return log1p(c''/ℓ'' · target_sum), the held-out molecules in ``mcv_mse``'s space.
+
+    A cell without held-out molecules is all zeros.
+    """
     scale = np.divide(
         target_sum, heldout_library, out=np.zeros(len(heldout_library)), where=heldout_library > 0
     )

@@ -38,8 +38,11 @@ THINNING_STREAM = 0x7468696E
 
 @dataclass(frozen=True)
 class Thinning:
-    """A depth variant of a dataset: each molecule kept with probability ``fraction``
-    (:func:`scae.data.mcv.binomial_thin`, seeded by ``seed``), before QC."""
+    """A depth variant of a dataset, thinned before QC.
+
+    Each molecule is kept with probability ``fraction`` (:func:`scae.data.mcv.binomial_thin`,
+    seeded by ``seed``).
+    """
 
     fraction: float
     seed: int = 0
@@ -47,12 +50,14 @@ class Thinning:
 
 @dataclass(frozen=True)
 class DatasetOptions:
-    """What preprocessing needs to know of a dataset besides its counts and the
-    :class:`PreprocessParams`: its name (every error names it), the ``obs`` column of cell
-    types to stratify the split by (None: none), the mitochondrial gene prefix (None: no
-    mitochondrial QC), its molecular cross-validation and depth variants, and what the later
-    stages need of the result (integer counts for a count loss, training-cell clusters for
-    ``cluster`` negatives, the sizes of :class:`scae.sizes.SizeNeeds`)."""
+    """What preprocessing needs to know of a dataset besides its counts.
+
+    Besides the counts and the :class:`PreprocessParams`: its name (every error names it), the
+    ``obs`` column of cell types to stratify the split by (None: none), the mitochondrial gene
+    prefix (None: no mitochondrial QC), its molecular cross-validation and depth variants, and
+    what the later stages need of the result (integer counts for a count loss, training-cell
+    clusters for ``cluster`` negatives, the sizes of :class:`scae.sizes.SizeNeeds`).
+    """
 
     dataset: str = "adata"
     label_key: str | None = None

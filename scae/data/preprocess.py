@@ -95,9 +95,12 @@ def preprocess_file(
     counts: str = "X",
     transpose: bool = False,
 ) -> ad.AnnData:
-    """:func:`preprocess_rows` of the dataset at ``path`` (read as :func:`open_counts` does,
-    ``.h5ad`` and 10x ``.h5`` a block of cells at a time): what the workflow's preprocess
-    job runs. Every :class:`InputError` names ``options.dataset``."""
+    """Preprocess the dataset at ``path``: what the workflow's preprocess job runs.
+
+    :func:`preprocess_rows` of the dataset, read as :func:`open_counts` does (``.h5ad`` and
+    10x ``.h5`` a block of cells at a time). Every :class:`InputError` names
+    ``options.dataset``.
+    """
     try:
         with open_counts(path, counts=counts, transpose=transpose) as rows:
             return preprocess_rows(rows, params, options)

@@ -33,7 +33,7 @@ CHUNK_NNZ = 1 << 23
 
 
 def _unreadable(path: Path, kind: str, err: BaseException) -> InputError:
-    """The error for a file its reader cannot parse: corrupt, truncated or of another format."""
+    """Return the error for a file its reader cannot parse: corrupt, truncated, another format."""
     return InputError(
         f"{path}: could not be read as {SUPPORTED_FORMATS[kind]} ({type(err).__name__}: "
         f"{err}); check that the file is complete and of that format"
@@ -97,8 +97,11 @@ def read_counts(path: str | Path, counts: str = "X", transpose: bool = False) ->
 
 
 def round_counts(X: sp.spmatrix | np.ndarray) -> sp.spmatrix | np.ndarray:
-    """A copy of ``X`` with every value rounded to the nearest integer (sparse: the zeros that
-    makes are dropped, since noise around 0 would otherwise count as a detected gene)."""
+    """Return a copy of ``X`` with every value rounded to the nearest integer.
+
+    Sparse: the zeros that makes are dropped, since noise around 0 would otherwise count as a
+    detected gene.
+    """
     if not sp.issparse(X):
         return np.round(X)
     X = X.copy()
@@ -120,14 +123,15 @@ class CountRows:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(cells, genes) of the matrix."""
         return len(self.obs), len(self.var)
 
     def row_nnz(self) -> np.ndarray:
-        """Stored entries per row (what the blocks are sized by)."""
+        """Return the number of stored entries per row (what the blocks are sized by)."""
         raise NotImplementedError
 
     def read(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows ``start:stop`` as float32 CSR."""
+        """Return rows ``start:stop`` as float32 CSR."""
         raise NotImplementedError
 
     #: Whether :meth:`blocks` rounds every value to the nearest integer (and drops the zeros
@@ -138,8 +142,12 @@ class CountRows:
     thinning: Thinning | None = None
 
     def blocks(self, max_nnz: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
-        """(first row, its block) over all rows, in order; a block holds at most ``max_nnz``
-        (default :data:`CHUNK_NNZ`) stored entries, or one row if a single row holds more."""
+        """Yield (first row, its block) over all rows, in order.
+
+        A block holds at most ``max_nnz`` (default :data:`CHUNK_NNZ`) stored entries, or one
+        row if a single row holds more; it is rounded and thinned as :attr:`rounded` and
+        :attr:`thinning` say.
+        """
         max_nnz = max_nnz or CHUNK_NNZ
         ends = np.cumsum(self.row_nnz(), dtype=np.int64)
         start, n_rows = 0, self.shape[0]
@@ -175,15 +183,18 @@ class MatrixRows(CountRows):
         self.X = sp.csr_matrix(X, dtype=np.float32)
 
     def row_nnz(self) -> np.ndarray:
+        """Return the number of stored entries per row of the CSR matrix."""
         return np.diff(self.X.indptr)
 
     def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Return rows ``start:stop`` of the matrix in memory."""
         return self.X[start:stop]
 
 
 class HDF5Rows(CountRows):
-    """Rows of a matrix in an open HDF5 file that anndata has no encoding for, read with h5py
-    one block at a time.
+    """Rows of a matrix in an open HDF5 file, read with h5py one block at a time.
+
+    For the matrices that anndata has no encoding for.
 
     ``element`` is a dense dataset (an ``.h5ad`` whose ``X`` is dense), or a 10x ``.h5``
     matrix group, whose genes × cells CSC ``data``/``indices``/``indptr`` are the same three
@@ -208,11 +219,19 @@ class HDF5Rows(CountRows):
         self.indptr = None if self.dense else element["indptr"][:].astype(np.int64)
 
     def row_nnz(self) -> np.ndarray:
+        """Return the stored entries per row: all columns if dense, else from ``indptr``."""
         if self.dense:
             return np.full(self.shape[0], self.n_stored, dtype=np.int64)
         return np.diff(self.indptr)
 
     def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Read rows ``start:stop`` from the file as float32 CSR, of the kept ``columns`` only.
+
+        Raises
+        ------
+        InputError
+            When the file is truncated or corrupt.
+        """
         try:
             if self.dense:
                 block = sp.csr_matrix(np.asarray(self.element[start:stop], dtype=np.float32))
@@ -233,9 +252,11 @@ class HDF5Rows(CountRows):
 
 
 class H5adRows(CountRows):
-    """Rows of an ``.h5ad`` CSR matrix through anndata's ``sparse_dataset``, which reads the
-    stored entries of rows ``start:stop`` and nothing else. Only ``indptr`` (one integer per
-    cell) is held in memory."""
+    """Rows of an ``.h5ad`` CSR matrix, read through anndata's ``sparse_dataset``.
+
+    ``sparse_dataset`` reads the stored entries of rows ``start:stop`` and nothing else. Only
+    ``indptr`` (one integer per cell) is held in memory.
+    """
 
     def __init__(
         self, element: h5py.Group, obs: pd.DataFrame, var: pd.DataFrame, uns: dict, source: str
@@ -247,9 +268,17 @@ class H5adRows(CountRows):
         self.indptr = element["indptr"][:].astype(np.int64)
 
     def row_nnz(self) -> np.ndarray:
+        """Return the number of stored entries per row, from ``indptr``."""
         return np.diff(self.indptr)
 
     def read(self, start: int, stop: int) -> sp.csr_matrix:
+        """Read rows ``start:stop`` from the file as float32 CSR.
+
+        Raises
+        ------
+        InputError
+            When the file is truncated or corrupt.
+        """
         try:
             return sp.csr_matrix(self.matrix[start:stop], dtype=np.float32)
         except (OSError, KeyError, ValueError) as err:  # truncated or corrupt on disk
@@ -257,14 +286,17 @@ class H5adRows(CountRows):
 
 
 def rows_of(adata: ad.AnnData, source: str, layer: str | None = None) -> MatrixRows:
-    """An in-memory AnnData's counts (``X``, or ``layers[layer]``) as :class:`CountRows`."""
+    """Return an in-memory AnnData's counts (``X``, or ``layers[layer]``) as :class:`CountRows`."""
     counts = adata.X if layer is None else adata.layers[layer]
     return MatrixRows(counts, adata.obs.copy(), adata.var.copy(), dict(adata.uns), source)
 
 
 def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> H5adRows | HDF5Rows | None:
-    """The counts of an ``.h5ad`` as :class:`HDF5Rows`; None when they are stored column-wise
-    (CSC) or in a layout this reader does not know (e.g. anndata < 0.7)."""
+    """Return the counts of an ``.h5ad`` as :class:`H5adRows` (CSR) or :class:`HDF5Rows` (dense).
+
+    None when they are stored column-wise (CSC) or in a layout this reader does not know
+    (e.g. anndata < 0.7).
+    """
     from anndata.io import read_elem
 
     if counts == "X":
@@ -288,9 +320,11 @@ def _h5ad_rows(file: h5py.File, path: Path, counts: str) -> H5adRows | HDF5Rows 
 
 
 def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
-    """A Cell Ranger ≥ 3 ``.h5`` as :class:`HDF5Rows` with the annotations and the
-    gene-expression features that ``scanpy.read_10x_h5`` gives; None for the legacy
-    (Cell Ranger 2) layout."""
+    """Return a Cell Ranger ≥ 3 ``.h5``'s counts as :class:`HDF5Rows`.
+
+    With the annotations and the gene-expression features that ``scanpy.read_10x_h5`` gives;
+    None for the legacy (Cell Ranger 2) layout.
+    """
     if "matrix" not in file:
         return None
     matrix = file["matrix"]
@@ -332,8 +366,9 @@ def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
 def open_counts(
     path: str | Path, counts: str = "X", transpose: bool = False
 ) -> Iterator[CountRows]:
-    """The raw counts of the dataset at ``path`` as :class:`CountRows`, with the annotations
-    :func:`read_counts` gives.
+    """Open the raw counts of the dataset at ``path`` as :class:`CountRows`.
+
+    The rows come with the annotations :func:`read_counts` gives.
 
     ``.h5ad`` files (CSR or dense counts in ``X``, a layer or ``raw``) and Cell Ranger ≥ 3
     ``.h5`` files stay on disk and are read a block of cells at a time with h5py while the
@@ -364,9 +399,11 @@ def open_counts(
 
 
 def count_input_size(path: str | Path, counts: str = "X") -> tuple[int, int, int] | None:
-    """(cells, genes, stored entries) of an ``.h5ad`` (CSR counts) or Cell Ranger ≥ 3 ``.h5``,
-    from its metadata alone (nothing is read but a few attributes and shapes); None for
-    other formats and layouts, or a file that cannot be read."""
+    """Return (cells, genes, stored entries) of a dataset's counts, from metadata alone.
+
+    For an ``.h5ad`` (CSR counts) or a Cell Ranger ≥ 3 ``.h5``: nothing is read but a few
+    attributes and shapes. None for other formats and layouts, or a file that cannot be read.
+    """
     path = Path(path)
     try:
         with h5py.File(path, "r") as file:

@@ -58,8 +58,10 @@ def require_every_split(split: pd.Categorical, dataset: str, qc_text: str) -> pd
 def labels_of(
     obs: pd.DataFrame, cells: np.ndarray, label_key: str | None, dataset: str
 ) -> pd.Series | None:
-    """The labels of the QC-passing ``cells`` (:func:`label_strings`), or None (with a
-    warning) when ``obs`` has no such column or no cell a label."""
+    """Return the labels of the QC-passing ``cells`` (:func:`label_strings`).
+
+    None (with a warning) when ``obs`` has no such column or no cell a label.
+    """
     if label_key is None:
         return None
     if label_key not in obs:

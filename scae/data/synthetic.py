@@ -52,7 +52,9 @@ MAX_COUNT = 100_000
 @dataclass(frozen=True)
 class SyntheticParams:
     """What :func:`synthetic_counts` generates; the defaults resemble pbmc3k's 2000 HVGs.
-    ``median_library`` is the depth: the median UMIs per cell."""
+
+    ``median_library`` is the depth: the median UMIs per cell.
+    """
 
     n_cells: int = 10_000
     n_genes: int = 2000
@@ -141,8 +143,11 @@ def _sample_nb(
 
 
 def default_chunk_cells(n_genes: int) -> int:
-    """Cells generated at once: :data:`CHUNK_CELLS` at 2000 genes, fewer for wider matrices
-    (the dense work tensors stay at ~8192 × 2000 entries)."""
+    """Return how many cells to generate at once for ``n_genes`` genes.
+
+    :data:`CHUNK_CELLS` at 2000 genes, fewer for wider matrices (the dense work tensors stay
+    at ~8192 × 2000 entries).
+    """
     return max(1, CHUNK_CELLS * 2000 // max(n_genes, 2000))
 
 
@@ -181,9 +186,12 @@ def _draw(params: SyntheticParams, chunk_cells: int | None):
 def synthetic_counts(
     params: SyntheticParams = SyntheticParams(), chunk_cells: int | None = None
 ) -> ad.AnnData:
-    """Cells × genes raw counts (float32 CSR) with ``obs['cell_type']`` and ``obs['library_mean']``
-    (ℓ_c, the expected library size), seeded by ``params.seed``; the blocks of
-    ``chunk_cells`` cells (default :func:`default_chunk_cells`) are part of the seed."""
+    """Generate seeded synthetic raw counts as an AnnData (cells × genes, float32 CSR).
+
+    With ``obs['cell_type']`` and ``obs['library_mean']`` (ℓ_c, the expected library size),
+    seeded by ``params.seed``; the blocks of ``chunk_cells`` cells (default
+    :func:`default_chunk_cells`) are part of the seed.
+    """
     obs, var, blocks = _draw(params, chunk_cells)
     chunks = list(blocks)
     X = sp.vstack(chunks, format="csr") if len(chunks) > 1 else chunks[0]
@@ -196,11 +204,14 @@ def synthetic_counts(
 def write_synthetic(
     path: str | Path, params: SyntheticParams = SyntheticParams(), chunk_cells: int | None = None
 ) -> Path:
-    """Generate and write an ``.h5ad`` (counts in ``X``, labels in ``obs['cell_type']``), the
-    same matrix as :func:`synthetic_counts`, streamed: each block of cells is appended to the
-    file's CSR datasets (anndata's ``sparse_dataset(...).append``) as soon as it is drawn, so
-    neither the dense matrix nor the whole sparse one is ever in memory. Written to a
-    temporary name and moved onto ``path`` when complete."""
+    """Generate and write an ``.h5ad`` of synthetic counts, one block of cells at a time.
+
+    Counts in ``X``, labels in ``obs['cell_type']``: the same matrix as
+    :func:`synthetic_counts`, streamed. Each block of cells is appended to the file's CSR
+    datasets (anndata's ``sparse_dataset(...).append``) as soon as it is drawn, so neither
+    the dense matrix nor the whole sparse one is ever in memory. Written to a temporary name
+    and moved onto ``path`` when complete.
+    """
     from anndata.io import sparse_dataset, write_elem
 
     from ..io import atomic_path
@@ -222,6 +233,7 @@ def write_synthetic(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Write a synthetic ``.h5ad`` from the command line (``argv``: default ``sys.argv``)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="the .h5ad to write")
     parser.add_argument("--cells", type=int, default=SyntheticParams.n_cells)

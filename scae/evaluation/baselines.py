@@ -44,9 +44,12 @@ def pca_embed_and_reconstruct(
 
 
 def mcv_rank_curve(pca: PCA, x: sp.spmatrix, target: sp.spmatrix) -> np.ndarray:
-    """``mcv_mse`` at every rank k = 1…K of a fitted PCA: mean over cells and genes of
-    (m̄ + Σ_{j≤k} z_j v_jᵀ − y)², with z the cells' scores, v_j the axes and y = ``target`` (the
-    held-out molecules in log-normalized space). Element k − 1 is rank k."""
+    """Return ``mcv_mse`` at every rank k = 1…K of a fitted PCA.
+
+    At rank k: the mean over cells and genes of (m̄ + Σ_{j≤k} z_j v_jᵀ − y)², with z the
+    cells' scores, v_j the axes and y = ``target`` (the held-out molecules in log-normalized
+    space). Element k − 1 is rank k.
+    """
     scores = pca.transform(x)
     residual = pca.mean_[None, :] - target.toarray()
     curve = np.empty(pca.n_components_)
@@ -57,9 +60,11 @@ def mcv_rank_curve(pca: PCA, x: sp.spmatrix, target: sp.spmatrix) -> np.ndarray:
 
 
 def pca_mcv_rank(adata: ad.AnnData, max_rank: int, seed: int) -> int:
-    """The PCA rank k ∈ 1…``max_rank`` with the lowest validation-cell ``mcv_mse``: PCA fit on
-    training cells' molecules c', validation cells reconstructed from their c' and scored
-    against their held-out c''. Test cells play no part."""
+    """Return the PCA rank k ∈ 1…``max_rank`` with the lowest validation-cell ``mcv_mse``.
+
+    PCA is fit on training cells' molecules c', validation cells are reconstructed from their
+    c' and scored against their held-out c''. Test cells play no part.
+    """
     if HELDOUT_LAYER not in adata.layers:
         raise ValueError(
             f"baseline pca_mcv_rank needs the held-out molecules layers[{HELDOUT_LAYER!r}]: it "
@@ -86,12 +91,18 @@ def pca_mcv_rank(adata: ad.AnnData, max_rank: int, seed: int) -> int:
 
 
 def mean_reconstruction(train_mean: np.ndarray, n_cells: int) -> np.ndarray:
+    """Return ``n_cells`` copies of the profile ``train_mean`` (a read-only broadcast view)."""
     return np.broadcast_to(np.asarray(train_mean, dtype=np.float32), (n_cells, len(train_mean)))
 
 
 def library_size_reconstruction(
     train_counts: sp.spmatrix, train_library: np.ndarray, target_sum: float, n_cells: int
 ) -> np.ndarray:
+    """Return the ``library_size`` baseline's reconstruction of ``n_cells`` cells.
+
+    Every cell gets x̂_g = log1p(p̄_g · target_sum), with p̄_g = Σ_train c_g / Σ_train ℓ the
+    pooled share of gene g in the training counts (module docstring).
+    """
     pooled = np.asarray(train_counts.sum(axis=0), dtype=np.float64).ravel() / train_library.sum()
     return mean_reconstruction(np.log1p(pooled * target_sum), n_cells)
 
@@ -109,10 +120,12 @@ def zscored_pca(
     seed: int,
     recon_rows: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`fit_pca` in the space the autoencoders see under ``input_scaling: zscore``:
-    PCA of x/s (s the training sd per gene, at least MIN_STD; PCA's own centring makes it
-    (x − m̄)/s), reconstructions mapped back by × s. Its rank-k reconstruction is the best
-    affine one for the MSE of z-scored values, as plain PCA is for log values. x/s stays sparse.
+    """Return :func:`fit_pca`'s scores and reconstructions in the z-scored input space.
+
+    The space the autoencoders see under ``input_scaling: zscore``: PCA of x/s (s the training
+    sd per gene, at least MIN_STD; PCA's own centring makes it (x − m̄)/s), reconstructions
+    mapped back by × s. Its rank-k reconstruction is the best affine one for the MSE of
+    z-scored values, as plain PCA is for log values. x/s stays sparse.
     """
     scaled, scale = _scaled(x, train_std)
     pca = fit_pca(scaled[train], min(n_components, x.shape[1] - 1), seed)
@@ -142,10 +155,13 @@ def baseline_model(
     max_pca_rank: int,
     input_scaling: str = "none",
 ) -> tuple[np.ndarray | None, Reconstructor]:
-    """(embedding of every cell or None, :data:`Reconstructor`) of a baseline fit on the
-    training cells; ``n_components`` is ``pca``'s rank (unused by the others),
-    ``max_pca_rank`` bounds the ranks ``pca_mcv_rank`` searches. With ``input_scaling:
-    zscore``, ``pca`` is fit where the autoencoders are (:func:`zscored_pca`)."""
+    """Fit the baseline ``name`` on the training cells.
+
+    Returns (embedding of every cell or None, :data:`Reconstructor`). ``n_components`` is
+    ``pca``'s rank (unused by the others), ``max_pca_rank`` bounds the ranks ``pca_mcv_rank``
+    searches. With ``input_scaling: zscore``, ``pca`` is fit where the autoencoders are
+    (:func:`zscored_pca`).
+    """
     train = adata.obs["split"].to_numpy() == "train"
     if name in ("pca", "pca_mcv_rank"):
         rank = n_components if name == "pca" else pca_mcv_rank(adata, max_pca_rank, seed)
@@ -183,8 +199,10 @@ def baseline_outputs(
     max_pca_rank: int,
     input_scaling: str = "none",
 ) -> tuple[np.ndarray | None, np.ndarray]:
-    """(embedding of every cell or None, reconstruction of the test cells) of a baseline
-    (:func:`baseline_model`)."""
+    """Fit a baseline (:func:`baseline_model`) and reconstruct the test cells.
+
+    Returns (embedding of every cell or None, reconstruction of the test cells).
+    """
     latent, reconstruct = baseline_model(
         name, adata, n_components, seed, max_pca_rank, input_scaling
     )

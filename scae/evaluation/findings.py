@@ -82,8 +82,8 @@ def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
     """Return a summary's section of the page, and its answer record.
 
     The section is the summary's rank table and its reference rank's section (its other ranks
-    and paired comparisons stay in the file), headings demoted below the README's "What we
-    found", with its source line. With ``figures``, the links to its figures point
+    and paired comparisons stay in the file), headings demoted one level below the findings page's
+    title, with its source line. With ``figures``, the links to its figures point
     to ``{figures}/{dataset}/`` (where :func:`update_readme` copies them).
     """
     text = path.read_text()
@@ -99,7 +99,7 @@ def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
     text = "\n## ".join(kept).strip()
     if figures is not None:
         text = text.replace(f"]({FIGURE_DIR}/", f"]({figures}/{record['dataset']}/")
-    body = "\n".join("##" + line if line.startswith("#") else line for line in text.splitlines())
+    body = "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
     return (
         f"{body}\n\n_Source: `{path}`; the other ranks and the paired per-cell comparisons "
         "are in the same file._",

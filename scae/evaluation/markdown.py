@@ -1,6 +1,7 @@
-"""``summary.md``: the tables of :mod:`scae.evaluation.summary` as the text a reader reads –
-the one-line answer at each latent rank, the rank section with its crossing, notes on seeds,
-convergence and settings, and the paired comparisons.
+"""Write ``summary.md``: the tables of :mod:`scae.evaluation.summary` as text.
+
+The tables become the text a reader reads – the one-line answer at each latent rank, the rank
+section with its crossing, notes on seeds, convergence and settings, and the paired comparisons.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def answer(
     runs: pd.DataFrame | None = None,
     level: float = 0.95,
 ) -> tuple[str, dict]:
-    """The answer sentence and its record (best loss, tied losses) for
-    :mod:`scae.evaluation.findings`.
+    """Return the answer sentence and its record for :mod:`scae.evaluation.findings`.
+
+    The record holds the best loss and the tied losses.
 
     The best loss has the best mean of ``primary_metric``; a loss is *tied* with it when their
     ``answer``-family interval contains 0. PCA and the mean profile are placed by the best
@@ -136,22 +138,41 @@ def answer(
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     rows = comparisons[comparisons["family"] == "answer"]
-    tied = []
-    if len(rows):
-        against_best = rows[rows["reference"] == best]
-        tied = sorted(against_best.loc[against_best["verdict"] == "no difference", "model"])
-        confidence = f"{level:.0%} simultaneous intervals over seeds and test cells"
-        if n_seeds == 1:
-            confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
-        if tied:
-            text += (
-                "; statistically tied with it ("
-                + confidence
-                + " contain 0): "
-                + ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied)
-            )
-        elif len(against_best):
-            text += f"; every other loss is worse ({confidence})"
+    tied_text, tied = _tied_clause(rows, best, means, n_seeds, level)
+    text += tied_text + _baseline_clauses(rows, best, means)
+    text += "."
+    if runs is not None and not runs["converged"].all():
+        text += (
+            " Not converged (all max_epochs run, best epoch among the last `patience`: "
+            f"more epochs might change their scores): {_unconverged(runs)}."
+        )
+    record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
+    return text, record
+
+
+def _tied_clause(
+    rows: pd.DataFrame, best: str, means: pd.Series, n_seeds: int, level: float
+) -> tuple[str, list[str]]:
+    """Return the answer's clause on the losses tied with ``best``, and their names.
+
+    The ties come from its ``answer``-family comparisons ``rows``.
+    """
+    against_best = rows[rows["reference"] == best]
+    if not len(against_best):
+        return "", []
+    tied = sorted(against_best.loc[against_best["verdict"] == "no difference", "model"])
+    confidence = f"{level:.0%} simultaneous intervals over seeds and test cells"
+    if n_seeds == 1:
+        confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
+    if not tied:
+        return f"; every other loss is worse ({confidence})", tied
+    listed = ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied)
+    return f"; statistically tied with it ({confidence} contain 0): {listed}", tied
+
+
+def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series) -> str:
+    """Return the answer's clauses placing ``best`` against PCA and the mean profile."""
+    text = ""
     for baseline, name in (
         ("baseline_pca", "PCA at the same rank"),
         ("baseline_mean", "the training-mean profile"),
@@ -169,19 +190,15 @@ def answer(
             "no difference": f"it ties with {name} ({value})",
         }[row["verdict"].iloc[0]]
         text += f"; {relation}"
-    text += "."
-    if runs is not None and not runs["converged"].all():
-        text += (
-            " Not converged (all max_epochs run, best epoch among the last `patience`: "
-            f"more epochs might change their scores): {_unconverged(runs)}."
-        )
-    record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
-    return text, record
+    return text
 
 
 def settings_table(stats: pd.DataFrame) -> list[str]:
-    """Markdown lines: the settings each loss trained with (``setting_*`` metrics), and
-    whether tuning chose them; no lines when no run recorded any."""
+    """Return Markdown lines of the settings each loss trained with.
+
+    The settings are the ``setting_*`` metrics, with whether tuning chose them; no lines when no
+    run recorded any.
+    """
     settings = stats[stats["metric"].str.startswith(SETTING_PREFIX)]
     if settings.empty:
         return []
@@ -231,7 +248,7 @@ def _preprocess_sentence(settings: dict) -> str:
 
 
 def crossing_sentence(table: pd.DataFrame) -> str:
-    """The crossing in words (:func:`crossing`)."""
+    """Put the crossing in words (:func:`crossing`)."""
     largest, smallest = crossing(table)
     parts = [
         (
@@ -255,7 +272,7 @@ def crossing_sentence(table: pd.DataFrame) -> str:
 
 
 def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[str]:
-    """The rank table, its crossing and the two figures of :mod:`scae.evaluation.plots`."""
+    """Return the rank table, its crossing and the two figures of :mod:`scae.evaluation.plots`."""
     verdicts = {
         "better": "autoencoder better",
         "worse": "PCA better",
@@ -307,8 +324,11 @@ def _rank_section(
     reference: bool,
     source: dict | None = None,
 ) -> list[str]:
-    """One rank's table of mean ± sd per model and headline metric (best in bold), caveats,
-    settings and answer line, with its machine-readable record."""
+    """Return one rank's section, with its machine-readable record.
+
+    The section holds a table of mean ± sd per model and headline metric (best in bold), caveats,
+    settings and the answer line.
+    """
     metrics = [m for m in HEADLINE_METRICS if m in set(stats["metric"])]
     order = stats.drop_duplicates("model").sort_values(["kind", "model"])["model"].tolist()
     means = stats.pivot(index="model", columns="metric", values="mean")
@@ -398,12 +418,15 @@ def markdown_summary(
     reference_rank: int | None = None,
     source: dict | None = None,
 ) -> str:
-    """The rank table and its crossing, then per latent rank the mean ± sd of every model
+    """Return the text of ``summary.md``.
+
+    It holds the rank table and its crossing, then per latent rank the mean ± sd of every model
     and headline metric (best in bold), caveats and the answer, then the paired comparisons
     (the part :mod:`scae.evaluation.findings` leaves out of the README). ``preprocess``: the
     dataset's preprocessing settings, stated under the title; ``reference_rank`` (default the
     largest) is the rank tuning and MCV ran at; ``source`` the dataset's configuration (its
-    ``path``, and ``thin`` for a depth variant), recorded for :mod:`scae.evaluation.findings`."""
+    ``path``, and ``thin`` for a depth variant), recorded for :mod:`scae.evaluation.findings`.
+    """
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
     ranks = ranks_in(stats)

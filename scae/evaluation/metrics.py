@@ -64,13 +64,17 @@ def _chunks(truth: sp.spmatrix | np.ndarray, recon: np.ndarray):
 
 
 def rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """cos of matching rows; 0 where either row is all zeros (as sklearn's cosine_similarity)."""
+    """Compute the cosine of matching rows.
+
+    0 where either row is all zeros (as sklearn's cosine_similarity).
+    """
     dot = np.einsum("ij,ij->i", a, b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return np.divide(dot, norms, out=np.zeros_like(dot), where=norms > 0)
 
 
 def rowwise_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Compute the Pearson correlation of matching rows (the cosine of the centred rows)."""
     return rowwise_cosine(a - a.mean(axis=1, keepdims=True), b - b.mean(axis=1, keepdims=True))
 
 
@@ -105,10 +109,13 @@ def per_cell_metrics(
 
 @dataclass(frozen=True)
 class Metric:
-    """What the tables, the answer, tuning and the figures need to know of a metric: which
+    """The conventions of a metric.
+
+    This is what the tables, the answer, tuning and the figures need to know of a metric: which
     values are ``better``, the per-cell score it is the mean of over cells (``per_cell``;
     then its paired differences have intervals and the answer can rank by it), and whether
-    ``summary.md``'s tables show it (``headline``)."""
+    ``summary.md``'s tables show it (``headline``).
+    """
 
     better: Literal["higher", "lower"]
     per_cell: str | None = None
@@ -116,6 +123,7 @@ class Metric:
 
     @property
     def maximize(self) -> bool:
+        """Whether higher values of the metric are better."""
         return self.better == "higher"
 
 
@@ -158,10 +166,12 @@ def training_scores(
     train_mean: np.ndarray,
     train_std: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Means over the cells ``rows`` (the training cells) of :func:`per_cell_metrics`, named
-    ``train_<metric>`` (e.g. ``train_centred_cosine_mean``): the other side of a run's
-    generalization gap. ``reconstruct(rows)`` returns the run's reconstruction of those cells;
-    it is called for :data:`CHUNK` cells at a time, so neither side is ever dense at once."""
+    """Compute the means over the training cells ``rows`` of :func:`per_cell_metrics`.
+
+    They are named ``train_<metric>`` (e.g. ``train_centred_cosine_mean``): the other side of a
+    run's generalization gap. ``reconstruct(rows)`` returns the run's reconstruction of those cells;
+    it is called for :data:`CHUNK` cells at a time, so neither side is ever dense at once.
+    """
     sums: dict[str, float] = {}
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start : start + CHUNK]
@@ -253,8 +263,11 @@ def breakdowns(
     gene_train_mean: np.ndarray,
     library_size: np.ndarray,
 ) -> dict[str, float]:
-    """MSE per decile of genes' training-mean expression (``mse_expr_decile_01`` = lowest) and
-    mean cosine per quartile of cells' library size (``cosine_library_q1`` = smallest)."""
+    """Compute the MSE per gene decile and the mean cosine per library-size quartile.
+
+    MSE per decile of genes' training-mean expression (``mse_expr_decile_01`` = lowest) and
+    mean cosine per quartile of cells' library size (``cosine_library_q1`` = smallest).
+    """
     squared = np.zeros(recon.shape[1])
     for _, x, x_hat in _chunks(truth, recon):
         squared += ((x_hat - x) ** 2).sum(axis=0)
@@ -305,13 +318,7 @@ def embedding_metrics(
     than :data:`MIN_LABELLED_TEST` labelled test cells (or no labelled training cell) the
     four metrics are NaN.
     """
-    import anndata as ad
-    import scanpy as sc
-    from sklearn.metrics import (
-        adjusted_rand_score,
-        normalized_mutual_info_score,
-        silhouette_score,
-    )
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     from sklearn.neighbors import KNeighborsClassifier
 
     labels = pd.Series(labels)
@@ -327,35 +334,53 @@ def embedding_metrics(
 
     test_embedding = np.asarray(embedding[test], dtype=np.float32)
     test_labels = labels[test]
-    graph = ad.AnnData(obsm={"X_emb": test_embedding})
+    clusters = _test_cell_clusters(test_embedding, n_neighbors, seed)
+    return {
+        "knn_accuracy": accuracy,
+        "leiden_ari_test": float(adjusted_rand_score(test_labels, clusters)),
+        "leiden_nmi_test": float(normalized_mutual_info_score(test_labels, clusters)),
+        "label_silhouette_test": _label_silhouette(
+            test_embedding, test_labels, silhouette_sample, seed
+        ),
+        "n_leiden_clusters_test": float(len(np.unique(clusters))),
+    } | counts
+
+
+def _test_cell_clusters(embedding: np.ndarray, n_neighbors: int, seed: int) -> np.ndarray:
+    """Leiden clusters of the kNN graph of ``embedding`` (the test cells' alone)."""
+    import anndata as ad
+    import scanpy as sc
+
+    graph = ad.AnnData(obsm={"X_emb": embedding})
     # Gaussian-kernel connectivities on sklearn's exact kNN: no numba JIT (≈10 s per process
     # for umap's kernel), which would dominate every evaluate job.
     sc.pp.neighbors(
         graph,
         use_rep="X_emb",
-        n_neighbors=min(n_neighbors, len(test_labels) - 1),
+        n_neighbors=min(n_neighbors, len(embedding) - 1),
         random_state=seed,
         method="gauss",
         transformer="sklearn",
     )
     sc.tl.leiden(graph, random_state=seed, flavor="igraph", n_iterations=2)
-    clusters = graph.obs["leiden"].to_numpy()
-    n_labels = len(np.unique(test_labels))
-    silhouette = float("nan")
-    if 2 <= n_labels < len(test_labels):
-        silhouette = float(
-            silhouette_score(
-                test_embedding,
-                test_labels,
-                metric="cosine",
-                sample_size=min(silhouette_sample, len(test_labels)),
-                random_state=seed,
-            )
+    return graph.obs["leiden"].to_numpy()
+
+
+def _label_silhouette(embedding: np.ndarray, labels: np.ndarray, sample: int, seed: int) -> float:
+    """Compute the mean cosine silhouette width of ``labels`` in ``embedding``.
+
+    At most ``sample`` cells are used; NaN unless 2 ≤ distinct labels < cells.
+    """
+    from sklearn.metrics import silhouette_score
+
+    if not 2 <= len(np.unique(labels)) < len(labels):
+        return float("nan")
+    return float(
+        silhouette_score(
+            embedding,
+            labels,
+            metric="cosine",
+            sample_size=min(sample, len(labels)),
+            random_state=seed,
         )
-    return {
-        "knn_accuracy": accuracy,
-        "leiden_ari_test": float(adjusted_rand_score(test_labels, clusters)),
-        "leiden_nmi_test": float(normalized_mutual_info_score(test_labels, clusters)),
-        "label_silhouette_test": silhouette,
-        "n_leiden_clusters_test": float(len(np.unique(clusters))),
-    } | counts
+    )

@@ -47,8 +47,10 @@ PANELS_PER_ROW = 3
 
 
 def _panel_grid(n_panels: int, width: float, height: float):
-    """(figure, the first ``n_panels`` axes) on rows of at most :data:`PANELS_PER_ROW`; the
-    unused axes of the last row are switched off."""
+    """Return (figure, the first ``n_panels`` axes) on rows of at most :data:`PANELS_PER_ROW`.
+
+    The unused axes of the last row are switched off.
+    """
     n_cols = min(PANELS_PER_ROW, n_panels)
     n_rows = int(np.ceil(n_panels / n_cols))
     fig, axes = plt.subplots(
@@ -60,7 +62,7 @@ def _panel_grid(n_panels: int, width: float, height: float):
 
 
 def training_curves(histories: dict[tuple[str, int], pd.DataFrame], path) -> None:
-    """Validation cosine (comparable across losses) and each loss's own train/val curves."""
+    """Plot validation cosine (comparable across losses) and each loss's own train/val curves."""
     losses = sorted({loss for loss, _ in histories})
     fig, axes = _panel_grid(1 + len(losses), 3.6, 3.0)
     colors = dict(zip(losses, plt.cm.tab10.colors))
@@ -154,8 +156,11 @@ def metric_heatmap(tidy: pd.DataFrame, path) -> None:
 
 
 def tuning_trials(trials: dict[str, pd.DataFrame], criterion: str, path) -> None:
-    """Validation score of every tuning trial, one panel per loss (own-loss scores are on
-    each loss's own scale): filled = complete, hollow = pruned, star = the chosen trial."""
+    """Plot the validation score of every tuning trial, one panel per loss.
+
+    Own-loss scores are on each loss's own scale. Markers: filled = complete, hollow = pruned, star
+    = the chosen trial.
+    """
     losses = sorted(trials)
     fig, axes = _panel_grid(len(losses), 3.6, 3.0)
     for ax, loss in zip(axes, losses):
@@ -197,29 +202,16 @@ def _seed_band(values: pd.Series, level: float = 0.95) -> tuple[float, float, fl
 
 
 def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, path) -> None:
-    """``primary_metric`` on test cells against the latent rank k (log2 axis): one line per
-    loss with its 95 % seed interval, PCA at each k, the mean profile (k = 0) as a level, the
-    training-cell scores faint and dashed, and each rank's verdict (best − PCA-k) marked."""
+    """Plot ``primary_metric`` on test cells against the latent rank k (log2 axis).
+
+    The plot has one line per loss with its 95 % seed interval, PCA at each k, the mean profile (k =
+    0) as a level, the training-cell scores faint and dashed, and each rank's verdict (best − PCA-k)
+    marked.
+    """
     from .metrics import TRAIN_PREFIX
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    autoencoders = tidy[tidy["kind"] == "autoencoder"]
-    losses = sorted(autoencoders["model"].unique())
-    colors = dict(zip(losses, plt.cm.tab10.colors))
-    for loss in losses:
-        for metric, faint in ((primary_metric, False), (TRAIN_PREFIX + primary_metric, True)):
-            rows = autoencoders[
-                (autoencoders["model"] == loss) & (autoencoders["metric"] == metric)
-            ]
-            if rows.empty:
-                continue
-            band = np.array([_seed_band(g["value"]) for _, g in rows.groupby("rank")])
-            ks = sorted(rows["rank"].unique())
-            if faint:
-                ax.plot(ks, band[:, 0], color=colors[loss], lw=0.8, ls="--", alpha=0.35)
-                continue
-            ax.plot(ks, band[:, 0], "o-", color=colors[loss], lw=1.4, ms=3, label=loss)
-            ax.fill_between(ks, band[:, 1], band[:, 2], color=colors[loss], alpha=0.15, lw=0)
+    _loss_curves(ax, tidy[tidy["kind"] == "autoencoder"], primary_metric)
     for metric, style in (
         (primary_metric, dict(lw=2.2, ls="-", alpha=1.0, label="PCA at k")),
         (TRAIN_PREFIX + primary_metric, dict(lw=1.0, ls="--", alpha=0.4)),
@@ -242,15 +234,11 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
     ax.set_xticks(ks, [str(k) for k in ks])
     ax.minorticks_off()
     top = ax.get_ylim()[1]
-    for row in ranks.itertuples():
+    for row in ranks.itertuples():  # the verdicts above the axes
         if row.verdict in VERDICT_MARKS:
+            mark = VERDICT_MARKS[row.verdict][0]
             ax.annotate(
-                VERDICT_MARKS[row.verdict][0],
-                (row.rank, top),
-                ha="center",
-                va="bottom",
-                fontsize=12,
-                annotation_clip=False,
+                mark, (row.rank, top), ha="center", va="bottom", fontsize=12, annotation_clip=False
             )
     ax.set_xlabel("latent rank k (log2)")
     ax.set_ylabel(f"{primary_metric} (test cells; dashed: training cells)")
@@ -260,10 +248,37 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
     _save(fig, path)
 
 
+def _loss_curves(ax, autoencoders: pd.DataFrame, primary_metric: str) -> None:
+    """Plot each loss's mean score against rank with its seed band.
+
+    Its training-cell scores are faint and dashed.
+    """
+    from .metrics import TRAIN_PREFIX
+
+    losses = sorted(autoencoders["model"].unique())
+    colors = dict(zip(losses, plt.cm.tab10.colors))
+    for loss in losses:
+        for metric, faint in ((primary_metric, False), (TRAIN_PREFIX + primary_metric, True)):
+            rows = autoencoders[
+                (autoencoders["model"] == loss) & (autoencoders["metric"] == metric)
+            ]
+            if rows.empty:
+                continue
+            band = np.array([_seed_band(g["value"]) for _, g in rows.groupby("rank")])
+            ks = sorted(rows["rank"].unique())
+            if faint:
+                ax.plot(ks, band[:, 0], color=colors[loss], lw=0.8, ls="--", alpha=0.35)
+                continue
+            ax.plot(ks, band[:, 0], "o-", color=colors[loss], lw=1.4, ms=3, label=loss)
+            ax.fill_between(ks, band[:, 1], band[:, 2], color=colors[loss], alpha=0.15, lw=0)
+
+
 def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
-    """The answer table at each rank as a forest plot: every loss minus the best loss, and
-    the best minus PCA and minus the mean profile, with their simultaneous intervals; 0
-    dashed. One panel per rank, ``columns`` a row."""
+    """Plot the answer table at each rank as a forest plot.
+
+    The plot shows every loss minus the best loss, and the best minus PCA and minus the mean
+    profile, with their simultaneous intervals; 0 dashed. One panel per rank, ``columns`` a row.
+    """
     answer = comparisons[comparisons["family"] == "answer"]
     ranks = sorted(answer["rank"].unique())
     n_rows = max(1, int(np.ceil(len(ranks) / columns)))

@@ -58,7 +58,7 @@ class MeanDifference:
         return float(np.hypot(seed, cell))
 
     def interval(self, level: float) -> tuple[float, float]:
-        """The two-sided ``level`` confidence interval of the mean difference."""
+        """Return the two-sided ``level`` confidence interval of the mean difference."""
         half = self.half_width(1 - level)
         return self.mean - half, self.mean + half
 
@@ -99,7 +99,10 @@ def crossed_mean_difference(d: np.ndarray) -> MeanDifference:
 
 
 def bonferroni(p_values: np.ndarray) -> np.ndarray:
-    """Family-wise adjusted p-values min(1, m·p) of a family of m tests; p_adj < α exactly
-    when the 1 − α/m interval excludes 0, so verdicts and simultaneous intervals agree."""
+    """Return the Bonferroni-adjusted p-values min(1, m·p) of a family of m tests.
+
+    The adjustment is family-wise: p_adj < α exactly when the 1 − α/m interval excludes 0, so
+    verdicts and simultaneous intervals agree.
+    """
     p_values = np.asarray(p_values, dtype=np.float64)
     return np.minimum(1.0, p_values * len(p_values))

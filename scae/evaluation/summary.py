@@ -1,6 +1,8 @@
-"""Tables that answer "which loss?" and "at which rank does an autoencoder beat PCA?": runs
-beside baselines, mean ± sd over seeds, paired differences with intervals over seeds and cells,
-and the rank table with its crossing. :mod:`scae.evaluation.markdown` writes them as text.
+"""Tables that answer "which loss?" and "at which rank does an autoencoder beat PCA?".
+
+They hold runs beside baselines, mean ± sd over seeds, paired differences with intervals over seeds
+and cells, and the rank table with its crossing. :mod:`scae.evaluation.markdown` writes them as
+text.
 """
 
 from __future__ import annotations
@@ -80,9 +82,11 @@ RANK_COLUMNS = [
 
 
 def merge_variants(tidy: pd.DataFrame) -> pd.DataFrame:
-    """Fold a dataset's cross-validation variant into it: keep only its ``mcv_*`` metrics and
-    the embedding width of runs the main dataset lacks (the rank ``baseline_pca_mcv_rank``
-    chose; every other run has the same width in both variants)."""
+    """Fold a dataset's cross-validation variant into it.
+
+    Keep only the variant's ``mcv_*`` metrics and the embedding width of runs the main dataset lacks
+    (the rank ``baseline_pca_mcv_rank`` chose; every other run has the same width in both variants).
+    """
     variant = tidy["dataset"].str.endswith(MCV_SUFFIX)
     keep = ~variant | tidy["metric"].str.startswith("mcv_") | (tidy["metric"] == EMBEDDING_DIM)
     merged = tidy[keep].assign(
@@ -138,8 +142,11 @@ def aggregate(tidy: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_histories(paths) -> dict[tuple[str, int, str, int], pd.DataFrame]:
-    """(dataset, rank, loss, seed) → history of every
-    ``results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv`` in ``paths``."""
+    """Read the training histories in ``paths``, keyed by (dataset, rank, loss, seed).
+
+    Map (dataset, rank, loss, seed) → history of every
+    ``results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv`` in ``paths``.
+    """
     histories = {}
     for path in paths:
         run = parse(path)
@@ -150,8 +157,10 @@ def read_histories(paths) -> dict[tuple[str, int, str, int], pd.DataFrame]:
 def convergence(
     histories: dict[tuple[str, int, str, int], pd.DataFrame], max_epochs: int, patience: int
 ) -> pd.DataFrame:
-    """Per (dataset, rank, loss, seed) training history: ``epochs`` run, ``best_epoch`` (first
-    minimum of ``val_loss``, the weights kept) and ``converged``.
+    """Summarize each (dataset, rank, loss, seed) training history.
+
+    Give ``epochs`` run, ``best_epoch`` (first minimum of ``val_loss``, the weights kept) and
+    ``converged``.
 
     A run is *not converged* when it ran all ``max_epochs`` and its best epoch lies within the
     last ``patience`` of them (best_epoch > max_epochs − patience): early stopping never fired,
@@ -178,13 +187,15 @@ def convergence(
 
 
 def at_rank(frame: pd.DataFrame, rank: int) -> pd.DataFrame:
-    """The rows of runs at latent ``rank`` and of the runs without a rank (the baselines every
-    rank is compared with)."""
+    """Return the rows of runs at latent ``rank`` and of the runs without a rank.
+
+    The runs without a rank are the baselines every rank is compared with.
+    """
     return frame[(frame["rank"] == rank) | frame["rank"].isna()]
 
 
 def ranks_in(frame: pd.DataFrame) -> list[int]:
-    """The latent ranks of a tidy or aggregated table, ascending."""
+    """Return the latent ranks of a tidy or aggregated table, ascending."""
     return sorted(int(r) for r in frame["rank"].dropna().unique())
 
 
@@ -194,7 +205,10 @@ def direction(metric: str) -> str:
 
 
 def best_loss(stats: pd.DataFrame, primary_metric: str) -> str:
-    """The loss with the best mean over seeds of ``primary_metric`` (stats of :func:`aggregate`)."""
+    """Return the loss with the best mean over seeds of ``primary_metric``.
+
+    ``stats`` is the output of :func:`aggregate`.
+    """
     rows = stats[(stats["kind"] == "autoencoder") & (stats["metric"] == primary_metric)]
     if rows.empty:
         raise ValueError(
@@ -290,8 +304,9 @@ def paired_differences(
     level: float = 0.95,
     rank: int | None = None,
 ) -> pd.DataFrame:
-    """Model − reference per-cell differences with simultaneous intervals per family, for
-    the runs of one latent ``rank`` (recorded in the ``rank`` column).
+    """Compute model − reference per-cell differences with simultaneous intervals per family.
+
+    The comparisons are for the runs of one latent ``rank`` (recorded in the ``rank`` column).
 
     ``per_cell`` maps (model, seed) — seed None for baselines — to its per-cell table (a
     ``cell`` column and one column per score). Each comparison's seeds × cells table
@@ -325,9 +340,12 @@ def paired_differences(
 
 
 def with_intervals(rows: list[dict], level: float) -> pd.DataFrame:
-    """:data:`COMPARISON_COLUMNS` of comparisons given with their ``difference``
-    (:class:`scae.evaluation.stats.MeanDifference`): within each family of m rows, intervals at
-    level 1 − (1 − ``level``)/m and Bonferroni-adjusted p, and the verdict."""
+    """Return the :data:`COMPARISON_COLUMNS` of comparisons given with their ``difference``.
+
+    Each ``difference`` is a :class:`scae.evaluation.stats.MeanDifference`. Within each family of m
+    rows, the table gives intervals at level 1 − (1 − ``level``)/m and Bonferroni-adjusted p, and
+    the verdict.
+    """
     if not rows:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
     frame = pd.DataFrame(rows)
@@ -354,7 +372,9 @@ def rank_comparisons(
     primary_metric: str = "centred_cosine_mean",
     level: float = 0.95,
 ) -> pd.DataFrame:
-    """Every rank's :func:`paired_differences` (against that rank's best loss), then the
+    """Compute every rank's :func:`paired_differences`, then the ``rank`` family.
+
+    Every rank's :func:`paired_differences` is against that rank's best loss. In the
     ``rank`` family: at each rank, the best loss − PCA at that rank on the primary metric,
     with intervals simultaneous over the ranks (Bonferroni over their number).
 
@@ -387,10 +407,13 @@ def rank_comparisons(
 
 
 def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: str) -> pd.DataFrame:
-    """One row per latent rank (:data:`RANK_COLUMNS`): the best loss, its mean
+    """Build the rank table: one row per latent rank (:data:`RANK_COLUMNS`).
+
+    Each row holds the best loss, its mean
     ``primary_metric`` on test cells and on training cells (``train_*``: the generalization
     gap), PCA's at that rank, and the ``rank``-family difference best − PCA with its
-    interval and verdict (NaN / "" where PCA was not run)."""
+    interval and verdict (NaN / "" where PCA was not run).
+    """
     rows = []
     family = comparisons[comparisons["family"] == "rank"] if len(comparisons) else comparisons
     for rank in ranks_in(stats):
@@ -423,8 +446,11 @@ def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: s
 
 
 def crossing(table: pd.DataFrame) -> tuple[int | None, int | None]:
-    """(the largest rank at which the best autoencoder is better than PCA at that rank, the
-    smallest at which PCA is better), each None when there is no such rank."""
+    """Return the ranks where the best autoencoder and PCA cross.
+
+    Return (the largest rank at which the best autoencoder is better than PCA at that rank, the
+    smallest at which PCA is better), each None when there is no such rank.
+    """
     better = table.loc[table["verdict"] == "better", "rank"]
     worse = table.loc[table["verdict"] == "worse", "rank"]
     return (int(better.max()) if len(better) else None, int(worse.min()) if len(worse) else None)

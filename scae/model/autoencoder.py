@@ -25,15 +25,11 @@ from typing import Any, Literal
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from ..config import CLUSTER_KEY, InputError
-from ..data.checks import label_strings, make_names_unique, validate_counts
-from ..data.hvg import gene_mean_std
-from ..data.params import SPLITS, PreprocessParams
-from ..data.readers import round_counts
-from ..data.split import stratified_split
+from ..data.checks import validate_counts
+from ..data.params import PreprocessParams
 from ..io import atomic_path
 from ..module.losses import get_loss
 from ..module.network import ModelParams
@@ -47,20 +43,13 @@ from ..train.trainer import (
     reconstruction,
     save_model,
 )
+from ._setup import LAYER_FIX, SETUP_KEY, check_genes, register_anndata, setup_of
 
 logger = logging.getLogger("scae")
 
-#: Where :meth:`Autoencoder.setup_anndata` records which fields of an AnnData hold what.
-SETUP_KEY = "_scae_setup"
 MODEL_FILE, HISTORY_FILE = "model.pt", "history.tsv"
 _MODEL_DEFAULTS = ModelParams(n_genes=1)
 _TRAIN_DEFAULTS = TrainParams()
-
-
-#: What a wrong counts layer's error advises.
-LAYER_FIX = (
-    "pass layer= the layer holding raw UMI counts (scae.preprocess writes them to layers['counts'])"
-)
 
 
 class Autoencoder:
@@ -97,7 +86,7 @@ class Autoencoder:
         input_scaling: InputScaling = "none",
     ):
         self.adata = adata
-        self.setup = _setup_of(adata)
+        self.setup = setup_of(adata)
         self.loss = get_loss(loss)
         self.loss_params = self.loss.parameters(loss_params)
         if input_scaling not in ("none", "zscore"):
@@ -137,6 +126,7 @@ class Autoencoder:
         self.device = torch.device("cpu")
 
     def __repr__(self) -> str:
+        """Return the loss, the architecture and whether (and how) the model was trained."""
         state = (
             f"trained, best epoch {self.best_epoch}, stopped by {self.stopped_by}"
             if self.is_trained
@@ -173,65 +163,9 @@ class Autoencoder:
         was made with (default: the one :func:`scae.preprocess` recorded, else 10⁴). Duplicate
         cell names are made unique.
         """
-        if layer not in adata.layers:
-            raise InputError(
-                f"layer {layer!r} is not in adata.layers (layers: "
-                f"{', '.join(adata.layers) or 'none'}); pass layer= the layer holding raw "
-                "counts, or run scae.preprocess on the raw-count AnnData first"
-            )
-        if validate_counts(
-            adata.layers[layer],
-            f"adata.layers[{layer!r}]",
-            "adata",
-            require_integers=False,
-            fix=LAYER_FIX,
-        ):
-            adata.layers[layer] = round_counts(adata.layers[layer])  # conversion noise
-        if labels_key is not None and labels_key not in adata.obs:
-            raise InputError(
-                f"labels_key {labels_key!r} is not a column of adata.obs "
-                f"({', '.join(map(str, adata.obs.columns)) or 'no columns'}); pass the "
-                "column with cell types, or labels_key=None"
-            )
-        make_names_unique(adata, "obs", "adata")
-        params = PreprocessParams()
-        if split_key not in adata.obs:
-            # a missing label stays missing: one stratum of its own
-            labels = label_strings(adata.obs[labels_key]) if labels_key else None
-            adata.obs[split_key] = pd.Categorical(
-                stratified_split(
-                    labels, adata.n_obs, params.test_fraction, params.val_fraction, split_seed
-                ),
-                categories=SPLITS,
-            )
-            logger.info(
-                "setup_anndata: added a %s split in obs[%r] (seed %d)",
-                "/".join(SPLITS),
-                split_key,
-                split_seed,
-            )
-        if library_size_key not in adata.obs:
-            adata.obs[library_size_key] = np.asarray(
-                adata.layers[layer].sum(axis=1), dtype=np.float32
-            ).ravel()
-        if not {"train_mean", "train_std"} <= set(adata.var):
-            is_train = (adata.obs[split_key].astype(str) == "train").to_numpy()
-            mean, std = gene_mean_std(sp.csr_matrix(adata.X[is_train]))
-            adata.var["train_mean"], adata.var["train_std"] = mean, std
-        recorded = adata.uns.get("scae", {}).get("target_sum")
-        adata.uns[SETUP_KEY] = {
-            "layer": layer,
-            "labels_key": labels_key or "",
-            "split_key": split_key,
-            "library_size_key": library_size_key,
-            "target_sum": float(
-                target_sum
-                if target_sum is not None
-                else recorded
-                if recorded is not None
-                else params.target_sum
-            ),
-        }
+        register_anndata(
+            adata, layer, labels_key, split_key, library_size_key, target_sum, split_seed
+        )
 
     # --- training ----------------------------------------------------------------------
 
@@ -283,8 +217,11 @@ class Autoencoder:
         return self
 
     def training_data(self) -> CellData:
-        """The registered AnnData as the trainer reads it (minibatches, the split, and the
-        groups cosine_embedding draws negatives against); checks that it can be trained on."""
+        """Return the registered AnnData as the trainer reads it.
+
+        This holds the minibatches, the split, and the groups cosine_embedding draws negatives
+        against; check that it can be trained on.
+        """
         split = self.adata.obs[self.setup["split_key"]].astype(str)
         if not {"train", "val"} <= set(split):
             raise InputError(
@@ -309,6 +246,7 @@ class Autoencoder:
 
     @property
     def is_trained(self) -> bool:
+        """Whether the model has been trained (or loaded trained)."""
         return self.module is not None
 
     # --- inference ---------------------------------------------------------------------
@@ -319,9 +257,12 @@ class Autoencoder:
         indices: np.ndarray | None = None,
         key_added: str | None = None,
     ) -> np.ndarray:
-        """The latent embedding (cells × ``latent_dim``) of ``adata`` (default: the training
-        AnnData), of all cells or of ``indices``. With ``key_added`` (all cells only) it is
-        also written to ``adata.obsm[key_added]``, as scanpy's tools do."""
+        """Return the latent embedding (cells × ``latent_dim``) of ``adata``.
+
+        ``adata`` defaults to the training AnnData; the embedding is of all cells or of
+        ``indices``. With ``key_added`` (all cells only) it is
+        also written to ``adata.obsm[key_added]``, as scanpy's tools do.
+        """
         adata, rows = self._target(adata, indices)
         latent = latent_representation(self.module, self._cell_data(adata), rows, self.device)
         if key_added is not None:
@@ -353,8 +294,11 @@ class Autoencoder:
     # --- persistence -------------------------------------------------------------------
 
     def save(self, dir_path: str | Path, overwrite: bool = False) -> None:
-        """Write ``model.pt`` (weights and every setting; loadable with ``weights_only``) and
-        ``history.tsv`` (per epoch) to ``dir_path``, atomically."""
+        """Write the trained model to ``dir_path``, atomically.
+
+        Write ``model.pt`` (weights and every setting; loadable with ``weights_only``) and
+        ``history.tsv`` (per epoch).
+        """
         self._require_trained()
         directory = Path(dir_path)
         if not overwrite and (directory / MODEL_FILE).exists():
@@ -389,11 +333,14 @@ class Autoencoder:
     def load(
         cls, dir_path: str | Path, adata: ad.AnnData, device: str | torch.device = "auto"
     ) -> Autoencoder:
-        """A saved model, attached to ``adata`` (same genes in the same order as the
-        training data; registered with the saved setup if it is not registered yet)."""
+        """Load a saved model, attached to ``adata``.
+
+        ``adata`` must have the same genes in the same order as the training data; it is
+        registered with the saved setup if it is not registered yet.
+        """
         device = resolve_device(device)
         module, saved = load_model(Path(dir_path) / MODEL_FILE, device)
-        _check_genes(adata, saved["var_names"], Path(dir_path))
+        check_genes(adata, saved["var_names"], Path(dir_path))
         if SETUP_KEY not in adata.uns:
             setup = saved["setup"]
             cls.setup_anndata(
@@ -428,7 +375,7 @@ class Autoencoder:
     # --- internals ---------------------------------------------------------------------
 
     def _negatives_group_key(self) -> str | None:
-        """The obs column cosine_embedding's negative pairs avoid (None: any other cell)."""
+        """Return the obs column cosine_embedding's negative pairs avoid (None: any other cell)."""
         sampling = self.loss_params.get("negative_sampling", "random")
         if sampling == "label":
             if not self.setup["labels_key"]:
@@ -449,7 +396,7 @@ class Autoencoder:
         return None
 
     def _cell_data(self, adata: ad.AnnData, group_key: str | None = None) -> CellData:
-        setup = _setup_of(adata)
+        setup = setup_of(adata)
         return CellData(
             adata,
             self.input_scaling,
@@ -467,29 +414,10 @@ class Autoencoder:
         self._require_trained()
         adata = self.adata if adata is None else adata
         if adata is not self.adata:
-            _check_genes(adata, self.var_names, "this model")
+            check_genes(adata, self.var_names, "this model")
         rows = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
         return adata, rows
 
     def _require_trained(self) -> None:
         if self.module is None:
             raise RuntimeError("the model is not trained yet; call model.train() first")
-
-
-def _setup_of(adata: ad.AnnData) -> dict:
-    if SETUP_KEY not in adata.uns:
-        raise InputError(
-            "this AnnData is not registered; call scae.Autoencoder.setup_anndata(adata, "
-            "layer='counts', labels_key=...) first"
-        )
-    return adata.uns[SETUP_KEY]
-
-
-def _check_genes(adata: ad.AnnData, var_names: list[str], source) -> None:
-    if list(map(str, adata.var_names)) != list(var_names):
-        shared = len(set(var_names) & set(map(str, adata.var_names)))
-        raise InputError(
-            f"adata has {adata.n_vars} genes, {source} was trained on {len(var_names)} "
-            f"({shared} shared, or the order differs); subset it to the model's genes: "
-            "adata[:, model.var_names]"
-        )

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from .losses import SparseCounts
+    from .batch import SparseCounts
 
 
 #: The kernels, by name; each has a library path that computes the same thing.
@@ -46,11 +46,13 @@ def kernel_enabled(name: str) -> bool:
 
 @contextlib.contextmanager
 def library_path(*names: str) -> Iterator[None]:
-    """Inside the block, the named kernels (all when none is named) give way to torch's
-    library path: autograd through the loss formulas (``cosine``, ``mse``, ``nb``),
-    ``nn.Dropout``'s sampling (``dropout``), ``torch.optim.Adam(fused=True)`` (``adam``), and
-    glibc's default allocator settings (``mallopt``). Tests hold both paths equal; bench/
-    measures what each kernel gains."""
+    """Switch the named kernels (all when none is named) to torch's library path in the block.
+
+    Inside the block the kernels give way to torch's library path: autograd through the loss
+    formulas (``cosine``, ``mse``, ``nb``), ``nn.Dropout``'s sampling (``dropout``),
+    ``torch.optim.Adam(fused=True)`` (``adam``), and glibc's default allocator settings
+    (``mallopt``). Tests hold both paths equal; bench/ measures what each kernel gains.
+    """
     unknown = set(names) - set(KERNELS)
     if unknown:
         raise ValueError(f"unknown kernels {sorted(unknown)}; kernels are {', '.join(KERNELS)}")
@@ -63,9 +65,12 @@ def library_path(*names: str) -> Iterator[None]:
 
 
 class _CosineSimilarity(torch.autograd.Function):
-    """Row-wise cos(a, b) with a hand-written backward: two passes per input instead of
-    autograd's chain through two norms, a product and a sum (the gradient is the same,
-    including max(‖a‖, ε)'s: the norm term vanishes where ‖a‖ < ε)."""
+    """Row-wise cos(a, b) with a hand-written backward.
+
+    The backward makes two passes per input instead of autograd's chain through two norms, a
+    product and a sum (the gradient is the same, including max(‖a‖, ε)'s: the norm term
+    vanishes where ‖a‖ < ε).
+    """
 
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -99,8 +104,11 @@ LGAMMA_TABLE_COUNTS = 32
 
 
 def _lgamma_ratio_with_grad(counts: SparseCounts, theta: Tensor) -> tuple[Tensor, Tensor]:
-    """log Γ(c+θ) − log Γ(θ) and its θ-derivative ψ(c+θ) − ψ(θ) = Σ_{j<c} 1/(θ+j) at the
-    non-zero entries, for θ per gene (tables as in :func:`_lgamma_ratio`), without autograd."""
+    """Return log Γ(c+θ) − log Γ(θ) and its θ-derivative at the non-zero entries.
+
+    The derivative is ψ(c+θ) − ψ(θ) = Σ_{j<c} 1/(θ+j); both for θ per gene (tables as in
+    :func:`_lgamma_ratio`), without autograd.
+    """
     c, k = counts.values, LGAMMA_TABLE_COUNTS
     shifted = theta[:, None] + torch.arange(k, dtype=theta.dtype, device=theta.device)
     tables = torch.stack([torch.log(shifted), shifted.reciprocal()], dim=-1).cumsum_(dim=1)
@@ -117,8 +125,10 @@ def _lgamma_ratio_with_grad(counts: SparseCounts, theta: Tensor) -> tuple[Tensor
 
 
 class _NegativeBinomialNLL(torch.autograd.Function):
-    """Σ_g −log NB(c_g; μ_g, θ_g) per cell for θ per gene and sparse counts, without the
-    log Γ(c+1) constant, with a hand-written backward.
+    """Σ_g −log NB(c_g; μ_g, θ_g) per cell for θ per gene and sparse counts, by hand.
+
+    The NB negative log-likelihood without the log Γ(c+1) constant, with a hand-written
+    backward.
 
     Autograd's version of the same formula (:func:`_nb_nll_sparse` with θ per cell) walks the
     B × G minibatch ~10 times in its backward pass and allocates a dense zero gradient for the
@@ -159,8 +169,11 @@ class _NegativeBinomialNLL(torch.autograd.Function):
 
 
 class _MeanSquaredError(torch.autograd.Function):
-    """mean_g (x̂_g − x_g)² per row in one pass each way (autograd's pow/mean chain makes ~9
-    passes over the B × G minibatch, a tenth of a small MLP's training step)."""
+    """mean_g (x̂_g − x_g)² per row in one pass each way.
+
+    Autograd's pow/mean chain makes ~9 passes over the B × G minibatch, a tenth of a small
+    MLP's training step.
+    """
 
     @staticmethod
     def forward(ctx, recon: Tensor, target: Tensor) -> Tensor:
@@ -176,10 +189,13 @@ class _MeanSquaredError(torch.autograd.Function):
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose masks can come from a NumPy generator (:meth:`AutoencoderModule.
-    use_dropout_generator`), ~5× cheaper than torch's CPU Bernoulli sampling (which took ~7 %
-    of a small MLP's training step): a unit is dropped iff a 16-bit word of PCG64 output is
-    below t = round(p·2¹⁶), and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
+    """``nn.Dropout`` whose masks can come from a NumPy generator.
+
+    The generator is set by
+    :meth:`~scae.module.network.AutoencoderModule.use_dropout_generator`; its masks are ~5×
+    cheaper than torch's CPU Bernoulli sampling (which took ~7 % of a small MLP's training
+    step): a unit is dropped iff a 16-bit word of PCG64 output is below t = round(p·2¹⁶),
+    and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
     to within 2⁻¹⁷ and the layer stays unbiased. Without a generator, in eval mode or off
     the CPU (where torch's own sampling is fast) it is plain ``nn.Dropout``.
     """
@@ -187,6 +203,7 @@ class Dropout(nn.Dropout):
     generator: np.random.Generator | None = None
 
     def forward(self, x: Tensor) -> Tensor:
+        """Drop units of ``x`` with a mask from :attr:`generator`, or as ``nn.Dropout`` does."""
         if (
             not self.training
             or not 0 < self.p < 1
@@ -235,6 +252,7 @@ class FusedAdam:
         self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the parameters' gradients: to None, or to zero (``set_to_none=False``)."""
         for p in self.params:
             if set_to_none:
                 p.grad = None
@@ -243,6 +261,7 @@ class FusedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
+        """Take one Adam step for every parameter that has a gradient."""
         # Parameters without a gradient this step are left alone, steps included (as torch).
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
@@ -266,9 +285,11 @@ class FusedAdam:
         )
 
     def state_dict(self) -> dict[str, list[Tensor]]:
+        """Return the optimizer state: per parameter its step count and both moments."""
         return {"step": self.steps, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
 
     def load_state_dict(self, state: dict[str, list[Tensor]]) -> None:
+        """Copy a :meth:`state_dict` of the same parameters into this optimizer's state."""
         for name, current in self.state_dict().items():
             if len(state[name]) != len(current):
                 raise ValueError(
@@ -280,8 +301,10 @@ class FusedAdam:
 
 
 def fused_kernel_works(device: torch.device) -> bool:
-    """Whether torch's private ``_fused_adam_`` op exists for ``device`` and still computes,
-    with the signature :class:`FusedAdam` calls, one textbook Adam step.
+    """Check that torch's private ``_fused_adam_`` op works on ``device``.
+
+    Return whether the op exists for ``device`` and still computes, with the signature
+    :class:`FusedAdam` calls, one textbook Adam step.
 
     The op is private: a torch release may rename it, change its signature or its meaning.
     This probe (a 2-element step, microseconds) turns any of those into a fallback instead

@@ -11,7 +11,8 @@ from torch import Tensor, nn
 
 from ..config import check_number
 from ._kernels import Dropout
-from .losses import DecoderOutput, Dispersion, OutputKind
+from .batch import DecoderOutput
+from .losses import Dispersion, OutputKind
 
 #: log θ is clipped to this range: θ = e^15 is Poisson for all practical purposes and
 #: θ = e^-10 an extreme overdispersion; outside it lgamma loses precision.
@@ -39,16 +40,19 @@ class ModelParams:
     }
 
     def __post_init__(self):
+        """Check the architecture against :attr:`LIMITS` (an error names the config key)."""
         for width in self.hidden:
             check_number("model.hidden[]", width, self.LIMITS["hidden"], integer=True)
         check_number("model.latent_dim", self.latent_dim, self.LIMITS["latent_dim"], integer=True)
         check_number("model.dropout", self.dropout, self.LIMITS["dropout"], integer=False)
 
     def to_dict(self) -> dict:
+        """Return the parameters as a plain dict (``hidden`` a list), as checkpoints store them."""
         return {**asdict(self), "hidden": list(self.hidden)}
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelParams:
+        """Rebuild the parameters from :meth:`to_dict`'s output."""
         return cls(**{**values, "hidden": tuple(values["hidden"])})
 
 
@@ -97,9 +101,31 @@ class AutoencoderModule(nn.Module):
                 module.generator = generator
 
     def encode(self, x: Tensor) -> Tensor:
+        """Map model inputs ``x`` (cells × genes) to latent codes z (cells × ``latent_dim``)."""
         return self.to_latent(self.encoder(x))
 
     def decode(self, z: Tensor, library: Tensor | None = None) -> DecoderOutput:
+        """Map latent codes ``z`` to the head's output.
+
+        Parameters
+        ----------
+        z
+            Latent codes, cells × ``latent_dim``.
+        library
+            Each cell's library size ℓ; required by the count heads (μ = softmax(W h)·ℓ),
+            unused by the ``expression`` head.
+
+        Returns
+        -------
+        DecoderOutput
+            ``expression`` for the expression head; ``mu``, and ``theta`` (``nb``, ``zinb``)
+            and ``dropout_logits`` (``zinb``) for the count heads.
+
+        Raises
+        ------
+        ValueError
+            When a count head is given no ``library``.
+        """
         h = self.decoder(z)
         logits = self.head(h)
         if self.params.output == "expression":
@@ -117,4 +143,5 @@ class AutoencoderModule(nn.Module):
         return out
 
     def forward(self, x: Tensor, library: Tensor | None = None) -> DecoderOutput:
+        """Encode ``x`` and decode its latent codes: :meth:`decode` of :meth:`encode`."""
         return self.decode(self.encode(x), library)

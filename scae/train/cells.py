@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from ..config import MIN_STD, InputError
-from ..module.losses import Batch, DecoderOutput, SparseCounts
+from ..module.batch import Batch, DecoderOutput, SparseCounts
 
 InputScaling = Literal["none", "zscore"]
 
@@ -68,13 +68,22 @@ class CellData:
 
     @property
     def n_genes(self) -> int:
+        """Number of genes (columns of ``x`` and ``counts``)."""
         return self.x.shape[1]
 
     @property
     def n_cells(self) -> int:
+        """Number of cells (rows of ``x`` and ``counts``)."""
         return self.x.shape[0]
 
     def rows(self, split: str) -> np.ndarray:
+        """Return the row indices of the cells in ``split`` (``train``, ``val`` or ``test``).
+
+        Raises
+        ------
+        ValueError
+            When the cells carry no split column (``split_key`` was not in ``obs``).
+        """
         if self.split is None:
             raise ValueError(
                 "these cells carry no train/val/test split column in obs; "
@@ -84,11 +93,16 @@ class CellData:
         return np.flatnonzero(self.split == split)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Map expression ``x`` to the model's input: (x − mean_train)/sd_train under z-scoring.
+
+        Without ``input_scaling='zscore'``, ``x`` is returned unchanged.
+        """
         if self.input_scaling != "zscore":
             return x
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
     def unscale(self, y: torch.Tensor) -> torch.Tensor:
+        """Map a model-space output ``y`` back to expression: the inverse of :meth:`scale`."""
         if self.input_scaling != "zscore":
             return y
         return y * self.std.to(y.device) + self.mean.to(y.device)
@@ -108,7 +122,7 @@ class CellData:
         return self._log_factorial
 
     def sparse_counts(self, rows: np.ndarray) -> SparseCounts:
-        """The raw counts of ``rows`` in coordinate form, never densified."""
+        """Return the raw counts of ``rows`` in coordinate form, never densified."""
         sub = self.counts[rows]
         cells = np.repeat(np.arange(len(rows)), np.diff(sub.indptr))
         return SparseCounts(
@@ -155,7 +169,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` is CUDA when torch sees a GPU, else the CPU; anything else as torch reads it.
 
     A CUDA device this process cannot use is an error here, before any work, rather than
-    torch's "Torch not compiled with CUDA enabled" at the first tensor moved."""
+    torch's "Torch not compiled with CUDA enabled" at the first tensor moved.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     resolved = torch.device(device)

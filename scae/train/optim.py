@@ -16,7 +16,9 @@ logger = logging.getLogger("scae")
 def adam(
     params: Iterable[Tensor], device: torch.device, lr: float, weight_decay: float = 0.0
 ) -> FusedAdam | torch.optim.Adam:
-    """:class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
+    """Return the Adam optimiser for ``params`` on ``device``.
+
+    :class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
     else ``torch.optim.Adam``, fused where torch fuses for that device (one log line says so).
     """
     fused = device.type in ("cpu", "cuda")

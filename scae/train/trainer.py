@@ -74,6 +74,7 @@ class TrainParams:
     }
 
     def __post_init__(self):
+        """Check every setting against :attr:`LIMITS`; raise InputError when one is outside."""
         for f in fields(self):
             check_number(
                 f"train.{f.name}",
@@ -84,12 +85,18 @@ class TrainParams:
 
 
 def fingerprint(*parts: dict) -> str:
-    """A short hash of the settings a checkpoint belongs to."""
+    """Return a short hash of the settings a checkpoint belongs to."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the trained module, its history and how training stopped.
+
+    ``model`` holds the best epoch's weights, ``history`` one row per epoch, ``best_epoch`` the
+    epoch whose weights were kept.
+    """
+
     model: AutoencoderModule
     history: pd.DataFrame
     best_epoch: int
@@ -106,10 +113,13 @@ def evaluate_split(
     device: torch.device,
     seed: int,
 ) -> dict[str, float]:
-    """Means over ``rows``, in eval mode: ``val_loss`` (the training loss) and, in the common
-    space with x̂ the reconstruction, x the truth and m̄ the training-mean profile,
-    ``val_cosine`` cos(x̂, x), ``val_centred_cosine`` cos(x̂ − m̄, x − m̄) and ``val_mse``
-    mean_g (x̂_g − x_g)²: the scores a tuning criterion can compare across losses."""
+    """Compute mean scores over ``rows``, in eval mode.
+
+    The scores are ``val_loss`` (the training loss) and, in the common space with x̂ the
+    reconstruction, x the truth and m̄ the training-mean profile, ``val_cosine`` cos(x̂, x),
+    ``val_centred_cosine`` cos(x̂ − m̄, x − m̄) and ``val_mse`` mean_g (x̂_g − x_g)²: the scores a
+    tuning criterion can compare across losses.
+    """
     model.eval()
     generator = torch.Generator().manual_seed(_epoch_seed(seed, 0, NEGATIVES))
     sums = dict.fromkeys(("val_loss", "val_cosine", "val_centred_cosine", "val_mse"), 0.0)
@@ -144,8 +154,9 @@ def train_epoch(
     epoch: int,
     device: torch.device,
 ) -> float:
-    """One pass over ``train_rows`` in minibatches (order, dropout masks and negatives drawn
-    from (seed, epoch)); returns the mean training loss per cell.
+    """Train one pass over ``train_rows`` in minibatches; return the mean training loss per cell.
+
+    Order, dropout masks and negatives are drawn from (seed, epoch).
 
     The loss stays on the device until the epoch ends: its sum over minibatches is read once,
     so no step waits for the device (a NaN or infinite loss of any step makes the sum NaN or
@@ -239,53 +250,83 @@ def fit(
     if checkpoint is not None and checkpoint.exists():
         state = _resume(checkpoint, key, model, optimizer, state, device)
 
-    train_rows, val_rows = data.rows("train"), data.rows("val")
+    rows = data.rows("train"), data.rows("val")
     while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
-        epoch = state["epoch"] + 1
-        started = time.perf_counter()
-        train_loss = train_epoch(
-            model, optimizer, data, spec, loss_params, train_rows, train_params, seed, epoch, device
+        row = _epoch(
+            model, optimizer, data, spec, loss_params, rows, train_params, seed, state, device
         )
-        scores = evaluate_split(model, data, spec, loss_params, val_rows, device, seed)
-        if not math.isfinite(scores["val_loss"]):
-            raise TrainingDiverged(
-                f"validation loss became {scores['val_loss']} in epoch {epoch}; lower "
-                f"train.learning_rate (now {train_params.learning_rate})"
-            )
-        seconds = time.perf_counter() - started
-        state["history"].append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **scores,
-                "learning_rate": state["lr"],
-                "seconds": seconds,
-            }
-        )
-        _select(state, epoch, scores["val_loss"], model, optimizer, train_params)
-        logger.info(
-            "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
-            epoch,
-            train_loss,
-            scores["val_loss"],
-            scores["val_cosine"],
-            seconds,
-            "  *" if state["best_epoch"] == epoch else "",
-        )
+        state["history"].append(row)
+        _select(state, row["epoch"], row["val_loss"], model, optimizer, train_params)
+        _log_epoch(row, best=state["best_epoch"] == row["epoch"])
         if on_epoch is not None:
-            on_epoch(state["history"][-1])
+            on_epoch(row)
         if checkpoint is not None:
-            with atomic_path(checkpoint) as tmp:
-                torch.save(
-                    {
-                        "fingerprint": key,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "state": state,
-                    },
-                    tmp,
-                )
+            _save_checkpoint(checkpoint, key, model, optimizer, state)
     return _finish(model, state, train_params)
+
+
+def _epoch(
+    model: AutoencoderModule,
+    optimizer,
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    rows: tuple[np.ndarray, np.ndarray],
+    train_params: TrainParams,
+    seed: int,
+    state: dict,
+    device: torch.device,
+) -> dict:
+    """Train the epoch after ``state["epoch"]`` and return its history row.
+
+    The epoch trains on the training ``rows[0]`` and is scored on the validation ``rows[1]``.
+    """
+    epoch = state["epoch"] + 1
+    started = time.perf_counter()
+    train_loss = train_epoch(
+        model, optimizer, data, spec, loss_params, rows[0], train_params, seed, epoch, device
+    )
+    scores = evaluate_split(model, data, spec, loss_params, rows[1], device, seed)
+    if not math.isfinite(scores["val_loss"]):
+        raise TrainingDiverged(
+            f"validation loss became {scores['val_loss']} in epoch {epoch}; lower "
+            f"train.learning_rate (now {train_params.learning_rate})"
+        )
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **scores,
+        "learning_rate": state["lr"],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _log_epoch(row: dict, best: bool) -> None:
+    logger.info(
+        "epoch %3d  train %.5f  val %.5f  val cosine %.4f  %.2fs%s",
+        row["epoch"],
+        row["train_loss"],
+        row["val_loss"],
+        row["val_cosine"],
+        row["seconds"],
+        "  *" if best else "",
+    )
+
+
+def _save_checkpoint(
+    checkpoint: Path, key: str, model: AutoencoderModule, optimizer, state: dict
+) -> None:
+    """Write the state after an epoch atomically: a killed job leaves the previous one."""
+    with atomic_path(checkpoint) as tmp:
+        torch.save(
+            {
+                "fingerprint": key,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": state,
+            },
+            tmp,
+        )
 
 
 def _resume(
@@ -296,8 +337,11 @@ def _resume(
     state: dict,
     device: torch.device,
 ) -> dict:
-    """The training state after the checkpoint's last epoch, loaded into ``model`` and
-    ``optimizer``, when it was written for the same settings (``key``); else ``state``."""
+    """Resume from a checkpoint; return the training state after its last epoch.
+
+    The state is loaded into ``model`` and ``optimizer`` when the checkpoint was written for the
+    same settings (``key``); otherwise ``state`` is returned.
+    """
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
     if saved["fingerprint"] != key:
         logger.info("ignoring checkpoint %s written for other settings", checkpoint)
@@ -317,13 +361,16 @@ def _select(
     optimizer,
     train_params: TrainParams,
 ) -> None:
-    """Model selection after an epoch: a new best validation loss keeps the weights and
+    """Select the model after an epoch.
+
+    A new best validation loss keeps the weights and
     resets the streak of bad epochs; otherwise the streak grows, and reduce-on-plateau
     multiplies the rate by ``lr_factor`` whenever it reaches a multiple of ``lr_patience``:
     torch's ``ReduceLROnPlateau`` (patience ``lr_patience`` − 1, no threshold, no cooldown; a
     test holds the two equal), written out because that scheduler accepts only a
     ``torch.optim`` optimizer, whose construction costs a job ~3 s that :class:`FusedAdam`
-    does not."""
+    does not.
+    """
     if val_loss < state["best_val"]:
         state.update(
             best_val=val_loss,
@@ -340,7 +387,10 @@ def _select(
 
 
 def _finish(model: AutoencoderModule, state: dict, train_params: TrainParams) -> FitResult:
-    """The best epoch's weights, and how training stopped (warning when still improving)."""
+    """Load the best epoch's weights and report how training stopped.
+
+    Warn when the validation loss was still improving.
+    """
     model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
     stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
@@ -381,6 +431,10 @@ def save_model(path: Path, result: FitResult, meta: dict) -> None:
 
 
 def load_model(path: Path, device: torch.device) -> tuple[AutoencoderModule, dict]:
+    """Load a model :func:`save_model` wrote onto ``device``, in eval mode.
+
+    Return the module and the saved dictionary (its settings and metadata).
+    """
     saved = torch.load(path, map_location=device, weights_only=True)
     model = AutoencoderModule(ModelParams.from_dict(saved["model_params"])).to(device)
     model.load_state_dict(saved["state_dict"])
@@ -410,9 +464,12 @@ def reconstruction(
     device: torch.device,
     counts: bool = False,
 ) -> np.ndarray:
-    """Reconstructions of ``rows`` in the common space log1p(normalized expression) or,
-    with ``counts``, as expected counts E[c] = (exp(x̂) − 1)·ℓ / target_sum (for count
-    models exactly their predicted mean, μ or (1 − π)·μ, up to rounding)."""
+    """Reconstruct ``rows``.
+
+    Reconstructions are in the common space log1p(normalized expression) or, with ``counts``, as
+    expected counts E[c] = (exp(x̂) − 1)·ℓ / target_sum (for count models exactly their predicted
+    mean, μ or (1 − π)·μ, up to rounding).
+    """
     model.eval()
     recon = np.empty((len(rows), data.n_genes), dtype=np.float32)
     for start in range(0, len(rows), EVAL_CHUNK):

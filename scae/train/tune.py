@@ -1,5 +1,6 @@
-"""Per-loss hyperparameter search on validation cells: Optuna's TPE sampler and an end-point
-pruner.
+"""Per-loss hyperparameter search on validation cells.
+
+The search uses Optuna's TPE sampler and an end-point pruner.
 
 Every loss of a dataset gets the same budget: ``n_trials`` trainings, each capped at
 ``max_epochs`` and early-stopped like the final runs, trained on the ``train`` cells and scored
@@ -69,14 +70,20 @@ MEDIAN_STARTUP, MEDIAN_WARMUP = 3, 5
 
 
 def _value_by(trial: FrozenTrial, epoch: int) -> float | None:
-    """The score ``trial`` had reached by ``epoch``: its report at the latest epoch <= ``epoch``
-    (reports are best-so-far, so after its last one this is its end-point score)."""
+    """Return the score ``trial`` had reached by ``epoch``.
+
+    This is its report at the latest epoch <= ``epoch`` (reports are best-so-far, so after its
+    last one this is its end-point score).
+    """
     steps = [step for step in trial.intermediate_values if step <= epoch]
     return trial.intermediate_values[max(steps)] if steps else None
 
 
 def _best_step(values: dict[int, float]) -> int:
-    """The epoch a best-so-far series reached its final value: the epoch early stopping keeps."""
+    """Return the epoch a best-so-far series reached its final value.
+
+    This is the epoch early stopping keeps.
+    """
     steps = sorted(values)
     best = steps[-1]
     for step in reversed(steps[:-1]):
@@ -104,7 +111,10 @@ class EndpointPruner(optuna.pruners.BasePruner):
         self.warmup_factor = warmup_factor
 
     def warmup(self, study: optuna.Study) -> int | None:
-        """The first epoch at which trials are judged; None while no trial has completed."""
+        """Return the first epoch at which trials are judged.
+
+        None while no trial has completed.
+        """
         complete = [
             trial
             for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -116,6 +126,11 @@ class EndpointPruner(optuna.pruners.BasePruner):
         return max(1, round(_best_step(first.intermediate_values) * self.warmup_factor))
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Return whether to prune ``trial`` at its last reported epoch.
+
+        Compare its score there with the median of the scores the earlier completed or pruned
+        trials had reached by that epoch; nothing is pruned before the warm-up epoch.
+        """
         epoch, warmup = trial.last_step, self.warmup(study)
         if epoch is None or warmup is None or epoch < warmup:
             return False
@@ -134,8 +149,11 @@ class EndpointPruner(optuna.pruners.BasePruner):
 
 
 def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner, Callable[[optuna.Study], int | None]]:
-    """``tune.pruner``'s pruner, and the warm-up epoch it has in force for the next trial
-    (None: it prunes no epoch of that trial)."""
+    """Return ``tune.pruner``'s pruner and its warm-up function.
+
+    The function gives the warm-up epoch the pruner has in force for the next trial (None: it
+    prunes no epoch of that trial).
+    """
     if name == "endpoint":
         pruner = EndpointPruner()
         return pruner, pruner.warmup
@@ -156,8 +174,11 @@ def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner, Callable[[optuna.S
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Learning rate log-uniform in [low, high], dropout uniform in [low, high], the rest
-    chosen among the listed values. ``latent_dim`` is not searched: it is PCA's rank."""
+    """The hyperparameter search space of a tuning study.
+
+    Learning rate log-uniform in [low, high], dropout uniform in [low, high], the rest
+    chosen among the listed values. ``latent_dim`` is not searched: it is PCA's rank.
+    """
 
     learning_rate: tuple[float, float] = (3e-4, 3e-3)
     dropout: tuple[float, float] = (0.0, 0.3)
@@ -167,6 +188,7 @@ class SearchSpace:
 
     @classmethod
     def from_config(cls, space: dict) -> SearchSpace:
+        """Build the search space from ``config['tune']['space']``."""
         return cls(
             learning_rate=tuple(space["learning_rate"]),
             dropout=tuple(space["dropout"]),
@@ -176,6 +198,7 @@ class SearchSpace:
         )
 
     def contains(self, point: dict[str, Any]) -> bool:
+        """Return whether the settings ``point`` lie within this space."""
         return (
             self.learning_rate[0] <= point["learning_rate"] <= self.learning_rate[1]
             and self.dropout[0] <= point["dropout"] <= self.dropout[1]
@@ -220,8 +243,9 @@ def tune(
     params: TuneParams,
     device: str | torch.device = "auto",
 ) -> tuple[pd.DataFrame, dict]:
-    """Search ``params.space`` for ``model``'s loss and architecture; return (every trial,
-    the best trial's settings as ``best.yaml`` holds them).
+    """Search ``params.space`` for ``model``'s loss and architecture.
+
+    Return (every trial, the best trial's settings as ``best.yaml`` holds them).
 
     ``model`` is an untrained :class:`scae.Autoencoder` (its AnnData, loss, loss parameters
     and the configured architecture). A trial trains from fresh weights with the sampled
@@ -260,33 +284,41 @@ def tune(
     study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
     trials = _trial_table(study, objective.outcomes)
     _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
+    settings = _best_settings(study, spec.name, params.criterion, len(trials))
+    return trials, settings
+
+
+def _best_settings(study: optuna.Study, loss: str, criterion: str, n_trials: int) -> dict:
+    """Return the best trial's settings as ``best.yaml`` holds them (logged)."""
     best = study.best_trial
     chosen = {**best.params, "hidden": [int(w) for w in best.params["hidden"].split(",")]}
-    settings = {
-        "loss": spec.name,
-        "criterion": params.criterion,
-        "score": float(best.value),
-        "trial": best.number,
-        "n_trials": len(trials),
-        "model": {name: chosen[name] for name, where in TUNED.items() if where == "model"},
-        "train": {name: chosen[name] for name, where in TUNED.items() if where == "train"},
-    }
     logger.info(
         "best trial %d of %d: %s = %.5f with %s",
         best.number,
-        len(trials),
-        params.criterion,
+        n_trials,
+        criterion,
         best.value,
         chosen,
     )
-    return trials, settings
+    return {
+        "loss": loss,
+        "criterion": criterion,
+        "score": float(best.value),
+        "trial": best.number,
+        "n_trials": n_trials,
+        "model": {name: chosen[name] for name, where in TUNED.items() if where == "model"},
+        "train": {name: chosen[name] for name, where in TUNED.items() if where == "train"},
+    }
 
 
 def _create_study(
     loss: str, params: TuneParams, train_params: TrainParams, model_params: ModelParams
 ) -> tuple[optuna.Study, Callable[[optuna.Study], int | None]]:
-    """The seeded study of one loss, with the configured point enqueued as trial 0 (when
-    the space holds it), and the warm-up its pruner has in force for the next trial."""
+    """Create the seeded study of one loss.
+
+    The configured point is enqueued as trial 0 (when the space holds it). Return the study and
+    the warm-up its pruner has in force for the next trial.
+    """
     pruner, warmup = _pruner(params.pruner)
     # One seed per (tune seed, loss): losses get independent but reproducible samplers.
     sampler_seed = params.seed * 1_000_003 + zlib.crc32(loss.encode())
@@ -312,7 +344,7 @@ def _create_study(
 
 
 def _sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
-    """A trial's settings (in this order: TPE's draws depend on it)."""
+    """Sample a trial's settings (in this order: TPE's draws depend on it)."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", *space.learning_rate, log=True),
         "weight_decay": trial.suggest_categorical("weight_decay", list(space.weight_decay)),
@@ -329,9 +361,12 @@ def _sample(trial: optuna.Trial, space: SearchSpace) -> dict[str, Any]:
 
 @dataclass
 class _Objective:
-    """One trial: train with the sampled settings, report the best-so-far criterion after
+    """The objective of a study: one trial.
+
+    Train with the sampled settings, report the best-so-far criterion after
     every epoch (where the pruner may stop it), return the score at the kept epoch;
-    ``outcomes`` collects how each trial ended, by trial number."""
+    ``outcomes`` collects how each trial ended, by trial number.
+    """
 
     data: CellData
     spec: LossSpec
@@ -414,8 +449,11 @@ def _trial_table(study: optuna.Study, outcomes: dict[int, dict]) -> pd.DataFrame
 
 
 def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: int) -> None:
-    """How the trials stopped: pruned (at which epochs), and at the cap while still improving
-    (a warning: the cap, not the data, then ended a trial)."""
+    """Log how the trials stopped.
+
+    Report those pruned (at which epochs), and those at the cap while still improving (a
+    warning: the cap, not the data, then ended a trial).
+    """
     pruned = trials["pruned_at"].dropna().astype(int).tolist()
     capped = int(trials["converged"].eq(False).sum())
     logger.info(
@@ -439,5 +477,5 @@ def _log_stops(trials: pd.DataFrame, pruner: Pruner, max_epochs: int, patience: 
 
 
 def apply_best(model: dict, train: dict, best: dict) -> tuple[dict, dict]:
-    """The ``model`` and ``train`` config sections with a ``best.yaml``'s settings applied."""
+    """Return the ``model`` and ``train`` config sections with ``best.yaml``'s settings applied."""
     return {**model, **best["model"]}, {**train, **best["train"]}
