@@ -224,10 +224,8 @@ def short_summary(summaries: list[Path], page: str) -> str:
     records = [answer_record(path, path.read_text()) for path in summaries]
     if len(records) > 1:
         lines += ["", across_datasets(records)]
-    contents = (
-        "Tables, figures and the rank × depth table"
-        if depth_tables(summaries)
-        else ("Tables and figures")
+    contents = "Tables and figures" + (
+        ", and the rank × depth table" if depth_tables(summaries) else ""
     )
     lines += ["", f"{contents}: [{page}]({page})."]
     return "\n".join(lines)
