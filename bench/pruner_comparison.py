@@ -45,8 +45,9 @@ from scae.data.params import DatasetOptions, PreprocessParams  # noqa: E402
 from scae.data.preprocess import preprocess_file  # noqa: E402
 from scae.sizes import SizeNeeds  # noqa: E402
 from scae.train import keep_freed_memory  # noqa: E402
+from scae.train.pruning import EndpointPruner  # noqa: E402
 from scae.train.trainer import TrainParams  # noqa: E402
-from scae.train.tune import CRITERIA, EndpointPruner, TuneParams  # noqa: E402
+from scae.train.tune import CRITERIA, TuneParams  # noqa: E402
 
 DATASET = "pbmc3k"
 OUT = REPO / "bench" / "results" / "pruner_comparison"

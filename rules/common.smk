@@ -290,7 +290,7 @@ def needs_integer_counts(wildcards):
 def preprocess_mem_mb(wildcards, input, attempt):
     """The result (cells × HVGs) and the blocks in flight, not the whole input; scae.data
     (anndata) is imported only once a preprocess job is scheduled, not at parse time."""
-    estimate = importlib.import_module("scae.data.readers").preprocess_mem_mb
+    estimate = importlib.import_module("scae.data.input_size").preprocess_mem_mb
     return attempt * estimate(
         input[0],
         dataset_config(wildcards)["counts"],

@@ -4,12 +4,11 @@ import pandas as pd
 
 from scae import layout
 from scae.evaluation.markdown import markdown_summary
+from scae.evaluation.ranks import rank_comparisons, rank_table
 from scae.evaluation.summary import (
     aggregate,
     convergence,
     merge_variants,
-    rank_comparisons,
-    rank_table,
     read_histories,
     wide_summary,
 )

@@ -2,8 +2,10 @@
 workflow's train job through the same code path, defaults, errors, new cells."""
 
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 
 import anndata as ad
 import numpy as np
@@ -23,6 +25,7 @@ from scae.train.tune import apply_best
 from .conftest import REPO, SMALL_RUN_SEEDS, pbmc_subset
 
 SMALL = {"hidden": (32,), "latent_dim": 4}
+_PYCACHE = shutil.ignore_patterns("__pycache__")
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +343,28 @@ def test_duplicate_cell_names_are_made_unique_with_a_count():
     with pytest.warns(UserWarning, match="200 duplicate cell names"):
         scae.Autoencoder.setup_anndata(registered)
     assert registered.obs_names.is_unique
+
+
+def test_the_package_reads_its_defaults_from_the_workflows_schema(tmp_path):
+    """The schema the API's defaults come from is config/schema.yaml, in a built wheel too."""
+    from importlib.resources import files
+
+    schema = (REPO / "config/schema.yaml").read_text()
+    assert files("scae").joinpath("schema.yaml").read_text() == schema
+    source = tmp_path / "source"  # a copy, so that building leaves no build/ in the checkout
+    shutil.copytree(REPO / "scae", source / "scae", symlinks=True, ignore=_PYCACHE)
+    (source / "config").mkdir()
+    for name in ("pyproject.toml", "README.md", "config/schema.yaml"):
+        shutil.copy(REPO / name, source / name)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+        + ["--wheel-dir", str(tmp_path), str(source)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("scae-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read("scae/schema.yaml").decode() == schema
 
 
 def test_api_defaults_are_the_schemas():

@@ -32,14 +32,9 @@ from scae.module._kernels import FusedAdam
 from scae.module.losses import LOSSES
 from scae.module.network import AutoencoderModule
 from scae.train.cells import _minibatches, _to_device
+from scae.train.inference import evaluate_split, latent_representation, reconstruction
 from scae.train.optim import adam
-from scae.train.trainer import (
-    TrainParams,
-    evaluate_split,
-    fit,
-    latent_representation,
-    reconstruction,
-)
+from scae.train.trainer import TrainParams, fit
 
 from .conftest import pbmc_subset
 

@@ -16,10 +16,11 @@ from scae.config import InputError
 from scae.data._passes import preprocess_rows
 from scae.data.checks import validate_counts
 from scae.data.hvg import GeneMoments, gene_mean_std, seurat_hvg
+from scae.data.input_size import preprocess_mem_mb
 from scae.data.mcv import HELDOUT_LAYER, binomial_split
 from scae.data.params import DatasetOptions, MCVParams, PreprocessParams
 from scae.data.preprocess import preprocess
-from scae.data.readers import H5adRows, HDF5Rows, open_counts, preprocess_mem_mb, read_counts
+from scae.data.readers import H5adRows, HDF5Rows, open_counts, read_counts
 from scae.data.split import stratified_split
 
 from .conftest import PBMC3K, pbmc_subset

@@ -12,8 +12,9 @@ import scae
 from scae.evaluation.baselines import baseline_outputs
 from scae.evaluation.markdown import crossing_sentence, markdown_summary
 from scae.evaluation.metrics import per_cell_metrics
+from scae.evaluation.ranks import crossing, rank_comparisons, rank_table
 from scae.evaluation.stats import crossed_mean_difference
-from scae.evaluation.summary import aggregate, crossing, rank_comparisons, rank_table
+from scae.evaluation.summary import aggregate
 
 # --------------------------------------------------------------------------------------------
 # the crossing, on tables built by hand

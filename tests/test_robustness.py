@@ -56,7 +56,7 @@ from scae.data.preprocess import preprocess
 from scae.evaluation.metrics import per_cell_metrics, rowwise_cosine
 from scae.io import atomic_path
 from scae.module.losses import cosine_similarity
-from scae.train.trainer import load_model
+from scae.train.inference import load_model
 
 from .conftest import REPO, pbmc_subset, snakemake_command, write_small_workflow_config
 

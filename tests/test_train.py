@@ -15,16 +15,14 @@ from scae.module.losses import LOSSES, LossSpec, get_loss
 from scae.module.network import ModelParams
 from scae.train import keep_freed_memory
 from scae.train.cells import CellData, resolve_device
-from scae.train.trainer import (
+from scae.train.inference import (
     FitResult,
-    TrainingDiverged,
-    TrainParams,
-    fit,
     latent_representation,
     load_model,
     reconstruction,
     save_model,
 )
+from scae.train.trainer import TrainingDiverged, TrainParams, fit
 
 CPU = torch.device("cpu")
 FAST = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=6, patience=3)
@@ -67,7 +65,7 @@ def test_every_loss_trains_and_restores_best_epoch(small_data, loss):
     assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best = history.loc[history["val_loss"].idxmin()]
     assert result.best_epoch == best["epoch"]
-    from scae.train.trainer import evaluate_split
+    from scae.train.inference import evaluate_split
 
     scores = evaluate_split(
         result.model, data, get_loss(loss), params, data.rows("val"), CPU, seed=0
@@ -177,7 +175,7 @@ def test_never_densifies_the_whole_matrix(small_data, monkeypatch):
         return real_toarray(self, *args, **kwargs)
 
     monkeypatch.setattr(sp.csr_matrix, "toarray", guarded)
-    monkeypatch.setattr("scae.train.trainer.EVAL_CHUNK", 100)
+    monkeypatch.setattr("scae.train.inference.EVAL_CHUNK", 100)
     data = CellData(small_data, "none")
     result = fit(data, get_loss("zinb"), {}, _params(small_data, "zinb"), FAST, 0, CPU)
     latent_representation(result.model, data, np.arange(n_cells), CPU)

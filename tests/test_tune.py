@@ -18,8 +18,9 @@ from optuna.trial import TrialState, create_trial
 import scae
 from scae.evaluation.summary import convergence, read_histories
 from scae.module.losses import LOSSES
+from scae.train.pruning import EndpointPruner
 from scae.train.trainer import TrainParams
-from scae.train.tune import EndpointPruner, SearchSpace, TuneParams, tune
+from scae.train.tune import SearchSpace, TuneParams, tune
 
 from .conftest import REPO, pbmc_subset
 from .test_robustness import (

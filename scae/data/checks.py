@@ -35,6 +35,17 @@ class _CountCheck:
     largest_noise: float = 0.0
     distances: np.ndarray | None = None  # histogram over _DISTANCE_BINS of the fractional
 
+    @classmethod
+    def of(cls, X: sp.spmatrix | np.ndarray | CountRows) -> _CountCheck:
+        """Return what the stored values of ``X`` hold; a :class:`CountRows` block by block."""
+        found = cls()
+        if isinstance(X, CountRows):
+            for _, block in X.blocks():
+                found.add(block.data)
+        else:
+            found.add(np.asarray(X.data if sp.issparse(X) else X).ravel())
+        return found
+
     def add(self, values: np.ndarray) -> None:
         finite = np.isfinite(values)
         if not finite.all():  # (a copy only then: blocks of an atlas are large)
@@ -61,6 +72,17 @@ class _CountCheck:
         cumulative = np.cumsum(self.distances)
         return float(_DISTANCE_BINS[1:][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
+    def distance_text(self) -> str:
+        """Return how far the fractional values are from integers, for messages ("" if none)."""
+        distance = ""
+        if self.fractional:
+            distance = (
+                f"; their median distance to the nearest integer is "
+                f"{self.median_distance():.3g}, beyond the {COUNT_TOLERANCE:g} of "
+                "conversion noise: these look normalized or transformed, not counts"
+            )
+        return distance
+
 
 def validate_counts(
     X: sp.spmatrix | np.ndarray | CountRows,
@@ -80,12 +102,7 @@ def validate_counts(
     normalized data. A :class:`CountRows` is checked one block at a time. ``fix`` is the
     advice the errors end with (default: the config key to change).
     """
-    found = _CountCheck()
-    if isinstance(X, CountRows):
-        for _, block in X.blocks():
-            found.add(block.data)
-    else:
-        found.add(np.asarray(X.data if sp.issparse(X) else X).ravel())
+    found = _CountCheck.of(X)
     fix = fix or (
         f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
         "('X', 'raw' or a layer name)"
@@ -95,13 +112,7 @@ def validate_counts(
             f"{source}: dataset {dataset!r} has {found.nonfinite} NaN or infinite entries in "
             f"its count matrix; clean the matrix, or {fix}"
         )
-    distance = ""
-    if found.fractional:
-        distance = (
-            f"; their median distance to the nearest integer is "
-            f"{found.median_distance():.3g}, beyond the {COUNT_TOLERANCE:g} of "
-            "conversion noise: these look normalized or transformed, not counts"
-        )
+    distance = found.distance_text()
     if found.negative or (require_integers and found.fractional):
         raise InputError(
             f"{source}: dataset {dataset!r} is not raw counts ({found.negative} negative and "

@@ -4,31 +4,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import _schema
 from ..sizes import SizeNeeds
 
 SPLITS = ("train", "val", "test")
+#: config/schema.yaml's defaults of the preprocess and mcv sections.
+_PREPROCESS, _MCV = _schema.defaults("preprocess"), _schema.defaults("mcv")
 
 
 @dataclass(frozen=True)
 class PreprocessParams:
-    """Preprocessing settings, mirroring ``config['preprocess']``."""
+    """Preprocessing settings, mirroring ``config['preprocess']`` (defaults from its schema)."""
 
-    min_genes: int = 200
-    min_cells: int = 3
-    max_pct_mito: float = 5.0
-    target_sum: float = 1e4
-    n_top_genes: int = 2000
-    test_fraction: float = 0.2
-    val_fraction: float = 0.1
-    split_seed: int = 0
+    min_genes: int = _PREPROCESS["min_genes"]
+    min_cells: int = _PREPROCESS["min_cells"]
+    max_pct_mito: float = float(_PREPROCESS["max_pct_mito"])
+    target_sum: float = float(_PREPROCESS["target_sum"])
+    n_top_genes: int = _PREPROCESS["n_top_genes"]
+    test_fraction: float = _PREPROCESS["test_fraction"]
+    val_fraction: float = _PREPROCESS["val_fraction"]
+    split_seed: int = _PREPROCESS["split_seed"]
 
 
 @dataclass(frozen=True)
 class MCVParams:
     """Molecular cross-validation: the fraction of molecules kept for training, and a seed."""
 
-    train_fraction: float = 0.9
-    seed: int = 0
+    train_fraction: float = _MCV["train_fraction"]
+    seed: int = _MCV["seed"]
 
 
 #: Entropy that keeps the thinning's random stream apart from the molecule split's

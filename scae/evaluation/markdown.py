@@ -1,7 +1,9 @@
 """Write ``summary.md``: the tables of :mod:`scae.evaluation.summary` as text.
 
-The tables become the text a reader reads – the one-line answer at each latent rank, the rank
-section with its crossing, notes on seeds, convergence and settings, and the paired comparisons.
+The tables become the text a reader reads – the rank table with its crossing
+(:mod:`scae.evaluation.ranks`), per latent rank a section with notes on seeds and settings and
+the one-line answer (:mod:`scae.evaluation.answer`, which names the runs that did not
+converge), and the paired comparisons.
 """
 
 from __future__ import annotations
@@ -13,22 +15,17 @@ import pandas as pd
 
 from ..config import MCV_SUFFIX
 from ..outputs import SETTING_PREFIX
+from .answer import ANSWER_TAG, answer
 from .metrics import EMBEDDING_DIM
+from .ranks import crossing, rank_table
 from .summary import (
     COMPARISON_COLUMNS,
     DENOISING_BASELINES,
     HEADLINE_METRICS,
     aggregate,
     at_rank,
-    best_loss,
-    crossing,
-    direction,
-    rank_table,
     ranks_in,
 )
-
-#: Prefix of the machine-readable answer comment that :mod:`scae.evaluation.findings` reads.
-ANSWER_TAG = "scae-answer:"
 
 
 def _seed_counts(stats: pd.DataFrame, metrics: list[str]) -> dict[str, int]:
@@ -95,104 +92,6 @@ def _notes(stats: pd.DataFrame) -> list[str]:
     return notes
 
 
-def _unconverged(runs: pd.DataFrame) -> str:
-    """'d: `mse` seeds 0, 1; `nb` seed 2; d.mcv: …' for the runs that did not converge."""
-    bad = runs[~runs["converged"].astype(bool)]
-    parts = []
-    for dataset, in_dataset in bad.groupby("dataset", sort=True):
-        losses = [
-            f"`{loss}` seed{'s' * (len(group) > 1)} {', '.join(map(str, group['seed']))}"
-            for loss, group in in_dataset.groupby("model", sort=True)
-        ]
-        parts.append(f"{dataset}: {'; '.join(losses)}")
-    return "; ".join(parts)
-
-
-def answer(
-    stats: pd.DataFrame,
-    comparisons: pd.DataFrame,
-    dataset: str,
-    primary_metric: str,
-    runs: pd.DataFrame | None = None,
-    level: float = 0.95,
-) -> tuple[str, dict]:
-    """Return the answer sentence and its record for :mod:`scae.evaluation.findings`.
-
-    The record holds the best loss and the tied losses.
-
-    The best loss has the best mean of ``primary_metric``; a loss is *tied* with it when their
-    ``answer``-family interval contains 0. PCA and the mean profile are placed by the best
-    loss's comparisons with them, and runs that did not converge are named.
-    """
-    best = best_loss(stats, primary_metric)
-    means = stats[stats["metric"] == primary_metric].set_index("model")["mean"]
-    n_seeds = int(
-        stats.loc[(stats["metric"] == primary_metric) & (stats["model"] == best), "n"].iloc[0]
-    )
-    rule = "higher" if direction(primary_metric) == "higher" else "lower"
-    text = (
-        f"**Answer:** ranked by `{primary_metric}` ({rule} is better; mean over {n_seeds} "
-        f"seed{'s' * (n_seeds != 1)} on test cells), the best loss is `{best}` "
-        f"({means[best]:.4g})"
-    )
-    if comparisons.empty:
-        comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
-    rows = comparisons[comparisons["family"] == "answer"]
-    tied_text, tied = _tied_clause(rows, best, means, n_seeds, level)
-    text += tied_text + _baseline_clauses(rows, best, means)
-    text += "."
-    if runs is not None and not runs["converged"].all():
-        text += (
-            " Not converged (all max_epochs run, best epoch among the last `patience`: "
-            f"more epochs might change their scores): {_unconverged(runs)}."
-        )
-    record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
-    return text, record
-
-
-def _tied_clause(
-    rows: pd.DataFrame, best: str, means: pd.Series, n_seeds: int, level: float
-) -> tuple[str, list[str]]:
-    """Return the answer's clause on the losses tied with ``best``, and their names.
-
-    The ties come from its ``answer``-family comparisons ``rows``.
-    """
-    against_best = rows[rows["reference"] == best]
-    if not len(against_best):
-        return "", []
-    tied = sorted(against_best.loc[against_best["verdict"] == "no difference", "model"])
-    confidence = f"{level:.0%} simultaneous intervals over seeds and test cells"
-    if n_seeds == 1:
-        confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
-    if not tied:
-        return f"; every other loss is worse ({confidence})", tied
-    listed = ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied)
-    return f"; statistically tied with it ({confidence} contain 0): {listed}", tied
-
-
-def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series) -> str:
-    """Return the answer's clauses placing ``best`` against PCA and the mean profile."""
-    text = ""
-    for baseline, name in (
-        ("baseline_pca", "PCA at the same rank"),
-        ("baseline_mean", "the training-mean profile"),
-    ):
-        if baseline not in means:
-            continue
-        row = rows[(rows["model"] == best) & (rows["reference"] == baseline)]
-        value = f"{means[baseline]:.4g}"
-        if not len(row):
-            text += f"; {name} scores {value}"
-            continue
-        relation = {
-            "better": f"it beats {name} ({value})",
-            "worse": f"{name} ({value}) beats it",
-            "no difference": f"it ties with {name} ({value})",
-        }[row["verdict"].iloc[0]]
-        text += f"; {relation}"
-    return text
-
-
 def settings_table(stats: pd.DataFrame) -> list[str]:
     """Return Markdown lines of the settings each loss trained with.
 
@@ -248,7 +147,7 @@ def _preprocess_sentence(settings: dict) -> str:
 
 
 def crossing_sentence(table: pd.DataFrame) -> str:
-    """Put the crossing in words (:func:`crossing`)."""
+    """Put the crossing in words (:func:`scae.evaluation.ranks.crossing`)."""
     largest, smallest = crossing(table)
     parts = [
         (
@@ -407,6 +306,27 @@ def _comparison_lines(comparisons: pd.DataFrame, level: float) -> list[str]:
     return lines
 
 
+def _heading(
+    dataset: str, primary_metric: str, preprocess: dict | None, source: dict | None
+) -> list[str]:
+    """Return the page's title, how to read it, and the input's thinning and preprocessing."""
+    lines = [
+        f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
+        "does an autoencoder beat PCA?",
+        "",
+        "Every model is scored on held-out test cells. **Bold**: best value per column, "
+        "baselines included. Higher is better except for mse and the negative "
+        f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.",
+        "",
+    ]
+    if preprocess or source:
+        lines += [
+            _thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess else ""),
+            "",
+        ]
+    return lines
+
+
 def markdown_summary(
     tidy: pd.DataFrame,
     comparisons: pd.DataFrame,
@@ -431,20 +351,7 @@ def markdown_summary(
     stats = stats[stats["dataset"] == dataset]
     ranks = ranks_in(stats)
     reference_rank = reference_rank or ranks[-1]
-    lines = [
-        f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
-        "does an autoencoder beat PCA?",
-        "",
-        "Every model is scored on held-out test cells. **Bold**: best value per column, "
-        "baselines included. Higher is better except for mse and the negative "
-        f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.",
-        "",
-    ]
-    if preprocess or source:
-        lines += [
-            _thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess else ""),
-            "",
-        ]
+    lines = _heading(dataset, primary_metric, preprocess, source)
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ..config import InputError
+from ..config import CLUSTER_KEY, InputError
 from ..data.checks import label_strings, make_names_unique, validate_counts
 from ..data.hvg import gene_mean_std
 from ..data.params import SPLITS, PreprocessParams
@@ -133,3 +133,34 @@ def check_genes(adata: ad.AnnData, var_names: list[str], source) -> None:
             f"({shared} shared, or the order differs); subset it to the model's genes: "
             "adata[:, model.var_names]"
         )
+
+
+def negatives_group_key(adata: ad.AnnData, loss_params: dict) -> str | None:
+    """Return the obs column ``cosine_embedding``'s negative pairs avoid (None: any other cell).
+
+    Parameters
+    ----------
+    adata
+        The registered AnnData the model trains on.
+    loss_params
+        The loss's parameters; only ``negative_sampling`` is read (default ``"random"``).
+    """
+    sampling = loss_params.get("negative_sampling", "random")
+    if sampling == "label":
+        labels_key = setup_of(adata)["labels_key"]
+        if not labels_key:
+            raise InputError(
+                "negative_sampling='label' draws negatives from other cell types, but no "
+                "labels_key was registered; call Autoencoder.setup_anndata(adata, "
+                "labels_key=...) or use negative_sampling='random' or 'cluster'"
+            )
+        return labels_key
+    if sampling == "cluster":
+        if CLUSTER_KEY not in adata.obs:
+            raise InputError(
+                f"negative_sampling='cluster' needs training-cell clusters in "
+                f"adata.obs[{CLUSTER_KEY!r}]; run scae.preprocess(..., clusters=True) or "
+                "use negative_sampling='random' or 'label'"
+            )
+        return CLUSTER_KEY
+    return None

@@ -11,8 +11,8 @@
     model = scae.Autoencoder.load("my_model/", adata)
 
 Every default (architecture, optimisation, loss parameters) comes from :class:`ModelParams`,
-:class:`TrainParams` and each loss's registry entry, the same values ``config/schema.yaml``
-declares (a test keeps them equal).
+:class:`TrainParams` and each loss's registry entry, which read them from
+``config/schema.yaml`` (:mod:`scae._schema`): the workflow's defaults are the API's.
 """
 
 from __future__ import annotations
@@ -27,23 +27,29 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import CLUSTER_KEY, InputError
+from ..config import InputError
 from ..data.checks import validate_counts
 from ..data.params import PreprocessParams
 from ..io import atomic_path
 from ..module.losses import get_loss
 from ..module.network import ModelParams
 from ..train.cells import CellData, InputScaling, resolve_device
-from ..train.trainer import (
+from ..train.inference import (
     FitResult,
-    TrainParams,
-    fit,
     latent_representation,
     load_model,
     reconstruction,
     save_model,
 )
-from ._setup import LAYER_FIX, SETUP_KEY, check_genes, register_anndata, setup_of
+from ..train.trainer import TrainParams, fit
+from ._setup import (
+    LAYER_FIX,
+    SETUP_KEY,
+    check_genes,
+    negatives_group_key,
+    register_anndata,
+    setup_of,
+)
 
 logger = logging.getLogger("scae")
 
@@ -229,7 +235,7 @@ class Autoencoder:
                 "and 'val' cells to stop early on; it holds "
                 f"{', '.join(sorted(set(split))) or 'no cells'}"
             )
-        return self._cell_data(self.adata, self._negatives_group_key())
+        return self._cell_data(self.adata, negatives_group_key(self.adata, self.loss_params))
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -373,27 +379,6 @@ class Autoencoder:
         return model
 
     # --- internals ---------------------------------------------------------------------
-
-    def _negatives_group_key(self) -> str | None:
-        """Return the obs column cosine_embedding's negative pairs avoid (None: any other cell)."""
-        sampling = self.loss_params.get("negative_sampling", "random")
-        if sampling == "label":
-            if not self.setup["labels_key"]:
-                raise InputError(
-                    "negative_sampling='label' draws negatives from other cell types, but no "
-                    "labels_key was registered; call Autoencoder.setup_anndata(adata, "
-                    "labels_key=...) or use negative_sampling='random' or 'cluster'"
-                )
-            return self.setup["labels_key"]
-        if sampling == "cluster":
-            if CLUSTER_KEY not in self.adata.obs:
-                raise InputError(
-                    f"negative_sampling='cluster' needs training-cell clusters in "
-                    f"adata.obs[{CLUSTER_KEY!r}]; run scae.preprocess(..., clusters=True) or "
-                    "use negative_sampling='random' or 'label'"
-                )
-            return CLUSTER_KEY
-        return None
 
     def _cell_data(self, adata: ad.AnnData, group_key: str | None = None) -> CellData:
         setup = setup_of(adata)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
+from .. import _schema
 from ..config import InputError, check_number
 from ._kernels import _CosineSimilarity, _MeanSquaredError, kernel_enabled
 from .batch import Batch, DecoderOutput
@@ -32,9 +33,6 @@ OutputKind = Literal["expression", "poisson", "nb", "zinb"]
 
 #: θ per gene (a learnt vector) or per gene and cell (a head of the decoder).
 Dispersion = Literal["gene", "gene-cell"]
-
-
-DISPERSIONS: tuple[str, ...] = get_args(Dispersion)
 
 
 LossFn = Callable[[DecoderOutput, Batch, dict], Tensor]
@@ -49,8 +47,8 @@ class LossSpec:
     output: OutputKind
     formula: str
     #: The loss's parameters and their defaults, the values a categorical one may take and
-    #: the limits of a numeric one (JSON Schema's ``minimum``/``maximum`` keywords).
-    #: ``config/schema.yaml`` repeats all three for the workflow; tests keep them equal.
+    #: the limits of a numeric one (JSON Schema's ``minimum``/``maximum`` keywords), as
+    #: ``config/schema.yaml`` declares them under ``loss_params.<name>``.
     defaults: dict[str, Any] = field(default_factory=dict)
     choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     limits: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -111,14 +109,7 @@ class LossSpec:
 LOSSES: dict[str, LossSpec] = {}
 
 
-def register_loss(
-    name: str,
-    output: OutputKind,
-    formula: str,
-    defaults: dict[str, Any] | None = None,
-    choices: dict[str, tuple[str, ...]] | None = None,
-    limits: dict[str, dict[str, float]] | None = None,
-) -> Callable[[LossFn], LossFn]:
+def register_loss(name: str, output: OutputKind, formula: str) -> Callable[[LossFn], LossFn]:
     """Return a decorator that registers a per-cell loss function in :data:`LOSSES`.
 
     The decorated function takes ``(out, batch, params)`` — the :class:`DecoderOutput`, the
@@ -133,13 +124,19 @@ def register_loss(
         What the decoder must produce for it (:data:`OutputKind`).
     formula
         The per-cell loss in the notation of the module docstring, for tables and the manual.
-    defaults
-        The loss's parameters and their default values.
-    choices
-        The values each categorical parameter may take.
-    limits
-        JSON Schema's ``minimum``/``maximum`` keywords of each numeric parameter.
+
+    The loss's parameters, their defaults, choices and limits are those ``config/schema.yaml``
+    declares under ``loss_params.<name>`` (none if it declares none there).
+
+    Raises
+    ------
+    ValueError
+        When ``name`` is not one of the schema's ``losses``, which the workflow could not run.
     """
+    if name not in _schema.allowed("losses"):
+        raise ValueError(f"loss {name!r} is not in config/schema.yaml's losses enum; add it there")
+
+    section = ("loss_params", name) if name in _schema.properties("loss_params") else ()
 
     def decorate(fn: LossFn) -> LossFn:
         LOSSES[name] = LossSpec(
@@ -147,9 +144,9 @@ def register_loss(
             fn=fn,
             output=output,
             formula=formula,
-            defaults=dict(defaults or {}),
-            choices=dict(choices or {}),
-            limits=dict(limits or {}),
+            defaults=_schema.defaults(*section) if section else {},
+            choices=_schema.choices(*section) if section else {},
+            limits=_schema.limits(*section) if section else {},
         )
         return fn
 
@@ -230,9 +227,6 @@ def cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "cosine_embedding",
     "expression",
     "[ (1 − cos(x̂_i, x_i)) + Σ_k max(0, cos(x̂_i, x_j_k) − m) ] / (1 + K)",
-    defaults={"margin": 0.0, "negatives_per_cell": 1, "negative_sampling": "random"},
-    choices={"negative_sampling": ("random", "label", "cluster")},
-    limits={"margin": {"minimum": -1, "maximum": 1}, "negatives_per_cell": {"minimum": 1}},
 )
 def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """Return the cosine embedding loss per cell, over its own pair and K negative pairs.
@@ -259,8 +253,6 @@ def cosine_embedding(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "mse_cosine",
     "expression",
     "α·mean_g (x̂_g − x_g)² + (1 − α)·(1 − cos(x̂, x))",
-    defaults={"alpha": 0.5},
-    limits={"alpha": {"minimum": 0, "maximum": 1}},
 )
 def mse_cosine(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """Return α·MSE + (1 − α)·cosine distance per cell, with α = ``params["alpha"]``."""
@@ -284,8 +276,6 @@ def poisson(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "nb",
     "nb",
     "−Σ_g log NB(c_g; μ_g, θ_g),  μ = softmax(ρ)·ℓ",
-    defaults={"dispersion": "gene"},
-    choices={"dispersion": DISPERSIONS},
 )
 def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """Return the NB negative log-likelihood of the raw counts per cell (:func:`nb_nll`).
@@ -299,8 +289,6 @@ def negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     "zinb",
     "zinb",
     "−Σ_g log[π_g·1(c_g=0) + (1−π_g)·NB(c_g; μ_g, θ_g)]",
-    defaults={"dispersion": "gene"},
-    choices={"dispersion": DISPERSIONS},
 )
 def zero_inflated_negative_binomial(out: DecoderOutput, batch: Batch, params: dict) -> Tensor:
     """Return the ZINB negative log-likelihood of the raw counts per cell (:func:`zinb_nll`).

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .. import _schema
 from ..config import check_number
 from ._kernels import Dropout
 from .batch import DecoderOutput
@@ -19,24 +20,25 @@ from .losses import Dispersion, OutputKind
 LOG_THETA_RANGE = (-10.0, 15.0)
 
 
+_DEFAULTS = _schema.defaults("model")
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """Architecture, mirroring ``config['model']`` plus what the loss implies."""
+    """Architecture, mirroring ``config['model']`` (defaults from its schema) and the loss."""
 
     n_genes: int
-    hidden: tuple[int, ...] = (256, 128)
-    latent_dim: int = 32
-    dropout: float = 0.1
-    batch_norm: bool = True
+    hidden: tuple[int, ...] = _DEFAULTS["hidden"]
+    latent_dim: int = _DEFAULTS["latent_dim"]
+    dropout: float = _DEFAULTS["dropout"]
+    batch_norm: bool = _DEFAULTS["batch_norm"]
     output: OutputKind = "expression"
     dispersion: Dispersion = "gene"
 
-    #: The limits of ``config/schema.yaml``'s model section (a test keeps them equal); a
-    #: limit on ``hidden`` holds for each of its layer widths.
+    #: The limits of ``config/schema.yaml``'s model section (a limit on ``hidden`` holds for
+    #: each of its layer widths), less ``reference_rank``, the workflow's.
     LIMITS: ClassVar[dict[str, dict[str, float]]] = {
-        "hidden": {"minimum": 1},
-        "latent_dim": {"minimum": 1},
-        "dropout": {"minimum": 0, "exclusiveMaximum": 1},
+        key: bounds for key, bounds in _schema.limits("model").items() if key != "reference_rank"
     }
 
     def __post_init__(self):

@@ -1,8 +1,9 @@
 """Training: the fit loop, the optimiser and tuning.
 
-The fit loop with early stopping and checkpoints, the optimiser, and tuning
-(:mod:`scae.train.tune`, not imported here: it loads optuna, which fitting a model does not
-need).
+The fit loop with early stopping and checkpoints, running a trained model over cells
+(:mod:`scae.train.inference`), the optimiser, and tuning (:mod:`scae.train.tune` with its
+pruner, :mod:`scae.train.pruning`; neither is imported here: they load optuna, which fitting a
+model does not need).
 """
 
 from ..module._kernels import keep_freed_memory

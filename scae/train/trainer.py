@@ -1,8 +1,9 @@
-"""Minibatch training with early stopping, resumable checkpoints, and inference helpers.
+"""Minibatch training with early stopping and resumable checkpoints.
 
 Randomness is derived from (seed, epoch) alone – the shuffling order, dropout masks and
 negative pairs of epoch e – so a run resumed from the checkpoint of epoch e−1 is bitwise
-identical to one that was never interrupted.
+identical to one that was never interrupted. Running the trained model over cells (validation
+scores, embeddings, reconstructions, model files) is :mod:`scae.train.inference`'s.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 from torch.profiler import record_function
 
+from .. import _schema
 from ..config import check_number
 from ..io import atomic_path
-from ..module.losses import LossSpec, cosine_similarity
+from ..module.losses import LossSpec
 from ..module.network import AutoencoderModule, ModelParams
 from .cells import (
     DROPOUT,
@@ -35,42 +37,38 @@ from .cells import (
     _minibatches,
     _to_device,
 )
+from .inference import FitResult, evaluate_split
 from .optim import adam, set_learning_rate
 
 logger = logging.getLogger("scae")
-
-#: Cells per chunk at inference: bounds the dense memory of validation and embedding.
-EVAL_CHUNK = 2048
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+#: config/schema.yaml's train section, less the job's settings (threads, device).
+_DEFAULTS = _schema.defaults("train")
+
+
 @dataclass(frozen=True)
 class TrainParams:
-    """Optimisation settings, mirroring ``config['train']``."""
+    """Optimisation settings, mirroring ``config['train']`` (defaults from its schema)."""
 
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    max_epochs: int = 300
-    patience: int = 8
+    batch_size: int = _DEFAULTS["batch_size"]
+    learning_rate: float = _DEFAULTS["learning_rate"]
+    weight_decay: float = _DEFAULTS["weight_decay"]
+    max_epochs: int = _DEFAULTS["max_epochs"]
+    patience: int = _DEFAULTS["patience"]
     #: Reduce-on-plateau: after every ``lr_patience`` epochs without a new best validation
     #: loss the learning rate is multiplied by ``lr_factor`` (0 switches it off).
-    lr_patience: int = 0
-    lr_factor: float = 0.5
+    lr_patience: int = _DEFAULTS["lr_patience"]
+    lr_factor: float = _DEFAULTS["lr_factor"]
 
-    #: Each setting's limits as ``config/schema.yaml``'s train section states them (a test
-    #: keeps the two equal): the API refuses what the workflow refuses.
+    #: Each setting's limits as ``config/schema.yaml``'s train section states them: the API
+    #: refuses what the workflow refuses.
     LIMITS: ClassVar[dict[str, dict[str, float]]] = {
-        "batch_size": {"minimum": 2},
-        "learning_rate": {"exclusiveMinimum": 0},
-        "weight_decay": {"minimum": 0},
-        "max_epochs": {"minimum": 1},
-        "patience": {"minimum": 1},
-        "lr_patience": {"minimum": 0},
-        "lr_factor": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+        key: bounds for key, bounds in _schema.limits("train").items() if key != "threads"
     }
 
     def __post_init__(self):
@@ -87,59 +85,6 @@ class TrainParams:
 def fingerprint(*parts: dict) -> str:
     """Return a short hash of the settings a checkpoint belongs to."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-@dataclass
-class FitResult:
-    """What :func:`fit` returns: the trained module, its history and how training stopped.
-
-    ``model`` holds the best epoch's weights, ``history`` one row per epoch, ``best_epoch`` the
-    epoch whose weights were kept.
-    """
-
-    model: AutoencoderModule
-    history: pd.DataFrame
-    best_epoch: int
-    #: ``"patience"`` (early stopping fired) or ``"max_epochs"`` (the epoch cap was reached).
-    stopped_by: Literal["patience", "max_epochs"] = "patience"
-
-
-def evaluate_split(
-    model: AutoencoderModule,
-    data: CellData,
-    spec: LossSpec,
-    loss_params: dict,
-    rows: np.ndarray,
-    device: torch.device,
-    seed: int,
-) -> dict[str, float]:
-    """Compute mean scores over ``rows``, in eval mode.
-
-    The scores are ``val_loss`` (the training loss) and, in the common space with x̂ the
-    reconstruction, x the truth and m̄ the training-mean profile, ``val_cosine`` cos(x̂, x),
-    ``val_centred_cosine`` cos(x̂ − m̄, x − m̄) and ``val_mse`` mean_g (x̂_g − x_g)²: the scores a
-    tuning criterion can compare across losses.
-    """
-    model.eval()
-    generator = torch.Generator().manual_seed(_epoch_seed(seed, 0, NEGATIVES))
-    sums = dict.fromkeys(("val_loss", "val_cosine", "val_centred_cosine", "val_mse"), 0.0)
-    centre = data.mean.to(device)
-    with torch.no_grad():
-        for start in range(0, len(rows), EVAL_CHUNK):
-            idx = rows[start : start + EVAL_CHUNK]
-            inputs, batch, library = data.batch(idx, spec.uses_counts)
-            batch = _to_device(batch, device)
-            batch.generator = generator
-            out = model(inputs.to(device), library.to(device))
-            sums["val_loss"] += float(spec.fn(out, batch, loss_params).sum())
-            recon = data.to_expression(out, idx)
-            truth = data.unscale(batch.x)
-            sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
-            sums["val_centred_cosine"] += float(
-                cosine_similarity(recon - centre, truth - centre).sum()
-            )
-            sums["val_mse"] += float(((recon - truth) ** 2).mean(dim=1).sum())
-    return {name: total / len(rows) for name, total in sums.items()}
 
 
 def train_epoch(
@@ -238,15 +183,7 @@ def fit(
             "optimizer": type(optimizer).__name__,
         },
     )
-    state = {
-        "epoch": 0,
-        "best_val": math.inf,
-        "best_epoch": 0,
-        "bad_epochs": 0,
-        "best_model": None,
-        "history": [],
-        "lr": train_params.learning_rate,
-    }
+    state = _initial_state(train_params)
     if checkpoint is not None and checkpoint.exists():
         state = _resume(checkpoint, key, model, optimizer, state, device)
 
@@ -263,6 +200,19 @@ def fit(
         if checkpoint is not None:
             _save_checkpoint(checkpoint, key, model, optimizer, state)
     return _finish(model, state, train_params)
+
+
+def _initial_state(train_params: TrainParams) -> dict:
+    """Return the training state before the first epoch (what a checkpoint saves and resumes)."""
+    return {
+        "epoch": 0,
+        "best_val": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "best_model": None,
+        "history": [],
+        "lr": train_params.learning_rate,
+    }
 
 
 def _epoch(
@@ -414,70 +364,3 @@ def _finish(model: AutoencoderModule, state: dict, train_params: TrainParams) ->
         best_epoch=state["best_epoch"],
         stopped_by=stopped_by,
     )
-
-
-def save_model(path: Path, result: FitResult, meta: dict) -> None:
-    """Write state dict + the exact settings used (loadable with ``weights_only=True``)."""
-    with atomic_path(path) as tmp:
-        torch.save(
-            {
-                "state_dict": result.model.state_dict(),
-                "model_params": result.model.params.to_dict(),
-                "best_epoch": result.best_epoch,
-                **meta,
-            },
-            tmp,
-        )
-
-
-def load_model(path: Path, device: torch.device) -> tuple[AutoencoderModule, dict]:
-    """Load a model :func:`save_model` wrote onto ``device``, in eval mode.
-
-    Return the module and the saved dictionary (its settings and metadata).
-    """
-    saved = torch.load(path, map_location=device, weights_only=True)
-    model = AutoencoderModule(ModelParams.from_dict(saved["model_params"])).to(device)
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
-    return model, saved
-
-
-@torch.no_grad()
-def latent_representation(
-    model: AutoencoderModule, data: CellData, rows: np.ndarray, device: torch.device
-) -> np.ndarray:
-    """Latent z of ``rows`` (float32, rows × latent_dim), in chunks of ``EVAL_CHUNK`` cells."""
-    model.eval()
-    latent = np.empty((len(rows), model.params.latent_dim), dtype=np.float32)
-    for start in range(0, len(rows), EVAL_CHUNK):
-        idx = rows[start : start + EVAL_CHUNK]
-        inputs, _, _ = data.batch(idx, with_counts=False)
-        latent[start : start + len(idx)] = model.encode(inputs.to(device)).cpu().numpy()
-    return latent
-
-
-@torch.no_grad()
-def reconstruction(
-    model: AutoencoderModule,
-    data: CellData,
-    rows: np.ndarray,
-    device: torch.device,
-    counts: bool = False,
-) -> np.ndarray:
-    """Reconstruct ``rows``.
-
-    Reconstructions are in the common space log1p(normalized expression) or, with ``counts``, as
-    expected counts E[c] = (exp(x̂) − 1)·ℓ / target_sum (for count models exactly their predicted
-    mean, μ or (1 − π)·μ, up to rounding).
-    """
-    model.eval()
-    recon = np.empty((len(rows), data.n_genes), dtype=np.float32)
-    for start in range(0, len(rows), EVAL_CHUNK):
-        idx = rows[start : start + EVAL_CHUNK]
-        inputs, _, library = data.batch(idx, with_counts=False)
-        expression = data.to_expression(model(inputs.to(device), library.to(device)), idx)
-        if counts:
-            scale = torch.from_numpy(data.library_size[idx] / data.target_sum).to(device)
-            expression = torch.expm1(expression) * scale[:, None]
-        recon[start : start + len(idx)] = expression.cpu().numpy()
-    return recon

@@ -1,6 +1,7 @@
 """Per-loss hyperparameter search on validation cells.
 
-The search uses Optuna's TPE sampler and an end-point pruner.
+The search uses Optuna's TPE sampler and an end-point pruner (:mod:`scae.train.pruning`, which
+says how ``tune.pruner`` judges a trial).
 
 Every loss of a dataset gets the same budget: ``n_trials`` trainings, each capped at
 ``max_epochs`` and early-stopped like the final runs, trained on the ``train`` cells and scored
@@ -8,18 +9,6 @@ on the ``val`` cells. Test cells are never read. Trial 0 is the configured ``mod
 point (when the space contains it), so tuning can only match or beat the untuned settings on
 validation cells. Trials run in one process (no start-up cost per trial); the sampler is seeded
 and the pruner deterministic, so the same config gives the same trials.
-
-Pruning (``tune.pruner``) judges where a trial would end, not how fast it starts. A trial
-reports, after every epoch e, its score at the epoch early stopping would keep so far (a
-best-so-far score, which after the trial ends stays its end-point score). ``endpoint``
-(:class:`EndpointPruner`): no trial is judged before the warm-up, the best epoch of the first
-completed trial (where runs of this loss typically reach their best; unknown, so nothing is
-pruned, until one has completed); from then on a trial is stopped after epoch e when its score
-is worse than the median, over the earlier completed or pruned trials, of each one's score by
-epoch e (its end-point score if it ended before e). ``median`` is Optuna's MedianPruner as
-before (after 3 completed trials, from epoch 5, against the trials that ran to epoch e): at
-epoch 5 a low learning rate or a large batch is always behind, so it selects fast starters.
-``none`` prunes nothing.
 
 Optuna rather than a grid (Snakemake's ``Paramspace``): five dimensions at a budget of a few
 trials per loss leave a grid one or two values per axis, and a grid job per point would pay
@@ -38,13 +27,14 @@ import numpy as np
 import optuna
 import pandas as pd
 import torch
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
+from .. import _schema
 from ..evaluation.metrics import TUNING_CRITERIA
 from ..module.losses import LossSpec
 from ..module.network import ModelParams
 from .cells import CellData, resolve_device
+from .pruning import Pruner, _pruner
 from .trainer import TrainingDiverged, TrainParams, fit
 
 if TYPE_CHECKING:
@@ -55,6 +45,8 @@ logger = logging.getLogger("scae")
 Criterion = Literal["own_loss", "val_mse", "val_centred_cosine"]
 #: History column each criterion reads, and whether larger is better.
 CRITERIA = TUNING_CRITERIA
+#: config/schema.yaml's defaults of the tune section and of its search space.
+_TUNE, _SPACE = _schema.defaults("tune"), _schema.defaults("tune", "space")
 #: Settings a trial chooses: where each lives in the config.
 TUNED = {
     "learning_rate": "train",
@@ -63,113 +55,6 @@ TUNED = {
     "dropout": "model",
     "hidden": "model",
 }
-Pruner = Literal["endpoint", "median", "none"]
-#: ``tune.pruner: median``, the pruner tuning had before ``endpoint``: Optuna's MedianPruner
-#: after this many completed trials, from this epoch on.
-MEDIAN_STARTUP, MEDIAN_WARMUP = 3, 5
-
-
-def _value_by(trial: FrozenTrial, epoch: int) -> float | None:
-    """Return the score ``trial`` had reached by ``epoch``.
-
-    This is its report at the latest epoch <= ``epoch`` (reports are best-so-far, so after its
-    last one this is its end-point score).
-    """
-    steps = [step for step in trial.intermediate_values if step <= epoch]
-    return trial.intermediate_values[max(steps)] if steps else None
-
-
-def _best_step(values: dict[int, float]) -> int:
-    """Return the epoch a best-so-far series reached its final value.
-
-    This is the epoch early stopping keeps.
-    """
-    steps = sorted(values)
-    best = steps[-1]
-    for step in reversed(steps[:-1]):
-        if values[step] != values[best]:
-            break
-        best = step
-    return best
-
-
-class EndpointPruner(optuna.pruners.BasePruner):
-    """Stops a trial only when it is behind where earlier trials ended up by the same epoch.
-
-    Trials report best-so-far scores, one per epoch (step). The warm-up is the epoch at which
-    the first completed trial (lowest number) reached its best, times ``warmup_factor``
-    (rounded, at least 1); until a trial has completed it is unknown and nothing is pruned,
-    and no trial is judged at an epoch before it. At epoch e >= warm-up a trial is pruned when
-    its score at e is worse (by the study's direction) than the median of the scores the
-    earlier completed or pruned trials had reached by e, a trial that ended before e counting
-    with its last (end-point) score. Deterministic: it reads the study's trials only.
-    """
-
-    def __init__(self, warmup_factor: float = 1.0) -> None:
-        if warmup_factor <= 0:
-            raise ValueError(f"warmup_factor must be positive, got {warmup_factor}")
-        self.warmup_factor = warmup_factor
-
-    def warmup(self, study: optuna.Study) -> int | None:
-        """Return the first epoch at which trials are judged.
-
-        None while no trial has completed.
-        """
-        complete = [
-            trial
-            for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if trial.intermediate_values
-        ]
-        if not complete:
-            return None
-        first = min(complete, key=lambda trial: trial.number)
-        return max(1, round(_best_step(first.intermediate_values) * self.warmup_factor))
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        """Return whether to prune ``trial`` at its last reported epoch.
-
-        Compare its score there with the median of the scores the earlier completed or pruned
-        trials had reached by that epoch; nothing is pruned before the warm-up epoch.
-        """
-        epoch, warmup = trial.last_step, self.warmup(study)
-        if epoch is None or warmup is None or epoch < warmup:
-            return False
-        earlier = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-        reached = [
-            value
-            for other in earlier
-            if other.number < trial.number and (value := _value_by(other, epoch)) is not None
-        ]
-        if not reached:
-            return False
-        median, score = float(np.median(reached)), trial.intermediate_values[epoch]
-        if study.direction == StudyDirection.MAXIMIZE:
-            return score < median
-        return score > median
-
-
-def _pruner(name: Pruner) -> tuple[optuna.pruners.BasePruner, Callable[[optuna.Study], int | None]]:
-    """Return ``tune.pruner``'s pruner and its warm-up function.
-
-    The function gives the warm-up epoch the pruner has in force for the next trial (None: it
-    prunes no epoch of that trial).
-    """
-    if name == "endpoint":
-        pruner = EndpointPruner()
-        return pruner, pruner.warmup
-    if name == "median":
-
-        def median_warmup(study: optuna.Study) -> int | None:
-            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            return MEDIAN_WARMUP if len(complete) >= MEDIAN_STARTUP else None
-
-        return (
-            optuna.pruners.MedianPruner(
-                n_startup_trials=MEDIAN_STARTUP, n_warmup_steps=MEDIAN_WARMUP
-            ),
-            median_warmup,
-        )
-    return optuna.pruners.NopPruner(), lambda study: None
 
 
 @dataclass(frozen=True)
@@ -180,11 +65,11 @@ class SearchSpace:
     chosen among the listed values. ``latent_dim`` is not searched: it is PCA's rank.
     """
 
-    learning_rate: tuple[float, float] = (3e-4, 3e-3)
-    dropout: tuple[float, float] = (0.0, 0.3)
-    weight_decay: tuple[float, ...] = (0.0, 1e-6, 1e-4)
-    batch_size: tuple[int, ...] = (128, 256, 512)
-    hidden: tuple[tuple[int, ...], ...] = ((256, 128), (512, 256), (128,))
+    learning_rate: tuple[float, float] = _SPACE["learning_rate"]
+    dropout: tuple[float, float] = _SPACE["dropout"]
+    weight_decay: tuple[float, ...] = _SPACE["weight_decay"]
+    batch_size: tuple[int, ...] = _SPACE["batch_size"]
+    hidden: tuple[tuple[int, ...], ...] = _SPACE["hidden"]
 
     @classmethod
     def from_config(cls, space: dict) -> SearchSpace:
@@ -210,15 +95,15 @@ class SearchSpace:
 
 @dataclass(frozen=True)
 class TuneParams:
-    """The tuning budget and criterion, mirroring ``config['tune']``."""
+    """The tuning budget and criterion, mirroring ``config['tune']`` (defaults from its schema)."""
 
-    n_trials: int = 4
+    n_trials: int = _TUNE["n_trials"]
     #: A cap, not a target: trials stop by ``train.patience`` or pruning well before it.
-    max_epochs: int = 300
-    seed: int = 0
-    criterion: Criterion = "own_loss"
+    max_epochs: int = _TUNE["max_epochs"]
+    seed: int = _TUNE["seed"]
+    criterion: Criterion = _TUNE["criterion"]
     space: SearchSpace = field(default_factory=SearchSpace)
-    pruner: Pruner = "endpoint"
+    pruner: Pruner = _TUNE["pruner"]
 
     @classmethod
     def from_config(cls, tune: dict) -> TuneParams:

@@ -1,0 +1,115 @@
+"""The answer line of each latent rank in ``summary.md``, and its machine-readable record.
+
+The answer names the loss with the best mean of the primary metric, the losses statistically
+tied with it, where PCA at the same rank and the training-mean profile stand against it, and
+the runs that did not converge. :mod:`scae.evaluation.markdown` puts the line in each rank's
+section, with the record in an HTML comment tagged :data:`ANSWER_TAG` that
+:mod:`scae.evaluation.findings` reads back.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .summary import COMPARISON_COLUMNS, best_loss, direction
+
+#: Prefix of the machine-readable answer comment that :mod:`scae.evaluation.findings` reads.
+ANSWER_TAG = "scae-answer:"
+
+
+def _unconverged(runs: pd.DataFrame) -> str:
+    """'d: `mse` seeds 0, 1; `nb` seed 2; d.mcv: …' for the runs that did not converge."""
+    bad = runs[~runs["converged"].astype(bool)]
+    parts = []
+    for dataset, in_dataset in bad.groupby("dataset", sort=True):
+        losses = [
+            f"`{loss}` seed{'s' * (len(group) > 1)} {', '.join(map(str, group['seed']))}"
+            for loss, group in in_dataset.groupby("model", sort=True)
+        ]
+        parts.append(f"{dataset}: {'; '.join(losses)}")
+    return "; ".join(parts)
+
+
+def answer(
+    stats: pd.DataFrame,
+    comparisons: pd.DataFrame,
+    dataset: str,
+    primary_metric: str,
+    runs: pd.DataFrame | None = None,
+    level: float = 0.95,
+) -> tuple[str, dict]:
+    """Return the answer sentence and its record for :mod:`scae.evaluation.findings`.
+
+    The record holds the best loss and the tied losses.
+
+    The best loss has the best mean of ``primary_metric``; a loss is *tied* with it when their
+    ``answer``-family interval contains 0. PCA and the mean profile are placed by the best
+    loss's comparisons with them, and runs that did not converge are named.
+    """
+    best = best_loss(stats, primary_metric)
+    means = stats[stats["metric"] == primary_metric].set_index("model")["mean"]
+    n_seeds = int(
+        stats.loc[(stats["metric"] == primary_metric) & (stats["model"] == best), "n"].iloc[0]
+    )
+    rule = "higher" if direction(primary_metric) == "higher" else "lower"
+    text = (
+        f"**Answer:** ranked by `{primary_metric}` ({rule} is better; mean over {n_seeds} "
+        f"seed{'s' * (n_seeds != 1)} on test cells), the best loss is `{best}` "
+        f"({means[best]:.4g})"
+    )
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    rows = comparisons[comparisons["family"] == "answer"]
+    tied_text, tied = _tied_clause(rows, best, means, n_seeds, level)
+    text += tied_text + _baseline_clauses(rows, best, means)
+    text += "."
+    if runs is not None and not runs["converged"].all():
+        text += (
+            " Not converged (all max_epochs run, best epoch among the last `patience`: "
+            f"more epochs might change their scores): {_unconverged(runs)}."
+        )
+    record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
+    return text, record
+
+
+def _tied_clause(
+    rows: pd.DataFrame, best: str, means: pd.Series, n_seeds: int, level: float
+) -> tuple[str, list[str]]:
+    """Return the answer's clause on the losses tied with ``best``, and their names.
+
+    The ties come from its ``answer``-family comparisons ``rows``.
+    """
+    against_best = rows[rows["reference"] == best]
+    if not len(against_best):
+        return "", []
+    tied = sorted(against_best.loc[against_best["verdict"] == "no difference", "model"])
+    confidence = f"{level:.0%} simultaneous intervals over seeds and test cells"
+    if n_seeds == 1:
+        confidence = f"{level:.0%} simultaneous intervals over test cells only (one seed)"
+    if not tied:
+        return f"; every other loss is worse ({confidence})", tied
+    listed = ", ".join(f"`{t}` ({means[t]:.4g})" for t in tied)
+    return f"; statistically tied with it ({confidence} contain 0): {listed}", tied
+
+
+def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series) -> str:
+    """Return the answer's clauses placing ``best`` against PCA and the mean profile."""
+    text = ""
+    for baseline, name in (
+        ("baseline_pca", "PCA at the same rank"),
+        ("baseline_mean", "the training-mean profile"),
+    ):
+        if baseline not in means:
+            continue
+        row = rows[(rows["model"] == best) & (rows["reference"] == baseline)]
+        value = f"{means[baseline]:.4g}"
+        if not len(row):
+            text += f"; {name} scores {value}"
+            continue
+        relation = {
+            "better": f"it beats {name} ({value})",
+            "worse": f"{name} ({value}) beats it",
+            "no difference": f"it ties with {name} ({value})",
+        }[row["verdict"].iloc[0]]
+        text += f"; {relation}"
+    return text
