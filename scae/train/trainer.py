@@ -47,7 +47,7 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-#: config/schema.yaml's train section, less the job's settings (threads, device).
+#: config/schema.yaml's train defaults (threads and device among them: the job's, not read here).
 _DEFAULTS = _schema.defaults("train")
 
 
