@@ -10,9 +10,9 @@
    preprocessing, with training-cell clusters and labels for the negatives). Per epoch the
    history's ``train_loss`` and ``val_loss`` must agree to a relative ``--rtol`` (default
    1e-2) and ``val_cosine`` / ``val_centred_cosine`` to an absolute ``--atol`` (default
-   5e-3). These runs train without dropout: on the CPU ``scae.module._kernels.Dropout`` draws its
-   masks from NumPy, on CUDA it is torch's ``nn.Dropout`` on the CUDA generator, so with
-   dropout the two runs would differ by their masks rather than by their arithmetic. Both
+   5e-3). These runs train without dropout: ``nn.Dropout`` draws its masks from torch's CPU
+   generator on one device and from the CUDA generator on the other, so with dropout the two
+   runs would differ by their masks rather than by their arithmetic. Both
    devices draw the same initial weights (built on the CPU), minibatch order and negative
    pairs (NumPy and CPU torch generators); what differs is float summation order in the
    GPU's kernels (and its atomic ``index_add``), which training amplifies step by step —

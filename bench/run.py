@@ -933,7 +933,7 @@ def section_profile(report: Report, args, workdir: Path) -> None:
 
 #: Each kernel of scae.module._kernels, and the loss whose training it serves. (mallopt is
 #: process-wide once set, so it is measured by the throughput runs' own process, not here.)
-KERNEL_LOSSES = {"cosine": "cosine", "mse": "mse", "nb": "nb", "dropout": "mse", "adam": "nb"}
+KERNEL_LOSSES = {"cosine": "cosine", "mse": "mse", "adam": "nb"}
 
 
 def section_kernels(report: Report, args, workdir: Path) -> None:

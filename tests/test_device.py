@@ -129,8 +129,6 @@ def test_training_step_on_meta(adata, loss, overrides):
     optimizer = adam(model.parameters(), META, lr=1e-3)
     assert isinstance(optimizer, torch.optim.Adam)  # CUDA gets FusedAdam: see below
     model.train()
-    # off the CPU the trainer's Dropout is torch's own, whatever the generator
-    model.use_dropout_generator(np.random.default_rng(0))
     idx = next(_minibatches(data.rows("train"), 64, np.random.default_rng(0)))
     inputs, batch, library = data.batch(idx, spec.uses_counts)
     batch = _to_device(batch, META)

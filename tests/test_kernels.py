@@ -8,7 +8,7 @@ import torch
 from scae.data.params import PreprocessParams
 from scae.data.preprocess import preprocess
 from scae.module import _kernels
-from scae.module._kernels import KERNELS, Dropout, FusedAdam, kernel_enabled, library_path
+from scae.module._kernels import KERNELS, FusedAdam, kernel_enabled, library_path
 from scae.module.losses import get_loss
 from scae.module.network import AutoencoderModule, ModelParams
 from scae.train.cells import CellData
@@ -16,8 +16,7 @@ from scae.train.optim import adam
 from scae.train.trainer import TrainParams, fit
 
 CPU = torch.device("cpu")
-#: No dropout (the library path draws its masks from torch's generator, the kernel from NumPy)
-#: and no batch norm: a bias before batch norm has a zero gradient up to rounding, which Adam
+#: No batch norm: a bias before batch norm has a zero gradient up to rounding, which Adam
 #: scales to lr-sized steps, so those biases (and through BN's running mean, the validation
 #: scores) follow the rounding of whichever path computed the gradient.
 SHORT = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=3, patience=3)
@@ -55,7 +54,6 @@ def _history(data, loss, seed=0):
         ("mse", "mse"),
         ("cosine", "cosine"),
         ("cosine_embedding", "cosine"),
-        ("nb", "nb"),
         ("mse_cosine", "mse"),
     ],
 )
@@ -74,7 +72,6 @@ def test_training_on_the_kernel_equals_training_on_autograd(small_data, loss, ke
         ("mse", "mse"),
         ("cosine", "cosine"),
         ("cosine_embedding", "cosine"),
-        ("nb", "nb"),
         ("pearson", "cosine"),
     ],
 )
@@ -115,7 +112,6 @@ def test_library_path_takes_the_library_code(small_data, monkeypatch):
     for cls in (
         _kernels._CosineSimilarity,
         _kernels._MeanSquaredError,
-        _kernels._NegativeBinomialNLL,
     ):
         monkeypatch.setattr(cls, "apply", fail)
     monkeypatch.setattr(FusedAdam, "step", fail)
@@ -131,24 +127,3 @@ def test_library_path_rejects_an_unknown_kernel():
     with pytest.raises(ValueError, match="unknown kernels"):
         with library_path("fused_everything"):
             pass
-
-
-@pytest.mark.parametrize("p", [0.1, 0.3])
-def test_numpy_dropout_masks_match_nn_dropout_in_distribution(p):
-    """Same drop rate and the same unbiased scale 1/(1 − p) as nn.Dropout (the library path),
-    from masks drawn with NumPy."""
-    x = torch.ones(400, 1000)
-    ours = Dropout(p).train()
-    ours.generator = np.random.default_rng(0)
-    theirs = torch.nn.Dropout(p).train()
-    torch.manual_seed(0)
-    a, b = ours(x), theirs(x)
-    for out in (a, b):
-        assert (out == 0).float().mean().item() == pytest.approx(p, abs=0.005)
-        assert out.mean().item() == pytest.approx(1.0, abs=0.01)
-    assert a[a > 0].unique().item() == pytest.approx(1 / (1 - p), rel=1e-4)
-    with library_path("dropout"):
-        torch.manual_seed(0)
-        library = ours(x)
-    torch.manual_seed(0)
-    torch.testing.assert_close(library, theirs(x))  # the library path is nn.Dropout itself

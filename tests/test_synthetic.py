@@ -1,6 +1,5 @@
 """The seeded synthetic count generator, and the sparse training path it is used to benchmark:
-count likelihoods on sparse minibatches equal the dense ones, counts are never densified, and
-the fast dropout masks behave like nn.Dropout's."""
+count likelihoods on sparse minibatches equal the dense ones, and counts are never densified."""
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ from scae.data.params import PreprocessParams
 from scae.data.preprocess import preprocess
 from scae.data.readers import read_counts
 from scae.data.synthetic import SyntheticParams, _profiles, synthetic_counts, write_synthetic
-from scae.module._kernels import Dropout
 from scae.module.batch import Batch, DecoderOutput, SparseCounts
 from scae.module.losses import LOSSES, get_loss
 from scae.module.network import AutoencoderModule, ModelParams
@@ -209,27 +207,11 @@ def test_training_never_densifies_the_counts(preprocessed, monkeypatch):
     assert len(calls) <= n_batches and max(calls) <= 64  # input only, never the counts
 
 
-def test_fast_dropout_masks():
-    layer = Dropout(0.25)
-    x = torch.ones(400, 500)
-    layer.generator = np.random.default_rng(0)
-    y = layer(x)
-    kept = (y != 0).float().mean().item()
-    assert abs(kept - 0.75) < 0.01
-    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.75))
-    layer.generator = np.random.default_rng(0)
-    assert torch.equal(layer(x), y)  # reproducible from the generator
-    layer.eval()
-    assert torch.equal(layer(x), x)
-    layer.train()
-    layer.generator = None  # plain nn.Dropout
-    assert abs((layer(x) != 0).float().mean().item() - 0.75) < 0.01
-
-
 @pytest.mark.parametrize("name", [n for n, s in LOSSES.items() if s.uses_counts])
 @pytest.mark.parametrize("per_gene", [True, False])
 def test_sparse_count_losses_gradcheck(name, per_gene):
-    """The hand-written backward passes (NB with θ per gene) and the autograd ones."""
+    """The sparse count likelihoods' gradients (θ per gene and per cell) against finite
+    differences."""
     gen = torch.Generator().manual_seed(0)
     counts = torch.tensor(
         [[0.0, 1.0, 2.0, 0.0, 40.0], [3.0, 0.0, 0.0, 1.5, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]],

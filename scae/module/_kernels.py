@@ -1,10 +1,8 @@
 """The performance kernels: hand-written code on paths where torch's library path is slower.
 
-* backward passes written out for the cosine, MSE and sparse NB losses
-  (:class:`_CosineSimilarity`, :class:`_MeanSquaredError`, :class:`_NegativeBinomialNLL`), where
-  autograd would keep every intermediate of the forward pass;
-* :class:`Dropout`, whose masks are drawn with NumPy from (seed, epoch) so that a resumed run
-  draws the same masks;
+* backward passes written out for the cosine and MSE losses (:class:`_CosineSimilarity`,
+  :class:`_MeanSquaredError`), where autograd would keep every intermediate of the forward
+  pass;
 * :class:`FusedAdam`, Adam on torch's fused kernel without ``torch.optim``'s per-step
   bookkeeping (:func:`fused_kernel_works` checks it, else :func:`scae.train.optim.adam` falls
   back to ``torch.optim.Adam``);
@@ -22,18 +20,12 @@ import contextlib
 import ctypes
 import ctypes.util
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from torch import Tensor, nn
-
-if TYPE_CHECKING:
-    from .batch import SparseCounts
-
+from torch import Tensor
 
 #: The kernels, by name; each has a library path that computes the same thing.
-KERNELS = ("cosine", "mse", "nb", "dropout", "adam", "mallopt")
+KERNELS = ("cosine", "mse", "adam", "mallopt")
 #: The kernels in use. Changed only through :func:`library_path` (tests and bench/), so a
 #: training job always runs with all of them.
 _enabled: set[str] = set(KERNELS)
@@ -49,9 +41,9 @@ def library_path(*names: str) -> Iterator[None]:
     """Switch the named kernels (all when none is named) to torch's library path in the block.
 
     Inside the block the kernels give way to torch's library path: autograd through the loss
-    formulas (``cosine``, ``mse``, ``nb``), ``nn.Dropout``'s sampling (``dropout``),
-    ``torch.optim.Adam(fused=True)`` (``adam``), and glibc's default allocator settings
-    (``mallopt``). Tests hold both paths equal; bench/ measures what each kernel gains.
+    formulas (``cosine``, ``mse``), ``torch.optim.Adam(fused=True)`` (``adam``), and glibc's
+    default allocator settings (``mallopt``). Tests hold both paths equal; bench/ measures
+    what each kernel gains.
     """
     unknown = set(names) - set(KERNELS)
     if unknown:
@@ -99,75 +91,6 @@ class _CosineSimilarity(torch.autograd.Function):
         return grads[0], grads[1], None
 
 
-#: Integer counts up to this take log Γ(c+θ) − log Γ(θ) from a per-gene table (see below).
-LGAMMA_TABLE_COUNTS = 32
-
-
-def _lgamma_ratio_with_grad(counts: SparseCounts, theta: Tensor) -> tuple[Tensor, Tensor]:
-    """Return log Γ(c+θ) − log Γ(θ) and its θ-derivative at the non-zero entries.
-
-    The derivative is ψ(c+θ) − ψ(θ) = Σ_{j<c} 1/(θ+j); both for θ per gene (tables as in
-    :func:`_lgamma_ratio`), without autograd.
-    """
-    c, k = counts.values, LGAMMA_TABLE_COUNTS
-    shifted = theta[:, None] + torch.arange(k, dtype=theta.dtype, device=theta.device)
-    tables = torch.stack([torch.log(shifted), shifted.reciprocal()], dim=-1).cumsum_(dim=1)
-    index = counts.cols * k + (c.clamp(1, k).long() - 1)
-    ratio, grad = tables.reshape(-1, 2).index_select(0, index).unbind(dim=1)
-    other = (c > k) | (c != torch.round(c))
-    if other.any():
-        where = other.nonzero().squeeze(1)
-        theta_other = theta.index_select(0, counts.cols.index_select(0, where))
-        c_other = c.index_select(0, where)
-        ratio[where] = torch.lgamma(c_other + theta_other) - torch.lgamma(theta_other)
-        grad[where] = torch.digamma(c_other + theta_other) - torch.digamma(theta_other)
-    return ratio, grad
-
-
-class _NegativeBinomialNLL(torch.autograd.Function):
-    """Σ_g −log NB(c_g; μ_g, θ_g) per cell for θ per gene and sparse counts, by hand.
-
-    The NB negative log-likelihood without the log Γ(c+1) constant, with a hand-written
-    backward.
-
-    Autograd's version of the same formula (:func:`_nb_nll_sparse` with θ per cell) walks the
-    B × G minibatch ~10 times in its backward pass and allocates a dense zero gradient for the
-    gathered non-zeros; here it is one outer-product/division pass plus sparse updates.
-    """
-
-    @staticmethod
-    def forward(ctx, mu: Tensor, theta: Tensor, counts: SparseCounts, eps: float) -> Tensor:
-        theta_eps = theta + eps
-        shifted = mu + theta_eps  # θ + μ + ε
-        log_shifted = torch.log(shifted)
-        zero = log_shifted @ theta - (theta * torch.log(theta_eps)).sum()  # −Σ_g log NB(0)
-        c = counts.values
-        mu_nz = counts.at(mu)
-        shifted_nz = mu_nz + counts.at(theta_eps)
-        mu_nz += eps
-        ratio, ratio_grad = _lgamma_ratio_with_grad(counts, theta)
-        excess = c * (torch.log(mu_nz) - torch.log(shifted_nz)) + ratio  # log NB(c) − log NB(0)
-        ctx.save_for_backward(shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz, ratio_grad)
-        ctx.counts = counts
-        return zero - counts.per_cell(excess)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        shifted, log_shifted, theta, theta_eps, mu_nz, shifted_nz, ratio_grad = ctx.saved_tensors
-        counts = ctx.counts
-        c = counts.values
-        grad_mu = torch.outer(grad, theta).div_(shifted)  # ∂/∂μ of θ log(θ+μ+ε)
-        grad_theta = (
-            log_shifted.t() @ grad
-            + grad_mu.sum(dim=0)
-            - grad.sum() * (torch.log(theta_eps) + theta / theta_eps)
-        )
-        grad_nz = grad.index_select(0, counts.rows)
-        grad_mu.view(-1).index_add_(0, counts.flat, grad_nz * c * (1 / shifted_nz - 1 / mu_nz))
-        grad_theta.index_add_(0, counts.cols, grad_nz * (c / shifted_nz - ratio_grad))
-        return grad_mu, grad_theta, None, None
-
-
 class _MeanSquaredError(torch.autograd.Function):
     """mean_g (x̂_g − x_g)² per row in one pass each way.
 
@@ -186,41 +109,6 @@ class _MeanSquaredError(torch.autograd.Function):
         (diff,) = ctx.saved_tensors
         grad_recon = diff * (grad * (2.0 / diff.shape[-1]))[..., None]
         return grad_recon, (-grad_recon if ctx.needs_input_grad[1] else None)
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` whose masks can come from a NumPy generator.
-
-    The generator is set by
-    :meth:`~scae.module.network.AutoencoderModule.use_dropout_generator`; its masks are ~5×
-    cheaper than torch's CPU Bernoulli sampling (which took ~7 % of a small MLP's training
-    step): a unit is dropped iff a 16-bit word of PCG64 output is below t = round(p·2¹⁶),
-    and kept units are scaled by 2¹⁶/(2¹⁶ − t), so the drop rate is p
-    to within 2⁻¹⁷ and the layer stays unbiased. Without a generator, in eval mode or off
-    the CPU (where torch's own sampling is fast) it is plain ``nn.Dropout``.
-    """
-
-    generator: np.random.Generator | None = None
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Drop units of ``x`` with a mask from :attr:`generator`, or as ``nn.Dropout`` does."""
-        if (
-            not self.training
-            or not 0 < self.p < 1
-            or self.generator is None
-            or x.device.type != "cpu"
-            or not kernel_enabled("dropout")
-        ):
-            return super().forward(x)
-        n = x.numel()
-        words = self.generator.bit_generator.random_raw((n + 3) // 4).view(np.uint16)[:n]
-        threshold = min(round(self.p * 2**16), 2**16 - 1)
-        # The mask, already scaled, from one comparison and one multiply (5× faster than
-        # np.where with two scalars): one torch multiply remains.
-        scale = np.multiply(
-            words >= threshold, np.float32(2**16 / (2**16 - threshold)), dtype=np.float32
-        )
-        return x * torch.from_numpy(scale).view(x.shape).to(dtype=x.dtype)
 
 
 class FusedAdam:

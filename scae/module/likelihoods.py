@@ -2,8 +2,7 @@
 
 c ∈ ℕ^G raw counts, μ the predicted mean counts, θ the NB inverse dispersion, π the
 zero-inflation probability. Each takes dense counts or :class:`SparseCounts`, for which only
-the non-zero counts are visited beside a closed form for the zeros. The NB kernel with its
-hand-written backward pass lives in :mod:`scae.module._kernels`.
+the non-zero counts are visited beside a closed form for the zeros.
 """
 
 from __future__ import annotations
@@ -12,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._kernels import LGAMMA_TABLE_COUNTS, _NegativeBinomialNLL, kernel_enabled
 from .batch import SparseCounts
 
 #: The ε of cos(a, b) = a·b / (max(‖a‖, ε)·max(‖b‖, ε)) and of log(μ + ε).
 EPS = 1e-8
+#: Integer counts up to this take log Γ(c+θ) − log Γ(θ) from a per-gene table (see below).
+LGAMMA_TABLE_COUNTS = 32
 
 
 def poisson_nll(counts: Tensor | SparseCounts, mu: Tensor) -> Tensor:
@@ -90,9 +90,6 @@ def _nb_nonzero_excess(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tenso
 
 
 def _nb_nll_sparse(counts: SparseCounts, mu: Tensor, theta: Tensor) -> Tensor:
-    if theta.dim() == 1 and kernel_enabled("nb"):
-        nll = _NegativeBinomialNLL.apply(mu.contiguous(), theta, counts, EPS)
-        return nll + counts.log_factorial
     zero = -_nb_zero_log_prob(mu, theta).sum(dim=-1)
     return zero - counts.per_cell(_nb_nonzero_excess(counts, mu, theta)) + counts.log_factorial
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .. import _schema
 from ..config import check_number
-from ._kernels import Dropout
 from .batch import DecoderOutput
 from .losses import Dispersion, OutputKind
 
@@ -66,7 +64,7 @@ def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
             layers.append(nn.BatchNorm1d(n_out))
         layers.append(nn.ReLU())
         if dropout > 0:
-            layers.append(Dropout(dropout))
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
@@ -95,12 +93,6 @@ class AutoencoderModule(nn.Module):
                 self.log_theta_head = nn.Linear(width, params.n_genes)
         if params.output == "zinb":
             self.dropout_head = nn.Linear(width, params.n_genes)
-
-    def use_dropout_generator(self, generator: np.random.Generator | None) -> None:
-        """Draw dropout masks from ``generator`` (None: torch's global RNG, as nn.Dropout)."""
-        for module in self.modules():
-            if isinstance(module, Dropout):
-                module.generator = generator
 
     def encode(self, x: Tensor) -> Tensor:
         """Map model inputs ``x`` (cells × genes) to latent codes z (cells × ``latent_dim``)."""

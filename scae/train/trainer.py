@@ -114,7 +114,6 @@ def train_epoch(
     """
     model.train()
     torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
-    model.use_dropout_generator(np.random.default_rng(_epoch_seed(seed, epoch, DROPOUT)))
     rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
     generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -341,7 +340,6 @@ def _finish(model: AutoencoderModule, state: dict, train_params: TrainParams) ->
 
     Warn when the validation loss was still improving.
     """
-    model.use_dropout_generator(None)
     model.load_state_dict(state["best_model"])
     stopped_by = "patience" if state["bad_epochs"] >= train_params.patience else "max_epochs"
     logger.info(
