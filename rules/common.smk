@@ -150,6 +150,23 @@ def tuned_settings(wildcards):
     return f"results/{base}/tuning/{wildcards.loss}/best.yaml"
 
 
+def tuned_run(wildcards):
+    """The winning tuning trial's final state, for the one training job that may be that trial.
+
+    Tuning trains at the reference rank with seed tune.seed on the dataset's own cells, so
+    that job resumes the finished trial rather than training it again (when the epoch cap
+    differs too, the checkpoint's fingerprint says so and the job trains).
+    """
+    if (
+        not TUNE
+        or wildcards.dataset.endswith(MCV_SUFFIX)
+        or int(wildcards.rank) != REFERENCE_RANK
+        or int(wildcards.seed) != config["tune"]["seed"]
+    ):
+        return []
+    return f"results/{wildcards.dataset}/tuning/{wildcards.loss}/best_run.pt"
+
+
 def seeds_of(dataset):
     """A dataset's training seeds: its own (datasets.<name>.seeds), else config['seeds']."""
     return config["datasets"][dataset.removesuffix(MCV_SUFFIX)].get(

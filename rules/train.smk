@@ -5,6 +5,7 @@ rule train:
     input:
         data="results/{dataset}/preprocessed.h5ad",
         tuned=tuned_settings,
+        tuned_run=tuned_run,
     output:
         model="results/{dataset}/k{rank}/models/{loss}/seed{seed}/model.pt",
         history="results/{dataset}/k{rank}/models/{loss}/seed{seed}/history.tsv",

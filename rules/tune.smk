@@ -9,6 +9,8 @@ rule tune:
     output:
         trials="results/{dataset}/tuning/{loss}/trials.tsv",
         best="results/{dataset}/tuning/{loss}/best.yaml",
+        # the winning trial, which the training job of the same seed and rank resumes
+        best_run="results/{dataset}/tuning/{loss}/best_run.pt",
     log:
         "logs/{dataset}/tune/{loss}.log",
     benchmark:

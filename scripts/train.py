@@ -42,7 +42,12 @@ with rule_logging(sm.log[0]) as log:
         sm.threads,
         train,
     )
-    model.train(**train, seed=int(sm.wildcards.seed), checkpoint=sm.params.checkpoint)
+    model.train(
+        **train,
+        seed=int(sm.wildcards.seed),
+        checkpoint=sm.params.checkpoint,
+        resume_from=sm.input.tuned_run or None,  # the winning tuning trial, when it is this run
+    )
     model.save(Path(sm.output.model).parent, overwrite=True)  # model.pt and history.tsv
     split = adata.obs["split"].to_numpy()
     fitted = training_scores(

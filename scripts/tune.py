@@ -7,7 +7,7 @@ import yaml
 from scae import Autoencoder
 from scae.io import atomic_path, rule_logging
 from scae.train import keep_freed_memory
-from scae.train.trainer import TrainParams
+from scae.train.trainer import JOB_SETTINGS, TrainParams
 from scae.train.tune import TuneParams, tune
 
 sm = snakemake  # noqa: F821
@@ -25,12 +25,13 @@ with rule_logging(sm.log[0]):
         hidden=tuple(settings.pop("hidden")),
         **settings,
     )
-    train = {k: v for k, v in sm.params.train.items() if k not in ("threads", "device")}
+    train = {k: v for k, v in sm.params.train.items() if k not in JOB_SETTINGS}
     trials, best = tune(
         model,
         TrainParams(**train),
         TuneParams.from_config(sm.params.tune),
         device=sm.params.train["device"],
+        best_run=sm.output.best_run,
     )
     with atomic_path(sm.output.trials) as tmp:
         trials.to_csv(tmp, sep="\t", index=False)

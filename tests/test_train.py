@@ -91,7 +91,8 @@ def test_zscore_round_trip(small_data):
 def test_resume_after_interruption_is_bitwise_identical(small_data, tmp_path, monkeypatch):
     data = CellData(small_data, "none")
     spec, model_params = get_loss("nb"), _params(small_data, "nb")
-    straight = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU)
+    args = (data, spec, {}, model_params, FAST, 1, CPU)
+    straight = fit(*args)
 
     import scae.train.trainer as train_module
 
@@ -107,13 +108,69 @@ def test_resume_after_interruption_is_bitwise_identical(small_data, tmp_path, mo
     checkpoint = tmp_path / "ckpt.pt"
     monkeypatch.setattr(train_module, "evaluate_split", dies_in_epoch_4)
     with pytest.raises(KeyboardInterrupt):
-        fit(data, spec, {}, model_params, FAST, seed=1, device=CPU, checkpoint=checkpoint)
+        fit(*args, checkpoint=checkpoint, checkpoint_interval=0)  # a save after every epoch
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] == 3
     monkeypatch.setattr(train_module, "evaluate_split", real_evaluate)
-    resumed = fit(data, spec, {}, model_params, FAST, seed=1, device=CPU, checkpoint=checkpoint)
+    resumed = fit(*args, checkpoint=checkpoint)
     for key, value in straight.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     assert straight.history.drop(columns="seconds").equals(resumed.history.drop(columns="seconds"))
+
+
+def test_checkpoints_are_written_at_the_interval_and_after_the_last_epoch(
+    small_data, tmp_path, monkeypatch
+):
+    import scae.train.trainer as train_module
+
+    data = CellData(small_data, "none")
+    args = (data, get_loss("mse"), {}, _params(small_data, "mse"), FAST, 0, CPU)
+    saves = []
+    real_save = train_module._save_checkpoint
+    monkeypatch.setattr(
+        train_module,
+        "_save_checkpoint",
+        lambda path, key, model, optimizer, state: (
+            saves.append(state["epoch"]),
+            real_save(path, key, model, optimizer, state),
+        ),
+    )
+    result = fit(*args, checkpoint=tmp_path / "every.pt", checkpoint_interval=0)
+    assert saves == list(range(1, len(result.history) + 1))
+    saves.clear()
+    final = fit(*args, checkpoint=tmp_path / "final.pt", checkpoint_interval=math.inf)
+    assert saves == [len(final.history)]  # only the finished state
+    # a finished run's checkpoint is the run: resuming it trains no epoch and changes nothing
+    monkeypatch.setattr(train_module, "train_epoch", _no_training)
+    resumed = fit(*args, checkpoint=tmp_path / "final.pt")
+    assert resumed.history.equals(final.history) and resumed.best_epoch == final.best_epoch
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("an epoch was trained")
+
+
+def test_resume_from_is_used_only_for_the_same_cells_and_seed(small_data, tmp_path, monkeypatch):
+    import scae.train.trainer as train_module
+
+    data = CellData(small_data, "none")
+    spec, model_params = get_loss("mse"), _params(small_data, "mse")
+    finished = tmp_path / "trial.pt"
+    trial = fit(data, spec, {}, model_params, FAST, 0, CPU, checkpoint=finished)
+
+    other_cells = small_data.copy()
+    counts = other_cells.layers["counts"].copy()
+    counts.data[0] += 1  # one molecule more
+    other_cells.layers["counts"] = counts
+    other = CellData(other_cells, "none")
+    assert other.digest != data.digest and CellData(small_data, "none").digest == data.digest
+    for cells, seed in ((other, 0), (data, 1)):
+        result = fit(cells, spec, {}, model_params, FAST, seed, CPU, resume_from=finished)
+        assert not result.history["seconds"].equals(trial.history["seconds"])  # trained afresh
+    monkeypatch.setattr(train_module, "train_epoch", _no_training)
+    reused = fit(data, spec, {}, model_params, FAST, 0, CPU, resume_from=finished)
+    assert reused.history.equals(trial.history)  # the trial's own rows, timings included
 
 
 def test_checkpoint_of_other_settings_is_ignored(small_data, tmp_path):

@@ -2,6 +2,7 @@
 reproducible trials, a pruner that judges end points, clean restarts, and final runs that
 stop by patience."""
 
+import re
 import signal
 import subprocess
 import time
@@ -90,6 +91,47 @@ def test_trials_are_reproducible_and_trial_0_is_the_configured_point(adata):
     assert best["trial"] == int(complete.loc[complete["score"].idxmin(), "trial"])
     assert set(best["model"]) == {"dropout", "hidden"}
     assert set(best["train"]) == {"learning_rate", "weight_decay", "batch_size"}
+
+
+def test_the_final_run_with_the_winning_settings_and_seed_is_the_winning_trial(
+    adata, tmp_path, monkeypatch
+):
+    """What lets the workflow's training job resume best_run.pt instead of training again."""
+    import scae.train.trainer as train_module
+
+    best_run = tmp_path / "best_run.pt"
+    model = scae.Autoencoder(adata, "pearson", hidden=(32,), latent_dim=4)
+    trials, best = tune(model, TRAIN, BUDGET, device="cpu", best_run=best_run)
+    assert best_run.exists() and best["trial"] > 0  # the winner is not just the configured point
+
+    def final_run(**kwargs):
+        final = scae.Autoencoder(
+            adata,
+            "pearson",
+            latent_dim=4,
+            hidden=tuple(best["model"]["hidden"]),
+            dropout=best["model"]["dropout"],
+        )
+        settings = {"max_epochs": BUDGET.max_epochs, "patience": TRAIN.patience, **best["train"]}
+        return final.train(**settings, device="cpu", **kwargs)
+
+    straight = final_run(seed=BUDGET.seed)  # trained from scratch, as the workflow did before
+    monkeypatch.setattr(train_module, "train_epoch", _no_training)
+    reused = final_run(seed=BUDGET.seed, resume_from=best_run)
+    pd.testing.assert_frame_equal(
+        reused.history.drop(columns="seconds"), straight.history.drop(columns="seconds")
+    )
+    assert reused.best_epoch == straight.best_epoch
+    winner = trials.set_index("trial").loc[best["trial"]]
+    assert (len(reused.history), reused.best_epoch) == (winner["epochs"], winner["best_epoch"])
+    for key, value in straight.module.state_dict().items():
+        assert torch.equal(value, reused.module.state_dict()[key]), key
+    with pytest.raises(AssertionError, match="an epoch was trained"):
+        final_run(seed=BUDGET.seed + 1, resume_from=best_run)  # another seed is another run
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("an epoch was trained")
 
 
 def test_a_common_criterion_is_maximised_where_larger_is_better(adata):
@@ -289,6 +331,17 @@ def test_workflow_tuned_every_loss_alike_and_training_used_the_choice(small_run)
         assert model["train_params"]["batch_size"] == best["train"]["batch_size"], loss
         assert model["model_params"]["hidden"] == best["model"]["hidden"], loss
         assert model["train_params"]["learning_rate"] == best["train"]["learning_rate"], loss
+        # seed 0 at the reference rank is the winning trial: resumed from it, not retrained
+        winner = trials.set_index("trial").loc[best["trial"]]
+        history = pd.read_csv(results / f"k8/models/{loss}/seed0/history.tsv", sep="\t")
+        assert (len(history), model["best_epoch"]) == (winner["epochs"], winner["best_epoch"])
+        assert history["val_loss"].min() == pytest.approx(best["score"], rel=1e-12), loss
+        logs = small_run / f"logs/pbmc_small/k8/train/{loss}"
+        reused = re.compile(r"resumed from \S*tuning/\S+/best_run\.pt")
+        assert reused.search((logs / "seed0.log").read_text()), loss
+        assert "resumed" not in (logs / "seed1.log").read_text()  # another seed trains
+        k2 = small_run / f"logs/pbmc_small/k2/train/{loss}/seed0.log"
+        assert "resumed" not in k2.read_text()  # another rank trains
     # the outputs say what was used: metrics.tsv's setting_* rows and summary.md's table
     tidy = pd.read_csv(results / "metrics.tsv", sep="\t")
     mse = tidy[(tidy["model"] == "mse") & tidy["metric"].str.startswith("setting_")]
@@ -355,7 +408,7 @@ def test_killed_tuning_job_restarts_cleanly(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode != 0
-    assert not best.exists() and not trials.exists()  # nothing half-written
+    assert not best.parent.exists() or not any(best.parent.iterdir())  # nothing half-written
     succeeded(snakemake(tmp_path, configfile, target))
     first = trials.read_text()
     succeeded(snakemake(tmp_path, configfile, target, "--forcerun", "tune"))

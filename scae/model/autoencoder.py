@@ -41,7 +41,7 @@ from ..train.inference import (
     reconstruction,
     save_model,
 )
-from ..train.trainer import TrainParams, fit
+from ..train.trainer import CHECKPOINT_INTERVAL, TrainParams, fit
 from ._setup import (
     LAYER_FIX,
     SETUP_KEY,
@@ -187,6 +187,8 @@ class Autoencoder:
         seed: int = 0,
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        resume_from: str | Path | None = None,
     ) -> Autoencoder:
         """Train from fresh weights on the ``train`` cells; early-stop on ``val`` loss.
 
@@ -195,7 +197,11 @@ class Autoencoder:
         plateau; 0 switches it off). ``seed`` fixes the initial weights, minibatch
         order, dropout masks and negative pairs; test cells are never read. ``device``:
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With ``checkpoint``, the state
-        after every epoch is saved there and a run of the same settings resumes from it.
+        is saved there every ``checkpoint_interval`` seconds (0: every epoch) and after the
+        last epoch, and a run of the same cells, settings and seed resumes from it, bitwise as
+        if uninterrupted. ``resume_from`` is another such file to resume when ``checkpoint``
+        holds none: :func:`scae.train.tune.tune`'s ``best_run``, the winning trial, is this
+        run when the settings, seed and epoch cap are the trial's, so nothing is retrained.
         Threads: torch's own setting (``torch.set_num_threads``) is left as it is.
         """
         self.train_params = TrainParams(
@@ -217,6 +223,8 @@ class Autoencoder:
             seed=self.seed,
             device=self.device,
             checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            checkpoint_interval=checkpoint_interval,
+            resume_from=Path(resume_from) if resume_from is not None else None,
         )
         self.module, self.history = result.model, result.history
         self.best_epoch, self.stopped_by = result.best_epoch, result.stopped_by

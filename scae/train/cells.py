@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from typing import Literal
 
 import anndata as ad
@@ -65,6 +67,26 @@ class CellData:
         if group_key:
             codes = pd.Series(adata.obs[group_key]).astype("category").cat.codes.to_numpy()
             self.groups = torch.from_numpy(codes.astype(np.int64))
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A SHA-256 of the cells as training reads them, so a checkpoint knows its data.
+
+        It covers the expression and count matrices (pattern and values), the split, the
+        library sizes, the negative-sampling groups and the scaling: two preprocessings that
+        differ in anything a run reads (another HVG set, a molecule split) differ here.
+        """
+        h = hashlib.sha256()
+        for matrix in (self.x, self.counts):
+            for part in (np.asarray(matrix.shape), matrix.indptr, matrix.indices, matrix.data):
+                h.update(np.ascontiguousarray(part).data)
+        h.update("\0".join(self.split if self.split is not None else []).encode())
+        for part in (self.library_size, self.mean.numpy(), self.std.numpy()):
+            h.update(part.data)
+        if self.groups is not None:
+            h.update(self.groups.numpy().data)
+        h.update(repr(self.target_sum).encode())
+        return h.hexdigest()[:16]
 
     @property
     def n_genes(self) -> int:

@@ -49,6 +49,11 @@ class TrainingDiverged(RuntimeError):
 
 #: config/schema.yaml's train defaults (threads and device among them: the job's, not read here).
 _DEFAULTS = _schema.defaults("train")
+#: Settings of ``config['train']`` that say how a job runs, not what it computes: outside
+#: :class:`TrainParams`, and so outside a checkpoint's fingerprint.
+JOB_SETTINGS = ("threads", "device", "checkpoint_interval")
+#: Seconds between a running job's checkpoints (config/schema.yaml's train.checkpoint_interval).
+CHECKPOINT_INTERVAL: float = _DEFAULTS["checkpoint_interval"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ class TrainParams:
     #: Each setting's limits as ``config/schema.yaml``'s train section states them: the API
     #: refuses what the workflow refuses.
     LIMITS: ClassVar[dict[str, dict[str, float]]] = {
-        key: bounds for key, bounds in _schema.limits("train").items() if key != "threads"
+        key: bounds for key, bounds in _schema.limits("train").items() if key not in JOB_SETTINGS
     }
 
     def __post_init__(self):
@@ -156,12 +161,20 @@ def fit(
     device: torch.device,
     checkpoint: Path | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    checkpoint_interval: float = CHECKPOINT_INTERVAL,
+    resume_from: Path | None = None,
 ) -> FitResult:
     """Train on ``train`` cells, early-stop on ``val`` loss, return the best weights.
 
-    Test cells are never touched. With ``checkpoint``, the state after each epoch is saved
-    there (atomically) and an existing checkpoint of the same settings is resumed.
-    ``on_epoch`` receives each epoch's history row (a tuner's pruner raises from it).
+    Test cells are never touched. With ``checkpoint``, the training state is saved there
+    (atomically) after the first epoch that ends ``checkpoint_interval`` seconds or more after
+    the previous save (0: after every epoch) and after the last epoch, and an existing
+    checkpoint of the same run is resumed. "The same run" is the same cells (a digest of
+    ``data``), loss, settings and seed: the fingerprint of all of them is in the file. Failing
+    that, ``resume_from`` is resumed when it holds the same run: a tuning trial's final state
+    (:func:`scae.train.tune.tune`'s ``best_run``) is a finished run, so nothing is trained
+    again. Randomness comes from (seed, epoch), so a resumed run is bitwise the uninterrupted
+    one. ``on_epoch`` receives each epoch's history row (a tuner's pruner raises from it).
     """
     torch.manual_seed(seed)
     model = AutoencoderModule(model_params).to(device)
@@ -178,16 +191,20 @@ def fit(
         {
             "loss": spec.name,
             "seed": seed,
+            "cells": data.digest,
             "scaling": data.input_scaling,
             "optimizer": type(optimizer).__name__,
         },
     )
-    state = _initial_state(train_params)
-    if checkpoint is not None and checkpoint.exists():
-        state = _resume(checkpoint, key, model, optimizer, state, device)
+    state = None
+    for source in (checkpoint, resume_from):
+        if state is None and source is not None and source.exists():
+            state = _resume(source, key, model, optimizer, device)
+    state = state or _initial_state(train_params)
 
     rows = data.rows("train"), data.rows("val")
-    while state["epoch"] < train_params.max_epochs and state["bad_epochs"] < train_params.patience:
+    saved_at = time.monotonic()
+    while not _stopped(state, train_params):
         row = _epoch(
             model, optimizer, data, spec, loss_params, rows, train_params, seed, state, device
         )
@@ -196,9 +213,17 @@ def fit(
         _log_epoch(row, best=state["best_epoch"] == row["epoch"])
         if on_epoch is not None:
             on_epoch(row)
-        if checkpoint is not None:
+        # Not after every epoch: a save (~17 MB on pbmc3k) costs a tenth of a short epoch.
+        due = time.monotonic() - saved_at >= checkpoint_interval
+        if checkpoint is not None and (due or _stopped(state, train_params)):
             _save_checkpoint(checkpoint, key, model, optimizer, state)
+            saved_at = time.monotonic()
     return _finish(model, state, train_params)
+
+
+def _stopped(state: dict, train_params: TrainParams) -> bool:
+    """Whether training is over: the epoch cap reached or patience run out."""
+    return state["epoch"] >= train_params.max_epochs or state["bad_epochs"] >= train_params.patience
 
 
 def _initial_state(train_params: TrainParams) -> dict:
@@ -279,22 +304,17 @@ def _save_checkpoint(
 
 
 def _resume(
-    checkpoint: Path,
-    key: str,
-    model: AutoencoderModule,
-    optimizer,
-    state: dict,
-    device: torch.device,
-) -> dict:
+    checkpoint: Path, key: str, model: AutoencoderModule, optimizer, device: torch.device
+) -> dict | None:
     """Resume from a checkpoint; return the training state after its last epoch.
 
     The state is loaded into ``model`` and ``optimizer`` when the checkpoint was written for the
-    same settings (``key``); otherwise ``state`` is returned.
+    same run (``key``); otherwise nothing is loaded and None returned.
     """
     saved = torch.load(checkpoint, map_location=device, weights_only=True)
     if saved["fingerprint"] != key:
-        logger.info("ignoring checkpoint %s written for other settings", checkpoint)
-        return state
+        logger.info("ignoring checkpoint %s written for other settings or cells", checkpoint)
+        return None
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     set_learning_rate(optimizer, saved["state"]["lr"])

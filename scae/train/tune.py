@@ -17,10 +17,16 @@ the ~4 s start-up of a training job each time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
+import os
+import shutil
+import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -31,6 +37,7 @@ from optuna.trial import TrialState
 
 from .. import _schema
 from ..evaluation.metrics import TUNING_CRITERIA
+from ..io import atomic_path
 from ..module.losses import LossSpec
 from ..module.network import ModelParams
 from .cells import CellData, resolve_device
@@ -127,10 +134,15 @@ def tune(
     train_params: TrainParams,
     params: TuneParams,
     device: str | torch.device = "auto",
+    best_run: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Search ``params.space`` for ``model``'s loss and architecture.
 
-    Return (every trial, the best trial's settings as ``best.yaml`` holds them).
+    Return (every trial, the best trial's settings as ``best.yaml`` holds them). With
+    ``best_run``, the best trial's final training state is written there as a checkpoint of
+    :func:`scae.train.fit`: the final run with the best settings and seed ``params.seed``, at
+    the same rank and ``max_epochs``, *is* that trial (same cells, settings and random
+    streams), so it resumes the finished trial instead of training it again.
 
     ``model`` is an untrained :class:`scae.Autoencoder` (its AnnData, loss, loss parameters
     and the configured architecture). A trial trains from fresh weights with the sampled
@@ -155,21 +167,33 @@ def tune(
     data, spec, loss_params = model.training_data(), model.loss, model.loss_params
     model_params = model.module_params
     study, warmup = _create_study(spec.name, params, train_params, model_params)
-    objective = _Objective(
-        data,
-        spec,
-        loss_params,
-        model_params,
-        train_params,
-        params,
-        resolve_device(device),
-        warmup,
-        study,
+    # Trial states go to the job's temporary directory ($TMPDIR), not beside the outputs: a
+    # killed job leaves nothing there.
+    trial_states = (
+        tempfile.TemporaryDirectory(prefix="scae-trials.")
+        if best_run is not None
+        else contextlib.nullcontext(None)
     )
-    study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
-    trials = _trial_table(study, objective.outcomes)
-    _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
-    settings = _best_settings(study, spec.name, params.criterion, len(trials))
+    with trial_states as trial_dir:
+        objective = _Objective(
+            data,
+            spec,
+            loss_params,
+            model_params,
+            train_params,
+            params,
+            resolve_device(device),
+            warmup,
+            study,
+            trial_dir=Path(trial_dir) if trial_dir is not None else None,
+        )
+        study.optimize(objective, n_trials=params.n_trials, catch=(TrainingDiverged,))
+        trials = _trial_table(study, objective.outcomes)
+        _log_stops(trials, params.pruner, params.max_epochs, train_params.patience)
+        settings = _best_settings(study, spec.name, params.criterion, len(trials))
+        if best_run is not None:  # a completed trial: fit saved its state after its last epoch
+            with atomic_path(best_run) as tmp:
+                shutil.copyfile(objective.state_path(study.best_trial.number), tmp)
     return trials, settings
 
 
@@ -262,7 +286,13 @@ class _Objective:
     device: torch.device
     warmup: Callable[[optuna.Study], int | None]
     study: optuna.Study
+    #: Where each trial's final state is saved (None: nowhere).
+    trial_dir: Path | None = None
     outcomes: dict[int, dict] = field(default_factory=dict)
+
+    def state_path(self, number: int) -> Path | None:
+        """Return where trial ``number`` saves its final state (None without a trial_dir)."""
+        return self.trial_dir / f"trial{number}.pt" if self.trial_dir is not None else None
 
     def __call__(self, trial: optuna.Trial) -> float:
         chosen = _sample(trial, self.params.space)
@@ -304,6 +334,8 @@ class _Objective:
             seed=self.params.seed,
             device=self.device,
             on_epoch=report,
+            checkpoint=self.state_path(trial.number),
+            checkpoint_interval=math.inf,  # only the final state: a trial is not resumed
         )
         outcome["stopped_by"] = result.stopped_by
         return float(outcome["score"])
