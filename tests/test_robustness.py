@@ -554,8 +554,11 @@ def _train_process(root: int, script: str = "train.py"):
 def test_kill_9_mid_training_then_rerun_resumes_exactly(finished_run, tmp_path):
     workdir = copy_run(finished_run, tmp_path / "run")
     config = yaml.safe_load((workdir / "config.yaml").read_text())
-    max_epochs = 80  # small batches: several seconds of training, time to kill it
-    config["train"].update(batch_size=8, max_epochs=max_epochs, patience=max_epochs)
+    max_epochs = 80
+    # small batches: several seconds of training, time to kill it; a checkpoint every epoch
+    config["train"].update(
+        batch_size=8, max_epochs=max_epochs, patience=max_epochs, checkpoint_interval=0
+    )
     configfile = write_config(workdir, config, "long.yaml")
     model_dir = workdir / f"{RESULTS}/k4/models/mse/seed0"
     log = workdir / f"logs/{DATASET}/k4/train/mse/seed0.log"
