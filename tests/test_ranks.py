@@ -9,6 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 import scae
+from scae.evaluation.answer import answer
 from scae.evaluation.baselines import baseline_outputs
 from scae.evaluation.markdown import crossing_sentence, markdown_summary
 from scae.evaluation.metrics import per_cell_metrics
@@ -171,6 +172,34 @@ def test_markdown_has_the_rank_table_one_section_per_rank_and_the_figures():
     assert "plots/rank_curve.png" in text and "plots/forest.png" in text
     assert text.count("**Answer:**") == 2
     assert "### k = 2: Ties with the best loss" in text
+
+
+def test_the_answer_says_when_the_rank_table_places_pca_otherwise():
+    per_cell, tidy = _ranked({32: -0.08})
+    stats = aggregate(tidy)
+    comparisons = rank_comparisons(per_cell, stats)
+    pca = stats.loc[stats["model"] == "baseline_pca", "mean"].iloc[0]
+    agreeing = answer(stats, comparisons, "d", "centred_cosine_mean")[0]
+    assert f"PCA at the same rank ({pca:.4g}) beats it;" in agreeing  # both say PCA better
+    assert "rank table" not in agreeing
+    # The answer's interval is simultaneous over more rows than the rank table's: with few
+    # seeds it can contain 0 where the rank table's does not. Make it so by hand.
+    versus_pca = (
+        (comparisons["family"] == "answer")
+        & (comparisons["model"] == "mse")
+        & (comparisons["reference"] == "baseline_pca")
+    )
+    wide = comparisons.copy()
+    wide.loc[versus_pca, ["ci_low", "ci_high", "verdict"]] = [-0.2, 0.01, "no difference"]
+    text = answer(stats, wide, "d", "centred_cosine_mean")[0]
+    ranked = comparisons[comparisons["family"] == "rank"].iloc[0]
+    assert (
+        f"it ties with PCA at the same rank ({pca:.4g}) within this answer's 3 simultaneous "
+        "intervals ([-0.2000, +0.0100]), while the rank table's interval for the same difference, "
+        "simultaneous over the ranks only "
+        f"([{ranked['ci_low']:+.4f}, {ranked['ci_high']:+.4f}]), says PCA better; it beats "
+        "the training-mean profile" in text
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ def answer(
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     rows = comparisons[comparisons["family"] == "answer"]
     tied_text, tied = _tied_clause(rows, best, means, n_seeds, level)
-    text += tied_text + _baseline_clauses(rows, best, means)
+    ranks = comparisons[comparisons["family"] == "rank"]
+    text += tied_text + _baseline_clauses(rows, best, means, ranks)
     text += "."
     if runs is not None and not runs["converged"].all():
         text += (
@@ -92,8 +93,11 @@ def _tied_clause(
     return f"; statistically tied with it ({confidence} contain 0): {listed}", tied
 
 
-def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series) -> str:
-    """Return the answer's clauses placing ``best`` against PCA and the mean profile."""
+def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series, ranks: pd.DataFrame) -> str:
+    """Return the answer's clauses placing ``best`` against PCA and the mean profile.
+
+    ``ranks`` are the ``rank``-family comparisons at this rank (the rank table's row).
+    """
     text = ""
     for baseline, name in (
         ("baseline_pca", "PCA at the same rank"),
@@ -112,4 +116,34 @@ def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series) -> str:
             "no difference": f"it ties with {name} ({value})",
         }[row["verdict"].iloc[0]]
         text += f"; {relation}"
+        if baseline == "baseline_pca":
+            text += _rank_table_clause(row.iloc[0], ranks, len(rows))
     return text
+
+
+def _rank_table_clause(answer_row: pd.Series, ranks: pd.DataFrame, m: int) -> str:
+    """Say so when the rank table places the best loss against PCA otherwise than the answer.
+
+    Both test the same difference on the same cells and seeds, but each interval is
+    simultaneous within its own table: the answer's ``answer_row`` over its ``m`` rows (9 with
+    8 losses), the rank table's row in ``ranks`` over the ranks. With few seeds one can exclude
+    0 and the other not; the answer then shows both verdicts and why they differ.
+    """
+    match = ranks[
+        (ranks["model"] == answer_row["model"]) & (ranks["reference"] == answer_row["reference"])
+    ]
+    if not len(match) or match["verdict"].iloc[0] == answer_row["verdict"]:
+        return ""
+    row = match.iloc[0]
+    said = {"better": "the autoencoder better", "worse": "PCA better"}.get(
+        row["verdict"], "no difference"
+    )
+    return (
+        f" within this answer's {m} simultaneous intervals ({_interval(answer_row)}), while "
+        "the rank table's interval for the same difference, simultaneous over the ranks only "
+        f"({_interval(row)}), says {said}"
+    )
+
+
+def _interval(row: pd.Series) -> str:
+    return f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}]"
