@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .ranks import RANK_VERDICTS
 from .summary import COMPARISON_COLUMNS, best_loss, direction
 
 #: Prefix of the machine-readable answer comment that :mod:`scae.evaluation.findings` reads.
@@ -135,13 +136,10 @@ def _rank_table_clause(answer_row: pd.Series, ranks: pd.DataFrame, m: int) -> st
     if not len(match) or match["verdict"].iloc[0] == answer_row["verdict"]:
         return ""
     row = match.iloc[0]
-    said = {"better": "the autoencoder better", "worse": "PCA better"}.get(
-        row["verdict"], "no difference"
-    )
     return (
         f" within this answer's {m} simultaneous intervals ({_interval(answer_row)}), while "
         "the rank table's interval for the same difference, simultaneous over the ranks only "
-        f"({_interval(row)}), says {said}"
+        f"({_interval(row)}), says {RANK_VERDICTS[row['verdict']]}"
     )
 
 

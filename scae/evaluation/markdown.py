@@ -17,7 +17,7 @@ from ..config import MCV_SUFFIX
 from ..outputs import SETTING_PREFIX
 from .answer import ANSWER_TAG, answer
 from .metrics import EMBEDDING_DIM
-from .ranks import crossing, rank_table
+from .ranks import RANK_VERDICTS, crossing, rank_table
 from .summary import (
     COMPARISON_COLUMNS,
     DENOISING_BASELINES,
@@ -172,12 +172,7 @@ def crossing_sentence(table: pd.DataFrame) -> str:
 
 def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[str]:
     """Return the rank table, its crossing and the two figures of :mod:`scae.evaluation.plots`."""
-    verdicts = {
-        "better": "autoencoder better",
-        "worse": "PCA better",
-        "no difference": "no difference",
-        "": "–",
-    }
+    verdicts = {**RANK_VERDICTS, "": "–"}
     lines = [
         "## At which rank does an autoencoder beat PCA?",
         "",

@@ -25,6 +25,12 @@ from .summary import (
     with_intervals,
 )
 
+#: A ``rank``-family verdict (best loss − PCA-k) in words, as the rank table and the answer say it.
+RANK_VERDICTS = {
+    "better": "autoencoder better",
+    "worse": "PCA better",
+    "no difference": "no difference",
+}
 #: Columns of ranks.tsv (:func:`rank_table`).
 RANK_COLUMNS = [
     "rank",
