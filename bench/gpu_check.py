@@ -49,13 +49,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from run import (  # noqa: E402
+from sections.common import (  # noqa: E402
     RESULTS,
-    _epoch_rates,
+    epoch_rates,
     fit_epoch_seconds,
     preprocessed_synthetic,
-    scvi_cells_per_second,
 )
+from sections.throughput import scvi_cells_per_second  # noqa: E402
 
 #: Exit status of a run that checked nothing (automake's "skipped").
 SKIPPED = 77
@@ -182,11 +182,11 @@ def check_throughput(args) -> dict:
     accelerator = "gpu" if torch.device(args.device).type == "cuda" else "cpu"
     ours, loop, theirs = [], [], []
     for r in range(args.rounds):  # alternating, so both see the same machine
-        ours += _epoch_rates(
+        ours += epoch_rates(
             n_train,
             fit_epoch_seconds(data, "nb", (128, 128), 256, args.epochs, seed=r, device=args.device),
         )
-        loop += _epoch_rates(
+        loop += epoch_rates(
             n_train,
             fit_epoch_seconds(
                 data,
@@ -203,7 +203,7 @@ def check_throughput(args) -> dict:
             n_scvi, seconds = scvi_cells_per_second(
                 raw, 256, args.epochs, seed=r, accelerator=accelerator
             )
-            theirs += _epoch_rates(n_scvi, seconds)
+            theirs += epoch_rates(n_scvi, seconds)
     result = {
         "data": f"{pre.n_obs} cells × {pre.n_vars} genes",
         "device": args.device,
