@@ -403,6 +403,7 @@ def test_api_defaults_are_the_schemas():
     train_limits = limits(schema["train"]["properties"])
     assert train_limits.pop("threads") == {"minimum": 1}  # the job's, not the optimiser's
     assert train_limits.pop("checkpoint_interval") == {"minimum": 0}  # the job's too
+    assert train_limits.pop("stack_size") == {"minimum": 0}  # so is how it groups models
     assert TrainParams.LIMITS == train_limits
     model = dict(schema["model"]["properties"])  # hidden's limits are its items'
     del model["reference_rank"]  # the workflow's, not the model's

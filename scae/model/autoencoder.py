@@ -18,6 +18,7 @@ Every default (architecture, optimisation, loss parameters) comes from :class:`M
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,7 @@ from ..train.inference import (
     reconstruction,
     save_model,
 )
+from ..train.stacked import fit_stacked
 from ..train.trainer import CHECKPOINT_INTERVAL, TrainParams, fit
 from ._setup import (
     LAYER_FIX,
@@ -226,6 +228,74 @@ class Autoencoder:
             checkpoint_interval=checkpoint_interval,
             resume_from=Path(resume_from) if resume_from is not None else None,
         )
+        return self._trained(result)
+
+    @classmethod
+    def train_stacked(
+        cls,
+        models: Sequence[Autoencoder],
+        seeds: int | Sequence[int] = 0,
+        *,
+        device: str | torch.device = "auto",
+        stack_size: int | None = None,
+        checkpoint: str | Path | None = None,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+        **train_kwargs: Any,
+    ) -> list[Autoencoder]:
+        """Train several models of one AnnData and loss at once, as one stacked model.
+
+        ``models`` may differ in ``latent_dim`` only (same AnnData, loss, loss parameters,
+        architecture otherwise, input scaling); ``seeds`` is one seed for all or one per model.
+        Each model ends exactly as ``model.train(seed=its seed, **train_kwargs)`` would leave it
+        (bitwise on the CPU): its own initial weights, minibatch order, dropout masks, negative
+        pairs and early stopping. What is shared is the work: one forward and backward per
+        step over every model still training, one read of the cells. ``stack_size`` caps the
+        models per stack (None: all); ``checkpoint`` and the rest as in :meth:`train`.
+
+        Example::
+
+            models = [scae.Autoencoder(adata, "nb", latent_dim=k) for k in (4, 8, 16, 32)]
+            scae.Autoencoder.train_stacked(models, seeds=0)
+        """
+        models = list(models)
+        seeds = [int(seeds)] * len(models) if isinstance(seeds, int) else [int(s) for s in seeds]
+        if len(seeds) != len(models):
+            raise ValueError(f"{len(seeds)} seeds for {len(models)} models; give one or one each")
+        first = models[0]
+        for model in models[1:]:
+            same = (
+                model.adata is first.adata
+                and model.loss.name == first.loss.name
+                and model.loss_params == first.loss_params
+                and model.input_scaling == first.input_scaling
+                and {**model.module_params.to_dict(), "latent_dim": None}
+                == {**first.module_params.to_dict(), "latent_dim": None}
+            )
+            if not same:
+                raise ValueError(
+                    "train_stacked trains models of one AnnData, loss and architecture that "
+                    f"differ in latent_dim only; {model!r} differs from {first!r}"
+                )
+        train_params = TrainParams(**train_kwargs)
+        resolved = resolve_device(device)
+        results = fit_stacked(
+            first.training_data(),
+            first.loss,
+            first.loss_params,
+            [(model.module_params, seed) for model, seed in zip(models, seeds)],
+            train_params,
+            resolved,
+            checkpoint=Path(checkpoint) if checkpoint is not None else None,
+            checkpoint_interval=checkpoint_interval,
+            stack_size=stack_size,
+        )
+        for model, seed, result in zip(models, seeds, results):
+            model.train_params, model.device, model.seed = train_params, resolved, seed
+            model._trained(result)
+        return models
+
+    def _trained(self, result: FitResult) -> Autoencoder:
+        """Take a finished training's module, history and stopping into this model."""
         self.module, self.history = result.model, result.history
         self.best_epoch, self.stopped_by = result.best_epoch, result.stopped_by
         return self

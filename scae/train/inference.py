@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from ..io import atomic_path
+from ..module.batch import Batch, DecoderOutput
 from ..module.losses import LossSpec, cosine_similarity
 from ..module.network import AutoencoderModule, ModelParams
 from .cells import NEGATIVES, CellData, _epoch_seed, _to_device
@@ -60,8 +61,7 @@ def evaluate_split(
     """
     model.eval()
     generator = torch.Generator().manual_seed(_epoch_seed(seed, 0, NEGATIVES))
-    sums = dict.fromkeys(("val_loss", "val_cosine", "val_centred_cosine", "val_mse"), 0.0)
-    centre = data.mean.to(device)
+    sums = dict.fromkeys(VALIDATION_SCORES, 0.0)
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_CHUNK):
             idx = rows[start : start + EVAL_CHUNK]
@@ -69,15 +69,31 @@ def evaluate_split(
             batch = _to_device(batch, device)
             batch.generator = generator
             out = model(inputs.to(device), library.to(device))
-            sums["val_loss"] += float(spec.fn(out, batch, loss_params).sum())
-            recon = data.to_expression(out, idx)
-            truth = data.unscale(batch.x)
-            sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
-            sums["val_centred_cosine"] += float(
-                cosine_similarity(recon - centre, truth - centre).sum()
-            )
-            sums["val_mse"] += float(((recon - truth) ** 2).mean(dim=1).sum())
+            add_validation_sums(sums, out, batch, idx, data, spec, loss_params)
     return {name: total / len(rows) for name, total in sums.items()}
+
+
+#: The scores :func:`evaluate_split` returns, means over the validation cells.
+VALIDATION_SCORES = ("val_loss", "val_cosine", "val_centred_cosine", "val_mse")
+
+
+def add_validation_sums(
+    sums: dict[str, float],
+    out: DecoderOutput,
+    batch: Batch,
+    idx: np.ndarray,
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+) -> None:
+    """Add one chunk's sums of the :data:`VALIDATION_SCORES` over its cells ``idx`` to ``sums``."""
+    centre = data.mean.to(batch.x.device)
+    sums["val_loss"] += float(spec.fn(out, batch, loss_params).sum())
+    recon = data.to_expression(out, idx)
+    truth = data.unscale(batch.x)
+    sums["val_cosine"] += float(cosine_similarity(recon, truth).sum())
+    sums["val_centred_cosine"] += float(cosine_similarity(recon - centre, truth - centre).sum())
+    sums["val_mse"] += float(((recon - truth) ** 2).mean(dim=1).sum())
 
 
 def save_model(path: Path, result: FitResult, meta: dict) -> None:

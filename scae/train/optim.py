@@ -43,3 +43,41 @@ def set_learning_rate(optimizer: FusedAdam | torch.optim.Optimizer, lr: float) -
     else:
         for group in optimizer.param_groups:
             group["lr"] = lr
+
+
+def restack(
+    optimizer: FusedAdam | torch.optim.Adam,
+    moves: list[tuple[Tensor, Tensor | None]],
+    params: list[Tensor],
+) -> FusedAdam | torch.optim.Adam:
+    """Return :func:`adam`'s optimiser over re-stacked ``params``, its state re-stacked alike.
+
+    ``moves`` pairs each parameter the optimiser held (in its order) with the index of the rows
+    kept in ``params`` (None: none kept), as
+    :meth:`scae.module.stacked.StackedAutoencoder.keep` returns them. Adam's state is
+    per element, so the kept rows' moments and step counts continue unchanged.
+    """
+    if isinstance(optimizer, FusedAdam):
+        kept = [(k, index) for k, (_, index) in enumerate(moves) if index is not None]
+        new = FusedAdam(params, lr=optimizer.lr, weight_decay=optimizer.weight_decay)
+        new.betas, new.eps = optimizer.betas, optimizer.eps
+        new.exp_avg = [optimizer.exp_avg[k].index_select(0, index) for k, index in kept]
+        new.exp_avg_sq = [optimizer.exp_avg_sq[k].index_select(0, index) for k, index in kept]
+        new.steps = [optimizer.steps[k].clone() for k, _ in kept]
+        return new
+    group = optimizer.param_groups[0]
+    new = torch.optim.Adam(
+        params, lr=group["lr"], weight_decay=group["weight_decay"], fused=group["fused"]
+    )
+    kept = iter(params)
+    for old, index in moves:
+        if index is None:
+            continue
+        param = next(kept)
+        if old in optimizer.state:
+            state = optimizer.state[old]
+            new.state[param] = {
+                name: value if value.dim() == 0 else value.index_select(0, index)
+                for name, value in state.items()
+            }
+    return new

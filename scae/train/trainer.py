@@ -51,7 +51,7 @@ class TrainingDiverged(RuntimeError):
 _DEFAULTS = _schema.defaults("train")
 #: Settings of ``config['train']`` that say how a job runs, not what it computes: outside
 #: :class:`TrainParams`, and so outside a checkpoint's fingerprint.
-JOB_SETTINGS = ("threads", "device", "checkpoint_interval")
+JOB_SETTINGS = ("threads", "device", "checkpoint_interval", "models_per_job", "stack_size")
 #: Seconds between a running job's checkpoints (config/schema.yaml's train.checkpoint_interval).
 CHECKPOINT_INTERVAL: float = _DEFAULTS["checkpoint_interval"]
 
@@ -90,6 +90,30 @@ class TrainParams:
 def fingerprint(*parts: dict) -> str:
     """Return a short hash of the settings a checkpoint belongs to."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_key(
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    model_params: ModelParams,
+    train_params: TrainParams,
+    seed: int,
+    optimizer,
+) -> str:
+    """Return the fingerprint of one run: its cells, loss, settings, seed and optimiser kind."""
+    return fingerprint(
+        asdict(train_params),
+        model_params.to_dict(),
+        loss_params,
+        {
+            "loss": spec.name,
+            "seed": seed,
+            "cells": data.digest,
+            "scaling": data.input_scaling,
+            "optimizer": type(optimizer).__name__,
+        },
+    )
 
 
 def train_epoch(
@@ -184,18 +208,7 @@ def fit(
         lr=train_params.learning_rate,
         weight_decay=train_params.weight_decay,
     )
-    key = fingerprint(
-        asdict(train_params),
-        model_params.to_dict(),
-        loss_params,
-        {
-            "loss": spec.name,
-            "seed": seed,
-            "cells": data.digest,
-            "scaling": data.input_scaling,
-            "optimizer": type(optimizer).__name__,
-        },
-    )
+    key = run_key(data, spec, loss_params, model_params, train_params, seed, optimizer)
     state = None
     for source in (checkpoint, resume_from):
         if state is None and source is not None and source.exists():
@@ -209,7 +222,7 @@ def fit(
             model, optimizer, data, spec, loss_params, rows, train_params, seed, state, device
         )
         state["history"].append(row)
-        _select(state, row["epoch"], row["val_loss"], model, optimizer, train_params)
+        _select(state, row["epoch"], row["val_loss"], model.state_dict, optimizer, train_params)
         _log_epoch(row, best=state["best_epoch"] == row["epoch"])
         if on_epoch is not None:
             on_epoch(row)
@@ -326,13 +339,13 @@ def _select(
     state: dict,
     epoch: int,
     val_loss: float,
-    model: AutoencoderModule,
+    weights: Callable[[], dict],
     optimizer,
     train_params: TrainParams,
 ) -> None:
     """Select the model after an epoch.
 
-    A new best validation loss keeps the weights and
+    A new best validation loss keeps a copy of the ``weights()`` state dict and
     resets the streak of bad epochs; otherwise the streak grows, and reduce-on-plateau
     multiplies the rate by ``lr_factor`` whenever it reaches a multiple of ``lr_patience``:
     torch's ``ReduceLROnPlateau`` (patience ``lr_patience`` − 1, no threshold, no cooldown; a
@@ -345,7 +358,7 @@ def _select(
             best_val=val_loss,
             best_epoch=epoch,
             bad_epochs=0,
-            best_model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            best_model={k: v.detach().clone() for k, v in weights().items()},
         )
     else:
         state["bad_epochs"] += 1

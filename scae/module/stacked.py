@@ -1,0 +1,267 @@
+"""Several autoencoders of one architecture as one module: batched matrix products.
+
+M members that share :class:`~scae.module.network.ModelParams` except their latent rank run
+one forward and one backward per minibatch. Every layer whose shape does not depend on the
+rank (the encoder, the decoder's hidden layers, the heads) is held as one stack of the M
+members' weights, stored transposed, (M, in, out), and applied with ``torch.baddbmm``: on
+the CPU that product and its gradients are bitwise what each member's ``nn.Linear`` computes,
+and the transposed layout spares ``bmm`` a copy of every weight gradient. Batch norm runs over
+a (B, M·H) view, one channel per member and unit (bitwise ``nn.BatchNorm1d``'s per member).
+The small layers next to the latent code, whose shapes depend on the rank, stay one tensor per
+member and run as each member's own ``F.linear``: stacking them saves nothing and, at ranks
+below 32, would not give the same bits.
+
+``tests/test_stacked.py`` holds a stacked run bitwise equal to its members trained alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .batch import DecoderOutput
+from .network import LOG_THETA_RANGE, AutoencoderModule
+
+#: A layer's output: (M, B, D), or one (B, D_m) tensor per member where D depends on the rank.
+Activation = Tensor | list[Tensor]
+
+_HEADS = ("head", "log_theta_head", "dropout_head")
+
+
+class StackedAutoencoder:
+    """M autoencoders trained as one; :meth:`member_state` gives each one's weights back.
+
+    Parameters
+    ----------
+    members
+        Modules of the same architecture (:class:`~scae.module.network.ModelParams` equal but
+        for ``latent_dim``), on one device, each initialised as it would be alone.
+
+    Notes
+    -----
+    Every tensor in :attr:`parameters` is a leaf the optimiser steps. :meth:`keep` drops members
+    (those whose training has stopped) by re-stacking what the others hold, so a stopped member
+    costs nothing more.
+    """
+
+    def __init__(self, members: list[AutoencoderModule]):
+        first = members[0].params
+        for member in members[1:]:
+            if {**member.params.to_dict(), "latent_dim": 0} != {**first.to_dict(), "latent_dim": 0}:
+                raise ValueError(
+                    "stacked members must share their architecture but for latent_dim: "
+                    f"{member.params} differs from {first}"
+                )
+        self.params = first
+        self.ranks = [m.params.latent_dim for m in members]
+        self._layers = _layer_program(members[0])
+        #: the linear layers next to the latent code: one tensor per member
+        self._per_member = _latent_layers(self._layers)
+        self._bn_settings = {
+            name: (layer.momentum, layer.eps)
+            for name, layer in members[0].named_modules()
+            if isinstance(layer, nn.BatchNorm1d)
+        }
+        states = [m.state_dict() for m in members]
+        learnt = dict(members[0].named_parameters())
+        self._counter_names = [f"{name}.num_batches_tracked" for name in self._bn_settings]
+        self.batches_tracked = int(states[0][self._counter_names[0]]) if self._counter_names else 0
+        #: name → [one (M, …) stack] or [one tensor per member]
+        self.tensors: dict[str, list[Tensor]] = {}
+        for name, value in states[0].items():
+            if name.endswith("num_batches_tracked"):
+                continue
+            values = [state[name].detach() for state in states]
+            if name.rpartition(".")[0] in self._per_member:
+                tensors = [v.clone() for v in values]
+            elif name.endswith(".weight") and value.dim() == 2:  # stored (M, in, out)
+                tensors = [torch.stack([v.t() for v in values]).contiguous()]
+            else:
+                tensors = [torch.stack(values)]
+            self.tensors[name] = [t.requires_grad_(name in learnt) for t in tensors]
+        self.training = True
+
+    @property
+    def size(self) -> int:
+        """Number of members."""
+        return len(self.ranks)
+
+    @property
+    def parameters(self) -> list[Tensor]:
+        """The learnt leaf tensors, in a fixed order (the optimiser's)."""
+        return [t for tensors in self.tensors.values() for t in tensors if t.requires_grad]
+
+    def train(self, mode: bool = True) -> StackedAutoencoder:
+        """Switch to training mode (batch statistics, dropout) or, with ``mode=False``, eval."""
+        self.training = mode
+        return self
+
+    def eval(self) -> StackedAutoencoder:
+        """Switch to evaluation mode: running batch-norm statistics, no dropout."""
+        return self.train(False)
+
+    def dropout_widths(self) -> list[int]:
+        """Return the width of each dropout layer's input, in forward order (the masks' shapes)."""
+        widths, width = [], 0
+        for kind, name in self._layers:
+            if kind == "linear":  # its output width: (out, in) per member, (M, in, out) stacked
+                weight = self.tensors[f"{name}.weight"][0]
+                width = weight.shape[0] if name in self._per_member else weight.shape[-1]
+            elif kind == "dropout":
+                widths.append(width)
+        return widths
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x: Tensor,
+        library: Tensor | None = None,
+        dropout_masks: list[Tensor] | None = None,
+    ) -> DecoderOutput:
+        """Every member's decoder output for its own minibatch, or for a shared one.
+
+        Parameters
+        ----------
+        x
+            (M, B, G): member m's model inputs in ``x[m]``; or (B, G), one minibatch for all.
+        library
+            Library sizes for the count heads: (M, B), or (B,) with a shared minibatch.
+        dropout_masks
+            In training mode with dropout, one (M, B, H) mask per dropout layer in forward
+            order (:meth:`dropout_widths`), scaled by 1/(1 − p) as ``nn.Dropout`` scales it.
+
+        Returns
+        -------
+        DecoderOutput
+            Its fields with a leading member axis: ``expression`` or ``mu`` (M, B, G), ``theta``
+            (M, G) or (M, B, G), ``dropout_logits`` (M, B, G).
+        """
+        masks = iter(dropout_masks or [])
+        h: Activation = x
+        for kind, name in self._layers:
+            if kind == "linear":
+                h = self._linear(name, h)
+            elif kind == "batch_norm":
+                h = self._batch_norm(name, h)
+            elif kind == "relu":
+                h = torch.relu(h)
+            elif self.training:  # dropout
+                h = h * next(masks)
+        return self._heads(h, library)
+
+    __call__ = forward
+
+    def _linear(self, name: str, h: Activation) -> Tensor | list[Tensor]:
+        weights, biases = self.tensors[f"{name}.weight"], self.tensors[f"{name}.bias"]
+        if name in self._per_member:  # each member's own nn.Linear
+            if not isinstance(h, list):
+                h = [h] * self.size if h.dim() == 2 else list(h.unbind())
+            out = [F.linear(hm, w, b) for hm, w, b in zip(h, weights, biases)]
+            return torch.stack(out) if len({o.shape for o in out}) == 1 else out
+        if h.dim() == 2:  # a shared minibatch: the same rows for every member
+            h = h.expand(self.size, *h.shape)
+        return torch.baddbmm(biases[0].unsqueeze(1), h, weights[0])
+
+    def _batch_norm(self, name: str, h: Tensor) -> Tensor:
+        m, b, width = h.shape
+        flat = h.transpose(0, 1).reshape(b, m * width)  # one channel per member and unit
+        momentum, eps = self._bn_settings[name]
+        out = F.batch_norm(
+            flat,
+            self.tensors[f"{name}.running_mean"][0].view(-1),
+            self.tensors[f"{name}.running_var"][0].view(-1),
+            self.tensors[f"{name}.weight"][0].view(-1),
+            self.tensors[f"{name}.bias"][0].view(-1),
+            training=self.training,
+            momentum=momentum,
+            eps=eps,
+        )
+        return out.view(b, m, width).transpose(0, 1).contiguous()
+
+    def _heads(self, h: Activation, library: Tensor | None) -> DecoderOutput:
+        logits = self._linear("head", h)
+        if self.params.output == "expression":
+            return DecoderOutput(expression=logits)
+        if library is None:
+            raise ValueError("count heads need each cell's library size")
+        out = DecoderOutput(mu=torch.softmax(logits, dim=-1) * library[..., None])
+        if self.params.output in ("nb", "zinb"):
+            log_theta = (
+                self.tensors["log_theta"][0]
+                if self.params.dispersion == "gene"
+                else self._linear("log_theta_head", h)
+            )
+            out.theta = log_theta.clamp(*LOG_THETA_RANGE).exp()
+        if self.params.output == "zinb":
+            out.dropout_logits = self._linear("dropout_head", h)
+        return out
+
+    # -- members ------------------------------------------------------------------------------
+
+    def member_state(self, member: int) -> dict[str, Tensor]:
+        """Return a copy of member ``member``'s state dict, named as its own module names it."""
+        state = {}
+        for name, tensors in self.tensors.items():
+            if len(tensors) > 1 or name.rpartition(".")[0] in self._per_member:
+                value = tensors[member]
+            elif name.endswith(".weight") and tensors[0].dim() == 3:
+                value = tensors[0][member].t()
+            else:
+                value = tensors[0][member]
+            state[name] = value.detach().clone(memory_format=torch.contiguous_format)
+        for name in self._counter_names:
+            state[name] = torch.tensor(self.batches_tracked)
+        return state
+
+    def count_step(self) -> None:
+        """Count one training step in every batch-norm layer, as ``nn.BatchNorm1d`` does."""
+        self.batches_tracked += 1
+
+    def keep(self, members: list[int]) -> list[tuple[Tensor, Tensor | None]]:
+        """Keep only ``members`` (positions, in the order they keep); drop the others.
+
+        Returns, per tensor of :attr:`parameters` (in that order), the pair (that tensor, the
+        index of its rows kept; None when it is dropped whole): what an optimiser needs to
+        re-stack its own state the same way.
+        """
+        moves = []
+        for name, tensors in self.tensors.items():
+            learnt = tensors[0].requires_grad
+            if len(tensors) > 1 or name.rpartition(".")[0] in self._per_member:
+                kept = set(members)
+                if learnt:
+                    moves += [
+                        (t, torch.arange(len(t), device=t.device) if m in kept else None)
+                        for m, t in enumerate(tensors)
+                    ]
+                self.tensors[name] = [tensors[m] for m in members]
+                continue
+            index = torch.tensor(members, dtype=torch.long, device=tensors[0].device)
+            if learnt:
+                moves.append((tensors[0], index))
+            self.tensors[name] = [tensors[0].detach().index_select(0, index).requires_grad_(learnt)]
+        self.ranks = [self.ranks[m] for m in members]
+        return moves
+
+
+def _layer_program(module: AutoencoderModule) -> list[tuple[str, str]]:
+    """Return the forward pass of ``module`` as (kind, state-dict prefix) steps, no heads."""
+    kinds = {nn.Linear: "linear", nn.BatchNorm1d: "batch_norm", nn.ReLU: "relu"}
+    program = [
+        (kinds.get(type(layer), "dropout"), f"encoder.{i}")
+        for i, layer in enumerate(module.encoder)
+    ]
+    program.append(("linear", "to_latent"))
+    program += [
+        (kinds.get(type(layer), "dropout"), f"decoder.{i}")
+        for i, layer in enumerate(module.decoder)
+    ]
+    return program
+
+
+def _latent_layers(program: list[tuple[str, str]]) -> set[str]:
+    """Return the latent projection and the linear layer(s) reading the latent code."""
+    decoder = [name for kind, name in program if kind == "linear" and name.startswith("decoder")]
+    return {"to_latent", *(decoder[:1] or _HEADS)}
