@@ -69,6 +69,8 @@ for _name in DATASETS:
     if _shape is not None:
         SizeNeeds(**NEEDS).check_input(*_shape, _spec["path"], _name)
 TUNE = config["tune"]["enabled"]
+# One training job per dataset × loss × seed for all ranks (rules/train.smk's train_ranks).
+STACK_RANKS = config["train"]["models_per_job"] == "ranks" and len(RANKS) > 1
 # What the schema cannot say: ranges given low to high, and no empty architecture to try.
 _space = config["tune"]["space"]
 for _key in ("learning_rate", "dropout"):
@@ -155,16 +157,24 @@ def tuned_run(wildcards):
 
     Tuning trains at the reference rank with seed tune.seed on the dataset's own cells, so
     that job resumes the finished trial rather than training it again (when the epoch cap
-    differs too, the checkpoint's fingerprint says so and the job trains).
+    differs too, the checkpoint's fingerprint says so and the job trains). A train_ranks job
+    (no rank wildcard) gets it for its run at the reference rank.
     """
     if (
         not TUNE
         or wildcards.dataset.endswith(MCV_SUFFIX)
-        or int(wildcards.rank) != REFERENCE_RANK
+        or int(wildcards.get("rank", REFERENCE_RANK)) != REFERENCE_RANK
         or int(wildcards.seed) != config["tune"]["seed"]
     ):
         return []
     return f"results/{wildcards.dataset}/tuning/{wildcards.loss}/best_run.pt"
+
+
+def at_every_rank(pattern):
+    """results/{dataset}/k{rank}/pattern at every rank, its other wildcards left open."""
+    return expand(
+        f"results/{{dataset}}/k{{rank}}/{pattern}", rank=RANKS, allow_missing=True
+    )
 
 
 def seeds_of(dataset):

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anndata as ad
 import numpy as np
 
+from .evaluation.metrics import training_scores
 from .io import atomic_path
 from .layout import parse
+
+if TYPE_CHECKING:
+    from .model import Autoencoder
 
 #: obsm key of a run's latent embedding (absent for runs without one, e.g. the mean baseline).
 EMBEDDING_KEY = "X_scae"
@@ -74,3 +79,48 @@ def write_run_outputs(
         embedding.write_h5ad(tmp)
     with atomic_path(reconstruction_path) as tmp:
         reconstruction.write_h5ad(tmp)
+
+
+def write_trained_model(
+    model: Autoencoder,
+    model_dir: str | Path,
+    embedding_path: str,
+    reconstruction_path: str,
+    tuned: bool,
+) -> None:
+    """Write what a training job leaves of one trained ``model`` of the workflow.
+
+    The model files in ``model_dir`` (``model.pt``, ``history.tsv``), the embedding of every
+    cell and the reconstruction of the test cells (:func:`write_run_outputs`), with the run's
+    settings, how it stopped and its scores on the training cells (the other side of its
+    generalization gap) in ``uns['scae_run']``. Test cells are read only here: training and
+    model selection never saw them.
+    """
+    adata = model.adata
+    model.save(model_dir, overwrite=True)
+    split = adata.obs["split"].to_numpy()
+    fitted = training_scores(
+        adata.X,
+        lambda rows: model.get_reconstruction(indices=rows),
+        np.flatnonzero(split == "train"),
+        adata.var["train_mean"].to_numpy(),
+        adata.var["train_std"].to_numpy(),
+    )
+    test_rows = np.flatnonzero(split == "test")
+    write_run_outputs(
+        adata,
+        test_rows,
+        model.get_latent_representation(),
+        model.get_reconstruction(indices=test_rows),
+        embedding_path,
+        reconstruction_path,
+        {
+            "model": model.loss.name,
+            "seed": model.seed,
+            "best_epoch": model.best_epoch,
+            "stopped_by": model.stopped_by,
+            **model.settings,
+            "tuned": tuned,
+            "train_scores": fitted,
+        },
+    )

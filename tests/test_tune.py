@@ -336,12 +336,15 @@ def test_workflow_tuned_every_loss_alike_and_training_used_the_choice(small_run)
         history = pd.read_csv(results / f"k8/models/{loss}/seed0/history.tsv", sep="\t")
         assert (len(history), model["best_epoch"]) == (winner["epochs"], winner["best_epoch"])
         assert history["val_loss"].min() == pytest.approx(best["score"], rel=1e-12), loss
-        logs = small_run / f"logs/pbmc_small/k8/train/{loss}"
+        # one job per seed trains both ranks (train.models_per_job: ranks)
+        logs = small_run / f"logs/pbmc_small/train/{loss}"
         reused = re.compile(r"resumed from \S*tuning/\S+/best_run\.pt")
-        assert reused.search((logs / "seed0.log").read_text()), loss
-        assert "resumed" not in (logs / "seed1.log").read_text()  # another seed trains
-        k2 = small_run / f"logs/pbmc_small/k2/train/{loss}/seed0.log"
-        assert "resumed" not in k2.read_text()  # another rank trains
+        seed0 = (logs / "seed0.log").read_text()
+        assert "at ranks [2, 8], seed 0" in seed0
+        assert len(reused.findall(seed0)) == 1, loss  # k8 resumed; k2 trains
+        seed1 = (logs / "seed1.log").read_text()
+        assert "resumed" not in seed1  # another seed trains
+        assert "training 2 runs as one stacked model: rank 2 seed 1, rank 8 seed 1" in seed1
     # the outputs say what was used: metrics.tsv's setting_* rows and summary.md's table
     tidy = pd.read_csv(results / "metrics.tsv", sep="\t")
     mse = tidy[(tidy["model"] == "mse") & tidy["metric"].str.startswith("setting_")]
