@@ -44,10 +44,22 @@ def test_crossing_sentence_names_both_ends_ties_and_a_double_crossing():
     text = crossing_sentence(_verdicts({2: "better", 8: "no difference", 32: "worse"}))
     assert "up to k = 2" in text and "PCA is better from k = 32" in text
     assert "tied at k = 8" in text and "not one crossing" not in text
-    assert "beats PCA at no rank" in crossing_sentence(_verdicts({2: "worse"}))
-    assert "PCA is better at no rank" in crossing_sentence(_verdicts({2: "better"}))
+    assert "beats PCA at no rank" in crossing_sentence(_verdicts({2: "worse", 4: "worse"}))
+    assert "PCA is better at no rank" in crossing_sentence(_verdicts({2: "better", 4: "better"}))
     double = crossing_sentence(_verdicts({2: "worse", 8: "better"}))
     assert "not one crossing" in double
+
+
+@pytest.mark.parametrize(
+    "verdict, says", [("worse", "PCA better"), ("better", "autoencoder better"), ("", "no verdict")]
+)
+def test_one_rank_names_no_crossing_and_says_how_to_find_one(verdict, says):
+    text = crossing_sentence(_verdicts({32: verdict}))
+    assert text == (
+        f"**Crossing:** one rank only (k = 32: {says}); list ranks in `model.latent_dim` "
+        "(e.g. [4, 8, 16, 32]) to find the crossing."
+    )
+    assert "at no rank" not in text and "from k =" not in text
 
 
 # --------------------------------------------------------------------------------------------

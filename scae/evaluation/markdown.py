@@ -147,7 +147,18 @@ def _preprocess_sentence(settings: dict) -> str:
 
 
 def crossing_sentence(table: pd.DataFrame) -> str:
-    """Put the crossing in words (:func:`scae.evaluation.ranks.crossing`)."""
+    """Put the crossing in words (:func:`scae.evaluation.ranks.crossing`).
+
+    One rank cannot place a crossing: the sentence then says what that rank's verdict is and
+    how to find the crossing, rather than "beats PCA at no rank" read off a single row.
+    """
+    if len(table) == 1:
+        row = table.iloc[0]
+        return (
+            f"**Crossing:** one rank only (k = {row['rank']}: "
+            f"{RANK_VERDICTS.get(row['verdict'], 'no verdict')}); list ranks in "
+            "`model.latent_dim` (e.g. [4, 8, 16, 32]) to find the crossing."
+        )
     largest, smallest = crossing(table)
     parts = [
         (
