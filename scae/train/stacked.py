@@ -17,6 +17,7 @@ agree in distribution.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -41,7 +42,6 @@ from .trainer import (
     TrainParams,
     _finish,
     _initial_state,
-    _log_epoch,
     _select,
     _stopped,
     fingerprint,
@@ -79,21 +79,10 @@ def fit_stacked(
     same runs on the same cells; a resumed group is bitwise the uninterrupted one.
     """
     if stack_size is not None and 0 < stack_size < len(runs):
-        results = []
-        for start in range(0, len(runs), stack_size):
-            part = runs[start : start + stack_size]
-            part_checkpoint = (
-                checkpoint.with_name(
-                    f"{checkpoint.stem}.part{start // stack_size}{checkpoint.suffix}"
-                )
-                if checkpoint is not None
-                else None
-            )
-            results += fit_stacked(
-                data, spec, loss_params, part, train_params, device, part_checkpoint,
-                checkpoint_interval,
-            )  # fmt: skip
-        return results
+        return _in_stacks(
+            data, spec, loss_params, runs, train_params, device, checkpoint,
+            checkpoint_interval, stack_size,
+        )  # fmt: skip
     if len(runs) == 1:  # nothing to stack: fit's own loop and checkpoint
         params, seed = runs[0]
         return [
@@ -116,23 +105,8 @@ def fit_stacked(
         len(runs),
         ", ".join(f"rank {params.latent_dim} seed {seed}" for params, seed in runs),
     )
-    members = []
-    for params, seed in runs:
-        torch.manual_seed(seed)  # the initial weights fit() would draw
-        members.append(AutoencoderModule(params).to(device))
     seeds = [seed for _, seed in runs]
-    stack = StackedAutoencoder(members)
-    optimizer = adam(
-        stack.parameters,
-        device,
-        lr=train_params.learning_rate,
-        weight_decay=train_params.weight_decay,
-    )
-    keys = [
-        run_key(data, spec, loss_params, params, train_params, seed, optimizer)
-        for params, seed in runs
-    ]
-    group_key = fingerprint({"runs": keys})
+    stack, optimizer, group_key = _build(data, spec, loss_params, runs, train_params, device)
     states = [_initial_state(train_params) for _ in runs]
     active = list(range(len(runs)))
     if checkpoint is not None and checkpoint.exists():
@@ -151,32 +125,25 @@ def fit_stacked(
         scores = _validation_scores(
             stack, data, spec, loss_params, rows[1], [seeds[m] for m in active], device
         )
-        seconds = (time.perf_counter() - started) / len(active)  # this member's share
+        seconds = (time.perf_counter() - started) / len(active)  # each member's share
         for position, member in enumerate(active):
-            state = states[member]
-            if not math.isfinite(losses[position]):
-                raise TrainingDiverged(
-                    f"loss {spec.name} became {losses[position]} in epoch {epoch} (seed "
-                    f"{seeds[member]}, rank {stack.ranks[position]}); lower "
-                    f"train.learning_rate (now {train_params.learning_rate}) in "
-                    "config/config.yaml or check the input for extreme values"
-                )
             row = {
                 "epoch": epoch,
                 "train_loss": losses[position],
                 **scores[position],
-                "learning_rate": state["lr"],
+                "learning_rate": states[member]["lr"],
                 "seconds": seconds,
             }
-            state["history"].append(row)
-            _select(
-                state,
-                epoch,
-                row["val_loss"],
-                lambda position=position: stack.member_state(position),
-                None,
-                train_params,
-            )
+            if not math.isfinite(row["train_loss"]):
+                raise TrainingDiverged(
+                    f"loss {spec.name} became {row['train_loss']} in epoch {epoch} (seed "
+                    f"{seeds[member]}, rank {stack.ranks[position]}); lower "
+                    f"train.learning_rate (now {train_params.learning_rate}) in "
+                    "config/config.yaml or check the input for extreme values"
+                )
+            states[member]["history"].append(row)
+            weights = functools.partial(stack.member_state, position)
+            _select(states[member], epoch, row["val_loss"], weights, None, train_params)
         logger.info(
             "epoch %3d: %d runs in %.2fs, val loss %s",
             epoch,
@@ -184,15 +151,7 @@ def fit_stacked(
             seconds * len(active),
             " ".join(f"{states[m]['history'][-1]['val_loss']:.5f}" for m in active),
         )
-        still = [p for p, m in enumerate(active) if not _stopped(states[m], train_params)]
-        if len(still) < len(active):
-            for p, member in enumerate(active):
-                if p not in still:
-                    logger.info("run seed %d, rank %d:", seeds[member], stack.ranks[p])
-                    _log_epoch(states[member]["history"][-1], best=False)
-            if still:
-                optimizer = restack(optimizer, stack.keep(still), stack.parameters)
-            active = [active[p] for p in still]
+        active, optimizer = _drop_stopped(stack, optimizer, states, active, seeds, train_params)
         due = time.monotonic() - saved_at >= checkpoint_interval
         if checkpoint is not None and (due or not active):
             _save_group(checkpoint, group_key, stack, optimizer, states, active)
@@ -201,6 +160,90 @@ def fit_stacked(
         _finish(AutoencoderModule(params).to(device), state, train_params)
         for (params, _), state in zip(runs, states)
     ]
+
+
+def _build(
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    runs: Sequence[tuple[ModelParams, int]],
+    train_params: TrainParams,
+    device: torch.device,
+) -> tuple[StackedAutoencoder, object, str]:
+    """Return the stack of ``runs``' fresh models, its optimiser and its fingerprint.
+
+    Each member is initialised as :func:`scae.train.fit` initialises it alone; the
+    fingerprint covers every member's run (:func:`scae.train.trainer.run_key`).
+    """
+    members = []
+    for params, seed in runs:
+        torch.manual_seed(seed)  # the initial weights fit() would draw
+        members.append(AutoencoderModule(params).to(device))
+    stack = StackedAutoencoder(members)
+    optimizer = adam(
+        stack.parameters,
+        device,
+        lr=train_params.learning_rate,
+        weight_decay=train_params.weight_decay,
+    )
+    keys = [
+        run_key(data, spec, loss_params, params, train_params, seed, optimizer)
+        for params, seed in runs
+    ]
+    return stack, optimizer, fingerprint({"runs": keys})
+
+
+def _in_stacks(
+    data: CellData,
+    spec: LossSpec,
+    loss_params: dict,
+    runs: Sequence[tuple[ModelParams, int]],
+    train_params: TrainParams,
+    device: torch.device,
+    checkpoint: Path | None,
+    checkpoint_interval: float,
+    stack_size: int,
+) -> list[FitResult]:
+    """:func:`fit_stacked` of ``runs`` in stacks of ``stack_size``, one after another."""
+    results = []
+    for part, start in enumerate(range(0, len(runs), stack_size)):
+        part_checkpoint = (
+            checkpoint.with_name(f"{checkpoint.stem}.part{part}{checkpoint.suffix}")
+            if checkpoint is not None
+            else None
+        )
+        results += fit_stacked(
+            data, spec, loss_params, runs[start : start + stack_size], train_params, device,
+            part_checkpoint, checkpoint_interval,
+        )  # fmt: skip
+    return results
+
+
+def _drop_stopped(
+    stack: StackedAutoencoder,
+    optimizer,
+    states: list[dict],
+    active: list[int],
+    seeds: list[int],
+    train_params: TrainParams,
+):
+    """Take the members whose training stopped out of the stack and the optimiser.
+
+    Return the members still training and the optimiser over them.
+    """
+    still = [p for p, m in enumerate(active) if not _stopped(states[m], train_params)]
+    for position, member in enumerate(active):
+        if position not in still:
+            logger.info(
+                "seed %d, rank %d stops after epoch %d (best %d)",
+                seeds[member],
+                stack.ranks[position],
+                states[member]["epoch"],
+                states[member]["best_epoch"],
+            )
+    if still and len(still) < len(active):
+        optimizer = restack(optimizer, stack.keep(still), stack.parameters)
+    return [active[p] for p in still], optimizer
 
 
 def _train_epoch(
