@@ -5,8 +5,9 @@
 #   bash bench/device_kit.sh      # here, once: builds .device-kit/ (see that script)
 #   run(command="bash bench/device_run.sh", carry=[".device-kit"], timeout_s=600)
 #
-# Extra arguments go to gpu_check.py. GPU_CHECK_TIMEOUT (s, default 480) stops the check in
-# time for what it printed and wrote to come back within the call's limit.
+# Extra arguments go to gpu_check.py. GPU_CHECK_TIMEOUT (s, default 360) and STACKED_TIMEOUT
+# (s, default 150: the stacked benchmark after it) stop each in time for what it printed and
+# wrote to come back within the call's limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -28,9 +29,15 @@ if ((PIPESTATUS[0])); then
     exit 2
 fi
 "$PYTHON" -m pip check >>"$OUT/install.log" 2>&1 || true # information: the image's own pins
-timeout --signal=INT --kill-after=30 "${GPU_CHECK_TIMEOUT:-480}" \
+timeout --signal=INT --kill-after=30 "${GPU_CHECK_TIMEOUT:-360}" \
     "$PYTHON" bench/gpu_check.py --workdir /tmp/gpu-check "$@" 2>&1 | tee "$OUT/gpu_check.log"
 status=${PIPESTATUS[0]}
 cp bench/results/gpu_check.json "$OUT/" 2>/dev/null || true
 echo "gpu_check exit status $status"
+# Stacked training on the GPU, where stacking fills the device: a loss's models stacked
+# against one at a time (bench/sections/stacked.py), in what is left of the call.
+timeout --signal=INT --kill-after=20 "${STACKED_TIMEOUT:-150}" \
+    "$PYTHON" bench/run.py --quick --only stacked --device cuda --threads 1 2>&1 |
+    tee "$OUT/stacked.log"
+cp bench/results/results_quick.md "$OUT/stacked.md" 2>/dev/null || true
 exit "$status"

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         help="torch thread counts for throughput and flops (default 2 1)",
     )
     parser.add_argument(
+        "--device",
+        default="cpu",
+        help="the stacked section's device: cpu (default) or cuda (bench/device_run.sh)",
+    )
+    parser.add_argument(
         "--sizes",
         type=int,
         nargs="*",
