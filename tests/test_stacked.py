@@ -154,3 +154,39 @@ def test_members_must_share_the_architecture(small_data):
     b = AutoencoderModule(ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=4))
     with pytest.raises(ValueError, match="share their architecture"):
         StackedAutoencoder([a, b])
+
+
+@pytest.mark.workflow
+def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
+    """train_ranks (a seed's ranks stacked in one job) against one job per model: the same
+    models, so byte-identical tables (summary.tsv, metrics.tsv, ranks.tsv) and weights."""
+    import yaml
+
+    from .conftest import run_snakemake, write_small_workflow_config
+
+    results = {}
+    for mode in ("ranks", "one"):
+        workdir = tmp_path / mode
+        config = write_small_workflow_config(workdir, ["mse", "nb"], [0, 1])
+        settings = yaml.safe_load(config.read_text())
+        settings["model"]["latent_dim"] = [2, 8]
+        settings["train"]["models_per_job"] = mode
+        settings["tune"] = {"enabled": False}
+        settings["mcv"] = {"enabled": False}
+        config.write_text(yaml.safe_dump(settings))
+        run_snakemake(workdir, config, "--cores", "2", "results/pbmc_small/summary.tsv")
+        results[mode] = workdir / "results" / "pbmc_small"
+    logs = tmp_path / "ranks" / "logs" / "pbmc_small"
+    assert sorted(p.name for p in (logs / "train" / "nb").iterdir()) == ["seed0.log", "seed1.log"]
+    assert not (tmp_path / "one" / "logs" / "pbmc_small" / "train").exists()
+    for table in ("summary.tsv", "metrics.tsv", "ranks.tsv"):
+        ranks, one = (results[mode] / table for mode in ("ranks", "one"))
+        assert ranks.read_bytes() == one.read_bytes(), table
+    for rank, loss, seed in ((2, "nb", 1), (8, "mse", 0)):
+        files = [
+            results[mode] / f"k{rank}" / "models" / loss / f"seed{seed}" / "model.pt"
+            for mode in ("ranks", "one")
+        ]
+        stacked, alone = (torch.load(f, weights_only=True)["state_dict"] for f in files)
+        for key, value in alone.items():
+            assert torch.equal(value, stacked[key]), (rank, loss, seed, key)
