@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,6 +82,40 @@ def write_run_outputs(
         reconstruction.write_h5ad(tmp)
 
 
+def write_scored_run(
+    adata: ad.AnnData,
+    latent: np.ndarray | None,
+    reconstruct: Callable[[np.ndarray], np.ndarray],
+    embedding_path: str,
+    reconstruction_path: str,
+    meta: dict,
+) -> None:
+    """Write a run's outputs (:func:`write_run_outputs`) with its scores on the training cells.
+
+    ``reconstruct(rows)`` reconstructs cells of ``adata`` by row; the training cells' scores
+    (the other side of the run's generalization gap) go to ``meta["train_scores"]``. Test cells
+    are read only here: training and model selection never saw them.
+    """
+    split = adata.obs["split"].to_numpy()
+    fitted = training_scores(
+        adata.X,
+        reconstruct,
+        np.flatnonzero(split == "train"),
+        adata.var["train_mean"].to_numpy(),
+        adata.var["train_std"].to_numpy(),
+    )
+    test_rows = np.flatnonzero(split == "test")
+    write_run_outputs(
+        adata,
+        test_rows,
+        latent,
+        reconstruct(test_rows),
+        embedding_path,
+        reconstruction_path,
+        {**meta, "train_scores": fitted},
+    )
+
+
 def write_trained_model(
     model: Autoencoder,
     model_dir: str | Path,
@@ -90,28 +125,14 @@ def write_trained_model(
 ) -> None:
     """Write what a training job leaves of one trained ``model`` of the workflow.
 
-    The model files in ``model_dir`` (``model.pt``, ``history.tsv``), the embedding of every
-    cell and the reconstruction of the test cells (:func:`write_run_outputs`), with the run's
-    settings, how it stopped and its scores on the training cells (the other side of its
-    generalization gap) in ``uns['scae_run']``. Test cells are read only here: training and
-    model selection never saw them.
+    The model files in ``model_dir`` (``model.pt``, ``history.tsv``), then
+    :func:`write_scored_run`'s outputs with the run's settings and how it stopped.
     """
-    adata = model.adata
     model.save(model_dir, overwrite=True)
-    split = adata.obs["split"].to_numpy()
-    fitted = training_scores(
-        adata.X,
-        lambda rows: model.get_reconstruction(indices=rows),
-        np.flatnonzero(split == "train"),
-        adata.var["train_mean"].to_numpy(),
-        adata.var["train_std"].to_numpy(),
-    )
-    test_rows = np.flatnonzero(split == "test")
-    write_run_outputs(
-        adata,
-        test_rows,
+    write_scored_run(
+        model.adata,
         model.get_latent_representation(),
-        model.get_reconstruction(indices=test_rows),
+        lambda rows: model.get_reconstruction(indices=rows),
         embedding_path,
         reconstruction_path,
         {
@@ -121,6 +142,5 @@ def write_trained_model(
             "stopped_by": model.stopped_by,
             **model.settings,
             "tuned": tuned,
-            "train_scores": fitted,
         },
     )

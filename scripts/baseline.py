@@ -2,12 +2,10 @@
 MCV picks, library size, no denoising) and its scores on the training cells."""
 
 import anndata as ad
-import numpy as np
 
 from scae.evaluation.baselines import baseline_model
-from scae.evaluation.metrics import training_scores
 from scae.io import rule_logging
-from scae.outputs import write_run_outputs
+from scae.outputs import write_scored_run
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]):
@@ -20,21 +18,11 @@ with rule_logging(sm.log[0]):
         sm.params.max_pca_rank,
         sm.params.input_scaling,
     )
-    split = adata.obs["split"].to_numpy()
-    fitted = training_scores(
-        adata.X,
-        reconstruct,
-        np.flatnonzero(split == "train"),
-        adata.var["train_mean"].to_numpy(),
-        adata.var["train_std"].to_numpy(),
-    )
-    test_rows = np.flatnonzero(split == "test")
-    write_run_outputs(
+    write_scored_run(
         adata,
-        test_rows,
         latent,
-        reconstruct(test_rows),
+        reconstruct,
         sm.output.embedding,
         sm.output.reconstruction,
-        {"model": f"baseline_{sm.wildcards.baseline}", "train_scores": fitted},
+        {"model": f"baseline_{sm.wildcards.baseline}"},
     )

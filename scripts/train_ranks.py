@@ -5,27 +5,21 @@ would have written them."""
 
 from pathlib import Path
 
-import anndata as ad
-import torch
-import yaml
-
 from scae import Autoencoder
 from scae.io import rule_logging
+from scae.jobs import prepare_training
 from scae.outputs import write_trained_model
-from scae.train import keep_freed_memory
-from scae.train.trainer import JOB_SETTINGS
-from scae.train.tune import apply_best
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
-    torch.set_num_threads(sm.threads)
-    keep_freed_memory()  # minibatch buffers reused, not page-faulted in every step
-    adata = ad.read_h5ad(sm.input.data)
-    label_key = sm.params.label_key if sm.params.label_key in adata.obs else None
-    Autoencoder.setup_anndata(adata, layer="counts", labels_key=label_key)
-    settings, train = dict(sm.params.model), dict(sm.params.train)
-    if sm.input.tuned:  # tune.enabled: this loss's settings chosen on validation cells
-        settings, train = apply_best(settings, train, yaml.safe_load(open(sm.input.tuned)))
+    adata, settings, train, job = prepare_training(
+        sm.input.data,
+        sm.params.label_key,
+        sm.params.model,
+        sm.params.train,
+        sm.input.tuned,
+        sm.threads,
+    )
     hidden = tuple(settings.pop("hidden"))
     settings.pop("latent_dim")
     models = {
@@ -35,7 +29,6 @@ with rule_logging(sm.log[0]) as log:
         )
         for rank in sm.params.ranks
     }  # fmt: skip
-    job = {key: train.pop(key) for key in JOB_SETTINGS}
     seed, checkpoint = int(sm.wildcards.seed), Path(sm.params.checkpoint)
     log.info(
         "training %s at ranks %s, seed %s, with %d threads: %s",
@@ -60,7 +53,7 @@ with rule_logging(sm.log[0]) as log:
             list(stacked.values()),
             seeds=seed,
             device=job["device"],
-            stack_size=job["stack_size"] or None,
+            stack_size=job["stack_size"],
             checkpoint=checkpoint,
             checkpoint_interval=job["checkpoint_interval"],
             **train,

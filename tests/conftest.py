@@ -22,6 +22,21 @@ def pbmc_small() -> ad.AnnData:
     return pbmc_subset(400)
 
 
+@pytest.fixture(scope="module")
+def small_data(pbmc_small) -> ad.AnnData:
+    """pbmc_small preprocessed (200 HVGs), one copy per test module."""
+    from scae.data.params import PreprocessParams
+    from scae.data.preprocess import preprocess
+
+    return preprocess(
+        pbmc_small,
+        PreprocessParams(n_top_genes=200),
+        dataset="t",
+        label_key="cell_type",
+        mito_prefix="MT-",
+    )
+
+
 def write_small_workflow_config(
     workdir: Path, losses: list[str], seeds: list[int], n_cells: int = 400
 ) -> Path:

@@ -386,9 +386,14 @@ def test_api_defaults_are_the_schemas():
     assert model.pop("reference_rank") is None
     assert {k: init[k].default for k in model} == {**model, "hidden": tuple(model["hidden"])}
     train = inspect.signature(scae.Autoencoder.train).parameters
-    assert {k: train[k].default for k in defaults("train") if k != "threads"} == {
-        k: v for k, v in defaults("train").items() if k != "threads"
+    # threads and how models group into jobs are the workflow's; a stack's size is the API's
+    # train_stacked's
+    grouping = {"threads", "models_per_job", "stack_size"}
+    assert {k: train[k].default for k in defaults("train") if k not in grouping} == {
+        k: v for k, v in defaults("train").items() if k not in grouping
     }
+    stacked = inspect.signature(scae.Autoencoder.train_stacked).parameters
+    assert stacked["stack_size"].default == defaults("train")["stack_size"]
     assert vars(scae.PreprocessParams()) == defaults("preprocess")
     mcv = defaults("mcv")
     assert vars(scae.MCVParams()) == {k: mcv[k] for k in ("train_fraction", "seed")}

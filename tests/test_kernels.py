@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from scae.data.params import PreprocessParams
-from scae.data.preprocess import preprocess
 from scae.module import _kernels
 from scae.module._kernels import KERNELS, FusedAdam, kernel_enabled, library_path
 from scae.module.losses import get_loss
@@ -20,17 +18,6 @@ CPU = torch.device("cpu")
 #: scales to lr-sized steps, so those biases (and through BN's running mean, the validation
 #: scores) follow the rounding of whichever path computed the gradient.
 SHORT = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=3, patience=3)
-
-
-@pytest.fixture(scope="module")
-def small_data(pbmc_small):
-    return preprocess(
-        pbmc_small,
-        PreprocessParams(n_top_genes=200),
-        dataset="t",
-        label_key="cell_type",
-        mito_prefix="MT-",
-    )
 
 
 def _history(data, loss, seed=0):

@@ -371,7 +371,7 @@ def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(
     assert (tmp_path / "docs/figures/d/forest.png").read_bytes() == b"png forest.png"
     assert "\nold\n" not in written and "\n### Rank k = 32" in written  # demoted one level
     short = readme.read_text()
-    assert "- **d** — the best autoencoder beats PCA at no rank" in short
+    assert "- **d** — one rank only (k = 32: " in short  # no crossing from one rank
     assert "At k = 32: ranked by `centred_cosine_mean`" in short
     assert "[docs/findings.md](docs/findings.md)" in short and "| model |" not in short
 

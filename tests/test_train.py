@@ -9,8 +9,6 @@ import scipy.sparse as sp
 import torch
 
 from scae.config import InputError
-from scae.data.params import PreprocessParams
-from scae.data.preprocess import preprocess
 from scae.module.losses import LOSSES, LossSpec, get_loss
 from scae.module.network import ModelParams
 from scae.train import keep_freed_memory
@@ -26,18 +24,6 @@ from scae.train.trainer import TrainingDiverged, TrainParams, fit
 
 CPU = torch.device("cpu")
 FAST = TrainParams(batch_size=64, learning_rate=3e-3, max_epochs=6, patience=3)
-
-
-@pytest.fixture(scope="module")
-def small_data(pbmc_small):
-    adata = preprocess(
-        pbmc_small,
-        PreprocessParams(n_top_genes=200),
-        dataset="t",
-        label_key="cell_type",
-        mito_prefix="MT-",
-    )
-    return adata
 
 
 def _params(data, loss, **kw):
@@ -372,7 +358,7 @@ def test_reduce_on_plateau_follows_torch_reduce_lr_on_plateau(lr_patience):
     }
     rates = []
     for epoch, loss in enumerate(val_losses, start=1):
-        _select(state, epoch, float(loss), model, ours, params)
+        _select(state, epoch, float(loss), model.state_dict, ours, params)
         scheduler.step(float(loss))
         rates.append((ours.param_groups[0]["lr"], theirs.param_groups[0]["lr"]))
     assert [a for a, _ in rates] == pytest.approx([b for _, b in rates], rel=1e-12)

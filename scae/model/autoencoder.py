@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .. import _schema
 from ..config import InputError
 from ..data.checks import validate_counts
 from ..data.params import PreprocessParams
@@ -58,6 +59,8 @@ logger = logging.getLogger("scae")
 MODEL_FILE, HISTORY_FILE = "model.pt", "history.tsv"
 _MODEL_DEFAULTS = ModelParams(n_genes=1)
 _TRAIN_DEFAULTS = TrainParams()
+#: config/schema.yaml's train defaults, the job settings among them (stack_size)
+_TRAIN_JOB_DEFAULTS = _schema.defaults("train")
 
 
 class Autoencoder:
@@ -237,7 +240,7 @@ class Autoencoder:
         seeds: int | Sequence[int] = 0,
         *,
         device: str | torch.device = "auto",
-        stack_size: int | None = None,
+        stack_size: int = _TRAIN_JOB_DEFAULTS["stack_size"],
         checkpoint: str | Path | None = None,
         checkpoint_interval: float = CHECKPOINT_INTERVAL,
         **train_kwargs: Any,
@@ -250,7 +253,7 @@ class Autoencoder:
         (bitwise on the CPU): its own initial weights, minibatch order, dropout masks, negative
         pairs and early stopping. What is shared is the work: one forward and backward per
         step over every model still training, one read of the cells. ``stack_size`` caps the
-        models per stack (None: all); ``checkpoint`` and the rest as in :meth:`train`.
+        models per stack (0: all); ``checkpoint`` and the rest as in :meth:`train`.
 
         Example::
 

@@ -131,7 +131,17 @@ class FusedAdam:
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        stacked: Iterable[bool] | None = None,
     ):
+        params = list(params)
+        #: per parameter, whether it stacks several models' tensors on its first axis
+        #: (:class:`scae.module.stacked.StackedAutoencoder`): then each model's slice is
+        #: stepped as a tensor of its own, so that its elements fall into the kernel's
+        #: vectorised body and scalar tail exactly as that model's own tensor would, and its
+        #: update is bitwise the one alone (the two paths may round a multiply-add apart).
+        self.stacked = [
+            flag for p, flag in zip(params, stacked or [False] * len(params)) if p.requires_grad
+        ]
         self.params = [p for p in params if p.requires_grad]
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
@@ -154,15 +164,26 @@ class FusedAdam:
         active = [i for i, p in enumerate(self.params) if p.grad is not None]
         if not active:
             return
-        steps = [self.steps[i] for i in active]
-        torch._foreach_add_(steps, 1)
+        torch._foreach_add_([self.steps[i] for i in active], 1)
+
+        def tensors(values: list[Tensor]) -> list[Tensor]:  # stacked ones split per model
+            return [
+                part
+                for i in active
+                for part in (values[i].unbind() if self.stacked[i] else (values[i],))
+            ]
+
         torch._fused_adam_(
-            [self.params[i] for i in active],
-            [self.params[i].grad for i in active],
-            [self.exp_avg[i] for i in active],
-            [self.exp_avg_sq[i] for i in active],
+            tensors(self.params),
+            tensors([p.grad for p in self.params]),
+            tensors(self.exp_avg),
+            tensors(self.exp_avg_sq),
             [],
-            steps,
+            [
+                self.steps[i]
+                for i in active
+                for _ in range(len(self.params[i]) if self.stacked[i] else 1)
+            ],
             amsgrad=False,
             lr=self.lr,
             beta1=self.betas[0],

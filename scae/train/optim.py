@@ -14,18 +14,25 @@ logger = logging.getLogger("scae")
 
 
 def adam(
-    params: Iterable[Tensor], device: torch.device, lr: float, weight_decay: float = 0.0
+    params: Iterable[Tensor],
+    device: torch.device,
+    lr: float,
+    weight_decay: float = 0.0,
+    stacked: list[bool] | None = None,
 ) -> FusedAdam | torch.optim.Adam:
     """Return the Adam optimiser for ``params`` on ``device``.
 
     :class:`FusedAdam` where torch's fused kernel works on ``device`` (CPU and CUDA);
     else ``torch.optim.Adam``, fused where torch fuses for that device (one log line says so).
+    ``stacked`` marks the parameters that hold several models on their first axis
+    (:class:`FusedAdam` steps each model's slice as its own tensor; ``torch.optim.Adam`` cannot,
+    so a stack's updates there may differ from its models' alone in the last bit).
     """
     fused = device.type in ("cpu", "cuda")
     if not kernel_enabled("adam"):
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fused or None)
     if fused_kernel_works(device):
-        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay, stacked=stacked)
     logger.info(
         "torch %s: the private _fused_adam_ op is missing or changed on %s; "
         "using torch.optim.Adam(fused=%s)",
@@ -49,17 +56,21 @@ def restack(
     optimizer: FusedAdam | torch.optim.Adam,
     moves: list[tuple[Tensor, Tensor | None]],
     params: list[Tensor],
+    stacked: list[bool],
 ) -> FusedAdam | torch.optim.Adam:
     """Return :func:`adam`'s optimiser over re-stacked ``params``, its state re-stacked alike.
 
     ``moves`` pairs each parameter the optimiser held (in its order) with the index of the rows
     kept in ``params`` (None: none kept), as
     :meth:`scae.module.stacked.StackedAutoencoder.keep` returns them. Adam's state is
-    per element, so the kept rows' moments and step counts continue unchanged.
+    per element, so the kept rows' moments and step counts continue unchanged. ``stacked`` as
+    in :func:`adam`, for ``params``.
     """
     if isinstance(optimizer, FusedAdam):
         kept = [(k, index) for k, (_, index) in enumerate(moves) if index is not None]
-        new = FusedAdam(params, lr=optimizer.lr, weight_decay=optimizer.weight_decay)
+        new = FusedAdam(
+            params, lr=optimizer.lr, weight_decay=optimizer.weight_decay, stacked=stacked
+        )
         new.betas, new.eps = optimizer.betas, optimizer.eps
         new.exp_avg = [optimizer.exp_avg[k].index_select(0, index) for k, index in kept]
         new.exp_avg_sq = [optimizer.exp_avg_sq[k].index_select(0, index) for k, index in kept]

@@ -78,7 +78,7 @@ def fit_stacked(
     ``checkpoint_interval`` seconds and after the last epoch, and resumed when it belongs to the
     same runs on the same cells; a resumed group is bitwise the uninterrupted one.
     """
-    if stack_size is not None and 0 < stack_size < len(runs):
+    if stack_size and stack_size < len(runs):
         return _in_stacks(
             data, spec, loss_params, runs, train_params, device, checkpoint,
             checkpoint_interval, stack_size,
@@ -185,6 +185,7 @@ def _build(
         device,
         lr=train_params.learning_rate,
         weight_decay=train_params.weight_decay,
+        stacked=stack.stacked,
     )
     keys = [
         run_key(data, spec, loss_params, params, train_params, seed, optimizer)
@@ -242,7 +243,7 @@ def _drop_stopped(
                 states[member]["best_epoch"],
             )
     if still and len(still) < len(active):
-        optimizer = restack(optimizer, stack.keep(still), stack.parameters)
+        optimizer = restack(optimizer, stack.keep(still), stack.parameters, stack.stacked)
     return [active[p] for p in still], optimizer
 
 
@@ -391,7 +392,7 @@ def _resume_group(
         return None
     active = saved["active"]
     if active:
-        optimizer = restack(optimizer, stack.keep(active), stack.parameters)
+        optimizer = restack(optimizer, stack.keep(active), stack.parameters, stack.stacked)
         with torch.no_grad():
             for name, tensors in saved["tensors"].items():
                 for mine, value in zip(stack.tensors[name], tensors):
