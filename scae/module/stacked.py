@@ -3,13 +3,16 @@
 M members that share :class:`~scae.module.network.ModelParams` except their latent rank run
 one forward and one backward per minibatch. Every layer whose shape does not depend on the
 rank (the encoder, the decoder's hidden layers, the heads) is held as one stack of the M
-members' weights, stored transposed, (M, in, out), and applied with ``torch.baddbmm``: on
-the CPU that product and its gradients are bitwise what each member's ``nn.Linear`` computes,
-and the transposed layout spares ``bmm`` a copy of every weight gradient. Batch norm runs over
-a (B, M·H) view, one channel per member and unit (bitwise ``nn.BatchNorm1d``'s per member).
-The small layers next to the latent code, whose shapes depend on the rank, stay one tensor per
-member and run as each member's own ``F.linear``: stacking them saves nothing and, at ranks
-below 32, would not give the same bits.
+members' weights, stored transposed, (M, in, out), which spares ``bmm`` a copy of every
+weight gradient, and applied with ``torch.baddbmm`` where, at its shapes and threads, that
+product and its gradients are bitwise what each member's ``nn.Linear`` computes
+(:func:`batched_linear_is_exact`, probed once per shape); elsewhere each member runs its own
+``F.linear``. Batch norm runs over a (B, M·H) view, one channel per member and unit (bitwise
+``nn.BatchNorm1d``'s per member). The small layers next to the latent code, whose shapes
+depend on the rank, stay one tensor per member and run as each member's own ``F.linear``:
+stacking them saves nothing and, at ranks below 32, would not give the same bits. The
+optimiser steps each member's slice of a stack as its own tensor
+(:attr:`StackedAutoencoder.stacked`, :class:`~scae.module._kernels.FusedAdam`).
 
 ``tests/test_stacked.py`` holds a stacked run bitwise equal to its members trained alone.
 """
