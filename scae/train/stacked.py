@@ -285,6 +285,7 @@ def _train_epoch(
     n_seen = 0
     for step in range(len(orders[0])):
         batches = [data.batch(order[step], spec.uses_counts) for order in orders]
+        targets = [_to_device(batch, device) for _, batch, _ in batches]  # once per seed
         n = len(orders[0][step])
         # nn.Dropout's masks on the CPU: per layer, each seed's draw from its own generator
         masks = [
@@ -305,8 +306,7 @@ def _train_epoch(
         out = stack(inputs.to(device), library.to(device), masks)
         member_losses = []
         for m, seed_index in enumerate(stream):
-            batch = _to_device(batches[seed_index][1], device)
-            batch = replace(batch, generator=negatives[m])
+            batch = replace(targets[seed_index], generator=negatives[m])
             member_losses.append(spec.fn(_member(out, m), batch, loss_params).mean())
         losses = torch.stack(member_losses)
         optimizer.zero_grad(set_to_none=True)
