@@ -24,6 +24,7 @@ from scae.config import (
     describe_schema_error,
 )
 from scae import layout
+from scae.data.orientation import planned_orientation
 from scae.sizes import SizeNeeds, input_shape
 
 try:
@@ -62,11 +63,25 @@ if REFERENCE_RANK not in RANKS:
 # What the later stages need of each dataset: checked here from the input's metadata (so
 # `snakemake -n` refuses a dataset too small for them), then exactly by preprocess.
 NEEDS = {"latent_dim": RANKS[-1], "clusters": CLUSTERS}
+# Which axis holds the cells, from the names in the input's metadata: a genes x cells table
+# is transposed (or refused, when the config says otherwise) before any job runs.
 for _name in DATASETS:
     _spec = config["datasets"][_name]
     check_input_path(_spec["path"], _name)
+    _orientation = planned_orientation(
+        _spec["path"],
+        _name,
+        _spec["counts"],
+        _spec["transpose"],
+        _spec["mito_prefix"] or None,
+        _spec["label_key"] or None,
+    )
+    if _orientation is not None and _orientation.transposed:
+        print(f"dataset {_name!r}: {_orientation.sentence()}", file=sys.stderr)
     _shape = input_shape(_spec["path"], _spec["counts"])
     if _shape is not None:
+        if _orientation is not None and _orientation.transposed:
+            _shape = _shape[::-1]
         SizeNeeds(**NEEDS).check_input(*_shape, _spec["path"], _name)
 TUNE = config["tune"]["enabled"]
 # One training job per dataset × loss × seed for all ranks (rules/train.smk's train_ranks).

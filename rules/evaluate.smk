@@ -66,6 +66,7 @@ rule evaluate_losses:
 
 rule summarize:
     input:
+        data="results/{dataset}/preprocessed.h5ad",
         metrics=metric_files,
         per_cell=per_cell_files,
         histories=history_files,

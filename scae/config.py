@@ -10,11 +10,13 @@ from pathlib import Path
 #: File suffixes :func:`read_counts` accepts, with the reader used for each.
 SUPPORTED_FORMATS = {
     ".h5ad": "AnnData (anndata.read_h5ad)",
+    ".zarr": "AnnData zarr store (anndata.read_zarr)",
+    ".loom": "loom file (anndata.io.read_loom; cells in columns, as loompy writes them)",
     ".h5": "10x Genomics HDF5 (scanpy.read_10x_h5)",
     "<directory>": "10x Genomics matrix.mtx(.gz)/features/barcodes (scanpy.read_10x_mtx)",
-    ".csv": "comma-separated table (scanpy.read_csv)",
-    ".tsv": "tab-separated table (scanpy.read_text)",
-    ".txt": "tab-separated table (scanpy.read_text)",
+    ".csv": "comma-separated table, optionally .gz (pandas, a block of rows at a time)",
+    ".tsv": "tab-separated table, optionally .gz (pandas, a block of rows at a time)",
+    ".txt": "tab-separated table, optionally .gz (pandas, a block of rows at a time)",
 }
 
 
@@ -49,6 +51,8 @@ def check_number(where: str, value: object, limits: dict[str, float], integer: b
 def format_of(path: str | Path) -> str:
     """Return the key of :data:`SUPPORTED_FORMATS` for ``path`` (``.gz`` is looked through)."""
     path = Path(path)
+    if path.suffix.lower() == ".zarr":  # a directory, or a zipped store
+        return ".zarr"
     if path.is_dir():
         return "<directory>"
     suffixes = [s.lower() for s in path.suffixes]
@@ -90,7 +94,7 @@ def check_input_path(path: str | Path, dataset: str) -> None:
                 f"formats are {', '.join(SUPPORTED_FORMATS)} (a 10x directory holds "
                 f"matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz); {fix}"
             )
-    elif kind in (".h5ad", ".h5") and path.suffix.lower() != ".gz" and not _is_hdf5(path):
+    elif kind in (".h5ad", ".h5", ".loom") and path.suffix.lower() != ".gz" and not _is_hdf5(path):
         raise InputError(
             f"dataset {dataset!r}: {path} is not an HDF5 file, so not a valid {kind} "
             f"({SUPPORTED_FORMATS[kind]}); the file is corrupt, truncated or of another format "

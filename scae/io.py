@@ -65,3 +65,15 @@ def rule_logging(log_path: str | os.PathLike) -> Iterator[logging.Logger]:
             sys.stderr = old_stderr
             logger.removeHandler(handler)
             logging.getLogger("py.warnings").removeHandler(handler)
+
+
+def read_scae_uns(path: str | os.PathLike) -> dict:
+    """Return ``uns['scae']`` of a preprocessed ``.h5ad`` (the preprocessing record) alone.
+
+    Reads that element only, not the matrices.
+    """
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as file:
+        return read_elem(file["uns/scae"]) if "uns/scae" in file else {}

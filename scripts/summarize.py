@@ -12,7 +12,7 @@ from scae.evaluation.summary import (
     read_histories,
     wide_summary,
 )
-from scae.io import atomic_path, rule_logging
+from scae.io import atomic_path, read_scae_uns, rule_logging
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
@@ -46,6 +46,7 @@ with rule_logging(sm.log[0]) as log:
         preprocess=sm.params.preprocess,
         reference_rank=sm.params.reference_rank,
         source=sm.params.dataset,
+        orientation=read_scae_uns(sm.input.data).get("orientation", {}).get("sentence"),
     )
     log.info("\n%s", markdown)
     for path, frame in [

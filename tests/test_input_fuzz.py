@@ -1020,3 +1020,146 @@ def test_cells_dropped_by_the_gene_filter_leave_no_split_empty():
     if outcome.error is None:
         sizes = outcome.result.obs["split"].value_counts()
         assert all(sizes.get(s, 0) > 0 for s in ("train", "val", "test")), sizes.to_dict()
+
+
+# --------------------------------------------------------------------------- layouts
+
+#: Gene and cell name styles: some carry orientation evidence, some none.
+GENE_NAME_STYLES = ("symbols", "symbols_with_mito", "ensembl", "mouse_mito", "numeric")
+CELL_NAME_STYLES = ("barcodes", "sample_barcodes", "plain", "numeric")
+#: Styles that are evidence (scae.data.orientation): gene IDs or ≥ 3 mitochondrial genes on
+#: the gene axis, barcodes on the cell axis.
+GENE_EVIDENCE = ("symbols_with_mito", "ensembl", "mouse_mito")
+CELL_EVIDENCE = ("barcodes", "sample_barcodes")
+
+
+def gene_names(style: str, n: int, rng: np.random.Generator) -> list[str]:
+    if style == "ensembl":
+        return [f"ENSG{i:011d}" for i in rng.choice(10**6, n, replace=False)]
+    if style == "numeric":
+        return [str(i) for i in range(n)]
+    names = [f"GENE{i}" for i in range(n)]
+    if style in ("symbols_with_mito", "mouse_mito"):
+        prefix = "MT-" if style == "symbols_with_mito" else "mt-"
+        names[-3:] = [f"{prefix}ND{i}" for i in (1, 2, 3)]
+    return names
+
+
+def cell_names(style: str, n: int, rng: np.random.Generator) -> list[str]:
+    if style in ("barcodes", "sample_barcodes"):
+        codes = ["".join(rng.choice(list("ACGT"), 16)) + "-1" for _ in range(n)]
+        if style == "sample_barcodes":
+            return [f"s{i % 2}_{code}" for i, code in enumerate(codes)]
+        return codes
+    if style == "numeric":
+        return [str(1000 + i) for i in range(n)]
+    return [f"cell_{i}" for i in range(n)]
+
+
+@dataclass(frozen=True)
+class Layout:
+    counts: np.ndarray  # cells × genes, the truth
+    cells: list[str]
+    genes: list[str]
+    labels: list[str] | None
+    genes_as_rows: bool  # how the file stores it
+    kind: str  # h5ad | csv.gz | tsv
+    transpose: str | bool
+    gene_style: str
+    cell_style: str
+
+    @property
+    def evidence(self) -> bool:
+        """Whether any name (or the label column) shows which axis holds the cells."""
+        has_label = self.labels is not None and self.kind == "h5ad"
+        return self.gene_style in GENE_EVIDENCE or self.cell_style in CELL_EVIDENCE or has_label
+
+    def write(self, directory: Path) -> Path:
+        path = directory / f"input.{self.kind}"
+        cells, genes = pd.Index(self.cells), pd.Index(self.genes)
+        if self.kind == "h5ad":
+            obs = pd.DataFrame(index=cells)
+            if self.labels is not None:
+                obs[LABEL] = pd.Categorical(self.labels)
+            adata = ad.AnnData(sp.csr_matrix(self.counts), obs=obs, var=pd.DataFrame(index=genes))
+            (adata.T if self.genes_as_rows else adata).write_h5ad(path)
+        else:
+            table = pd.DataFrame(self.counts, index=cells, columns=genes)
+            (table.T if self.genes_as_rows else table).to_csv(
+                path, sep="," if self.kind == "csv.gz" else "\t"
+            )
+        return path
+
+
+@st.composite
+def layouts(draw) -> Layout:
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    n_cells, n_genes = draw(st.integers(30, 70)), draw(st.integers(12, 40))
+    means = rng.gamma(0.6, 3.0, n_genes)
+    counts = rng.poisson(means, (n_cells, n_genes)).astype(np.int64)
+    counts[:, 0] += 1  # every cell has a count: QC is not what this tests
+    gene_style = draw(st.sampled_from(GENE_NAME_STYLES))
+    cell_style = draw(st.sampled_from(CELL_NAME_STYLES))
+    n_classes = draw(st.sampled_from([0, 1, 3]))
+    labels = None if not n_classes else [f"type {i % n_classes}" for i in range(n_cells)]
+    return Layout(
+        counts,
+        cell_names(cell_style, n_cells, rng),
+        gene_names(gene_style, n_genes, rng),
+        labels,
+        draw(st.booleans()),
+        draw(st.sampled_from(["h5ad", "csv.gz", "tsv"])),
+        draw(st.sampled_from(["auto", True, False])),
+        gene_style,
+        cell_style,
+    )
+
+
+@fuzz_settings(60)
+@given(layout=layouts())
+def test_a_layout_is_read_right_or_refused_never_run_on_the_wrong_matrix(layout):
+    """Orientation, name styles and label cardinality: the result holds the true cells × genes
+    counts, or preprocessing refuses naming ``transpose``; reading the wrong matrix happens
+    only where no name is evidence and the record says so (or the config said so)."""
+    tell(
+        f"genes {layout.gene_style}, cells {layout.cell_style}, "
+        f"{'genes' if layout.genes_as_rows else 'cells'} as rows in {layout.kind}, "
+        f"transpose {layout.transpose}, labels {layout.labels and len(set(layout.labels))}"
+    )
+    label_key = LABEL if layout.labels is not None and layout.kind == "h5ad" else None
+    options = DatasetOptions(DATASET, label_key, "MT-")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = preprocess_file(
+                layout.write(Path(tmp)), LENIENT, options, transpose=layout.transpose
+            )
+        except InputError as err:
+            assert f"dataset {DATASET!r}" in str(err)
+            event("refused")
+            # a refusal on orientation names the setting; auto with evidence one way never
+            # refuses on orientation
+            if "transpose" in str(err):
+                assert f"datasets.{DATASET}.transpose" in str(err)
+                one_way = layout.evidence and "both" not in str(err)
+                assert not (layout.transpose == "auto" and one_way)
+            return
+    record = result.uns["scae"]["orientation"]
+    read_right = (
+        result.obs_names.isin(layout.cells).all() and result.var_names.isin(layout.genes).all()
+    )
+    if not read_right:
+        event("read as stored without evidence")
+        assert not layout.evidence, record
+        assert record["decided_by"] in ("default", "config")
+        assert not record["rows_are_cells"] and not record["rows_are_genes"]
+        return
+    event("read right")
+    truth = pd.DataFrame(layout.counts, index=layout.cells, columns=layout.genes)
+    got = result.layers["counts"].toarray()
+    expected = truth.loc[list(result.obs_names), list(result.var_names)].to_numpy()
+    np.testing.assert_array_equal(got, expected)
+    if layout.evidence and layout.transpose == "auto":
+        assert record["decided_by"] == "evidence"
+        assert record["transposed"] == layout.genes_as_rows

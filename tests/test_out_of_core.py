@@ -126,6 +126,8 @@ def test_bundled_data_matches_the_in_memory_scanpy_pipeline(pbmc3k, pbmc3k_refer
             out_of_core = preprocess_rows(rows, DEFAULT, DatasetOptions("pbmc3k", "cell_type"))
     assert_same_result(out_of_core, pbmc3k_reference)
     assert out_of_core.uns["log1p"] == in_memory.uns["log1p"]
+    # (preprocess_rows is given no orientation: scae.preprocess decides one and records it)
+    assert in_memory.uns["scae"].pop("orientation")["decided_by"] == "evidence"
     assert out_of_core.uns["scae"] == in_memory.uns["scae"]
 
 

@@ -22,6 +22,7 @@ from .checks import _mito_mask, make_names_unique, validate_counts
 from .clusters import training_clusters
 from .hvg import gene_mean_std, seurat_hvg
 from .mcv import HELDOUT_LAYER
+from .orientation import MITO_PREFIXES, Orientation
 from .params import SPLITS, DatasetOptions, PreprocessParams
 from .readers import CountRows
 from .split import labels_of, require_every_split, stratified_split
@@ -35,6 +36,7 @@ def preprocess_rows(
     options: DatasetOptions = DatasetOptions(),
     *,
     counts_fix: str | None = None,
+    orientation: Orientation | None = None,
 ) -> ad.AnnData:
     """Run :func:`preprocess` as four passes over the blocks of ``rows``.
 
@@ -54,6 +56,7 @@ def preprocess_rows(
     ``options.needs``, the split and the HVGs are checked against what the later stages need
     (:class:`scae.sizes.SizeNeeds`) after pass 3, before the result is built. With ``thin``
     every pass after validation reads the thinned counts (a depth variant of the input).
+    ``orientation`` (how the input's axes were read) is recorded in ``uns['scae']``.
     """
     dataset, label_key, mcv = options.dataset, options.label_key, options.mcv
     names = _validated_names(rows, options, counts_fix)
@@ -73,6 +76,8 @@ def preprocess_rows(
     hvg = _choose_hvgs(totals, params, int(genes.sum()), dataset, qc.text)
     _check_final_split(split[final], int(hvg.sum()), params, options, qc.text)
     adata = _result(rows, names, qc, genes, final, hvg, totals, split, labels, params, options)
+    if orientation is not None:
+        adata.uns["scae"]["orientation"] = orientation.record()
     if options.clusters:
         is_train = np.asarray(adata.obs["split"] == "train")
         adata.obs[CLUSTER_KEY] = training_clusters(adata.X, is_train, params.split_seed)
@@ -195,15 +200,39 @@ def _result(
 
 
 def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str) -> np.ndarray | None:
-    """Return the mitochondrial genes, or None (no prefix, or no gene matches it: warned)."""
+    """Return the mitochondrial genes, or None (no prefix, or no gene matches it: warned).
+
+    The prefix is matched case-insensitively (``MT-`` finds mouse ``mt-Co1``: logged); the
+    warning names a known prefix (:data:`~scae.data.orientation.MITO_PREFIXES`) that the
+    names do start with, e.g. R's ``MT.``.
+    """
     if not mito_prefix:
         return None
     mito = _mito_mask(var_names, mito_prefix)
     if mito.any():
+        as_written = var_names[mito].str.startswith(mito_prefix)
+        if not as_written.all():
+            logger.info(
+                "%s: %d mitochondrial genes, matched case-insensitively by mito_prefix %r (%s)",
+                dataset,
+                int(mito.sum()),
+                mito_prefix,
+                ", ".join(var_names[mito][:3]),
+            )
         return mito
+    upper = pd.Series(var_names.astype(str)).str.upper()
+    hint = " (e.g. Ensembl IDs)"
+    for prefix in MITO_PREFIXES:
+        found = var_names[np.asarray(upper.str.startswith(prefix.upper()))]
+        if len(found):
+            hint = (
+                f"; {len(found)} names start with {prefix!r} ({', '.join(found[:3])}): set "
+                f"datasets.{dataset}.mito_prefix: {prefix!r}"
+            )
+            break
     warnings.warn(
-        f"dataset {dataset!r}: no gene name starts with mito_prefix {mito_prefix!r} "
-        "(e.g. Ensembl IDs); the mitochondrial filter is skipped",
+        f"dataset {dataset!r}: no gene name starts with mito_prefix {mito_prefix!r}{hint}; "
+        "the mitochondrial filter is skipped",
         stacklevel=3,
     )
     return None

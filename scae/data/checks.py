@@ -84,6 +84,19 @@ class _CountCheck:
         return distance
 
 
+def looks_like_counts(X: sp.spmatrix | np.ndarray) -> bool:
+    """Whether ``X`` holds counts: finite non-negative integers, not all zero.
+
+    Integers within :data:`COUNT_TOLERANCE`, as :func:`validate_counts` takes them.
+    """
+    values = np.asarray(X.data if sp.issparse(X) else X, dtype=np.float64).ravel()
+    if not len(values) or not np.isfinite(values).all():
+        return False
+    distance = np.abs(values - np.round(values))
+    integers = (values > -COUNT_TOLERANCE).all() and (distance <= COUNT_TOLERANCE).all()
+    return bool(integers and values.max() >= 1)
+
+
 def validate_counts(
     X: sp.spmatrix | np.ndarray | CountRows,
     source: str,
@@ -107,6 +120,8 @@ def validate_counts(
         f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
         "('X', 'raw' or a layer name)"
     )
+    if found.nonfinite or found.negative or found.fractional:
+        fix += _counts_elsewhere(X)
     if found.nonfinite:
         raise InputError(
             f"{source}: dataset {dataset!r} has {found.nonfinite} NaN or infinite entries in "
@@ -122,7 +137,8 @@ def validate_counts(
     if found.fractional:
         warnings.warn(
             f"{source}: dataset {dataset!r} has {found.fractional} non-integer values"
-            f"{distance}; they are normalized as if they were counts",
+            f"{distance}; they are normalized as if they were counts"
+            + _counts_elsewhere(X).replace(" (", "; ", 1).removesuffix(")"),
             stacklevel=2,
         )
         return False
@@ -137,6 +153,13 @@ def validate_counts(
             X.rounded = True
         return True
     return False
+
+
+def _counts_elsewhere(X: sp.spmatrix | np.ndarray | CountRows) -> str:
+    """Return where else the input holds integer counts, for a message ("" if not known)."""
+    if not isinstance(X, CountRows) or X.counts_hint is None:
+        return ""
+    return f" ({X.counts_hint()})"
 
 
 def _mito_mask(var_names: pd.Index, prefix: str) -> np.ndarray:

@@ -15,6 +15,7 @@ a time; both run the same out-of-core passes (:func:`scae.data._passes.preproces
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anndata as ad
@@ -22,8 +23,39 @@ import anndata as ad
 from ..config import InputError
 from ..sizes import SizeNeeds
 from ._passes import preprocess_rows
+from .orientation import Evidence, Orientation, StoredNames, Transpose, decide
 from .params import DatasetOptions, MCVParams, PreprocessParams
-from .readers import open_counts, rows_of
+from .readers import (
+    CountRows,
+    count_places,
+    counts_hint,
+    file_count_places,
+    open_counts,
+    rows_of,
+)
+
+logger = logging.getLogger("scae")
+
+
+def orient(
+    rows: CountRows, transpose: Transpose, options: DatasetOptions
+) -> tuple[CountRows, Orientation]:
+    """Return ``rows`` with cells as rows, and how that was decided (:mod:`.orientation`).
+
+    The evidence is read from the stored names; transposing reads the matrix whole.
+
+    Raises
+    ------
+    InputError
+        When the evidence contradicts ``transpose``, or points both ways under ``auto``.
+    """
+    names = StoredNames(
+        rows.obs.index, rows.var.index, tuple(rows.obs.columns), tuple(rows.var.columns)
+    )
+    evidence = Evidence.of(names, options.mito_prefix, options.label_key)
+    orientation = decide(evidence, transpose, rows.source, options.dataset)
+    logger.info("%s: %s", options.dataset, orientation.sentence())
+    return (rows.transposed() if orientation.transposed else rows), orientation
 
 
 def preprocess(
@@ -38,6 +70,7 @@ def preprocess(
     clusters: bool = False,
     require_integers: bool = False,
     needs: SizeNeeds | None = None,
+    transpose: Transpose = "auto",
 ) -> ad.AnnData:
     """QC, split, normalize, log1p and HVG-subset a raw-count AnnData (see module docstring).
 
@@ -48,6 +81,9 @@ def preprocess(
     count loss needs; values within :data:`COUNT_TOLERANCE` of integers are rounded).
     Cells whose ``obs[label_key]`` is missing are kept, and stay missing in the result.
     ``needs`` refuses a result too small for the later stages (:class:`scae.sizes.SizeNeeds`).
+    ``transpose`` (``"auto"``, True or False) says whether ``adata`` holds genes as rows;
+    ``"auto"`` decides from its names (:mod:`scae.data.orientation`), and the decision and
+    its evidence are ``uns['scae']['orientation']``.
 
     Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR),
     ``layers['counts']`` = raw counts, ``obs['split']``, ``obs['library_size']`` (total counts
@@ -84,7 +120,11 @@ def preprocess(
         require_integers=require_integers,
         needs=needs,
     )
-    return preprocess_rows(rows_of(adata, source, layer), params, options, counts_fix=fix)
+    rows, orientation = orient(rows_of(adata, source, layer), transpose, options)
+    rows.counts_hint = lambda: counts_hint(
+        count_places(adata), layer or "X", lambda place: f"pass layer={place!r}"
+    )
+    return preprocess_rows(rows, params, options, counts_fix=fix, orientation=orientation)
 
 
 def preprocess_file(
@@ -93,17 +133,24 @@ def preprocess_file(
     options: DatasetOptions = DatasetOptions(),
     *,
     counts: str = "X",
-    transpose: bool = False,
+    transpose: Transpose = "auto",
 ) -> ad.AnnData:
     """Preprocess the dataset at ``path``: what the workflow's preprocess job runs.
 
     :func:`preprocess_rows` of the dataset, read as :func:`open_counts` does (``.h5ad`` and
-    10x ``.h5`` a block of cells at a time). Every :class:`InputError` names
-    ``options.dataset``.
+    10x ``.h5`` a block of cells at a time) and oriented by :func:`orient`. Every
+    :class:`InputError` names ``options.dataset``; one about counts that are not counts also
+    names the places of the file that hold integer counts.
     """
     try:
-        with open_counts(path, counts=counts, transpose=transpose) as rows:
-            return preprocess_rows(rows, params, options)
+        with open_counts(path, counts=counts) as stored:
+            rows, orientation = orient(stored, transpose, options)
+            rows.counts_hint = lambda: counts_hint(
+                file_count_places(path),
+                counts,
+                lambda place: f"set datasets.{options.dataset}.counts: {place}",
+            )
+            return preprocess_rows(rows, params, options, orientation=orientation)
     except InputError as err:
         if f"dataset {options.dataset!r}" in str(err):
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anndata as ad
@@ -21,6 +21,7 @@ import scipy.sparse as sp
 
 from ..config import SUPPORTED_FORMATS, InputError, format_of
 from .mcv import binomial_thin
+from .orientation import StoredNames
 from .params import THINNING_STREAM, Thinning
 
 logger = logging.getLogger("scae")
@@ -52,12 +53,114 @@ def _no_layer(path: Path, counts: str, layers) -> InputError:
     )
 
 
-def read_counts(path: str | Path, counts: str = "X", transpose: bool = False) -> ad.AnnData:
-    """Read a dataset whole and return an AnnData whose ``X`` holds its raw counts as CSR.
+#: Values per block of a text table parsed at once (rows × columns; 32 MB as float64).
+TABLE_BLOCK_VALUES = 1 << 22
 
-    ``counts`` names where the counts live in an ``.h5ad``: ``"X"``, ``"raw"`` (``adata.raw.X``)
-    or a layer name. ``transpose`` flips genes × cells text tables into cells × genes.
-    :func:`open_counts` reads ``.h5ad`` and 10x ``.h5`` files a block of cells at a time instead.
+
+def _table_layout(path: Path, sep: str) -> tuple[bool, list[str]]:
+    """Return whether a table's row names come as pandas' implicit index, and its text columns.
+
+    R's ``write.table`` writes one header field fewer than each row holds: pandas then takes
+    the first field of every row as the index. Otherwise the leading columns whose values are
+    not numbers (in the first rows) are the row names and, after them, descriptions (a GEO
+    table's gene description column); a table without any has no row names.
+    """
+    head = pd.read_csv(path, sep=sep, nrows=200)
+    implicit = not isinstance(head.index, pd.RangeIndex)
+    text = []
+    for column in head.columns:
+        if pd.api.types.is_numeric_dtype(head[column]):
+            break
+        text.append(str(column))
+    return implicit, text
+
+
+def read_table(path: str | Path, sep: str) -> ad.AnnData:
+    """Read a delimited text table of counts (optionally gzipped) as a sparse AnnData.
+
+    Rows become ``obs``, the header's columns ``var``, as stored (orientation is decided
+    later, :mod:`scae.data.orientation`). The first column holds the row names when its values
+    are not numbers (or when the header has one field fewer, as R writes it); further leading
+    text columns (e.g. a GEO gene description) are kept as annotations of the rows. The table
+    is parsed ``TABLE_BLOCK_VALUES`` values at a time and kept sparse, so memory scales with the
+    stored counts, not the dense table.
+
+    Raises
+    ------
+    InputError
+        When a count column holds text after the leading name and description columns.
+    """
+    path = Path(path)
+    implicit, text = _table_layout(path, sep)
+    header = pd.read_csv(path, sep=sep, nrows=0).columns
+    n_columns = len(header)
+    chunk_rows = max(1, TABLE_BLOCK_VALUES // max(n_columns, 1))
+    blocks, names, annotations = [], [], []
+    for chunk in pd.read_csv(path, sep=sep, chunksize=chunk_rows, dtype={c: str for c in text}):
+        counts = chunk.drop(columns=text)
+        bad = [str(c) for c in counts.columns if not pd.api.types.is_numeric_dtype(counts[c])]
+        if bad:
+            raise InputError(
+                f"{path}: column {bad[0]!r} holds text among the counts (rows "
+                f"{chunk.index[0]}-{chunk.index[-1]}); a table holds row names and optional "
+                "description columns first, then one numeric column per cell or gene: remove "
+                "or move that column"
+            )
+        blocks.append(sp.csr_matrix(counts.to_numpy(dtype=np.float32)))
+        if implicit:
+            names.append(chunk.index.astype(str))
+        elif text:
+            names.append(pd.Index(chunk[text[0]].astype(str)))
+        annotations.append(chunk[text if implicit else text[1:]])
+    X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n_columns - len(text)))
+    index = names[0].append(names[1:]) if names else pd.RangeIndex(X.shape[0]).astype(str)
+    obs = pd.concat(annotations) if annotations else pd.DataFrame()
+    obs.index = index
+    if text and not implicit:
+        logger.info("%s: row names from column %r", path, text[0])
+    if len(obs.columns):
+        logger.info(
+            "%s: text columns %s kept as annotations of the rows, not counts",
+            path,
+            ", ".join(map(repr, obs.columns)),
+        )
+    var = pd.DataFrame(index=pd.Index([str(c) for c in header if str(c) not in text]))
+    return ad.AnnData(X=X, obs=obs, var=var)
+
+
+def _loom_names(attrs: h5py.Group, candidates: tuple[str, ...]) -> str | None:
+    return next((name for name in candidates if name in attrs), None)
+
+
+#: Where loom files keep cell and gene names (loompy and velocyto; scanpy's write_loom).
+LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "cells")
+LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "genes", "Accession")
+
+
+def _read_loom(path: Path) -> ad.AnnData:
+    """Read a loom file as cells × genes with anndata (loompy stores genes × cells).
+
+    ``X`` is the main matrix; every other loom layer (e.g. velocyto's ``spliced``) is a layer,
+    selectable with ``counts``.
+    """
+    with h5py.File(path, "r") as file:
+        cells = _loom_names(file.get("col_attrs", {}), LOOM_CELL_NAMES) or "CellID"
+        genes = _loom_names(file.get("row_attrs", {}), LOOM_GENE_NAMES) or "Gene"
+    adata = ad.io.read_loom(path, sparse=True, X_name="", obs_names=cells, var_names=genes)
+    adata.obs_names = [str(name) for name in adata.obs_names]  # (loompy gives numpy strings)
+    adata.var_names = [str(name) for name in adata.var_names]
+    return adata
+
+
+def read_anndata(path: str | Path) -> ad.AnnData:
+    """Read the dataset at ``path`` whole, as its format's reader gives it.
+
+    Cells × genes for every format but a genes × cells text table, which comes as stored.
+
+    Raises
+    ------
+    InputError
+        When the file cannot be parsed as its format.
     """
     import scanpy as sc
 
@@ -65,17 +168,32 @@ def read_counts(path: str | Path, counts: str = "X", transpose: bool = False) ->
     kind = format_of(path)
     try:
         if kind == ".h5ad":
-            adata = ad.read_h5ad(path)
-        elif kind == ".h5":
-            adata = sc.read_10x_h5(path)
-        elif kind == "<directory>":
-            adata = sc.read_10x_mtx(path, var_names="gene_symbols", cache=False)
-        elif kind == ".csv":
-            adata = sc.read_csv(path)
-        else:
-            adata = sc.read_text(path, delimiter="\t")
+            return ad.read_h5ad(path)
+        if kind == ".zarr":
+            return ad.read_zarr(path)
+        if kind == ".loom":
+            return _read_loom(path)
+        if kind == ".h5":
+            return sc.read_10x_h5(path)
+        if kind == "<directory>":
+            return sc.read_10x_mtx(path, var_names="gene_symbols", cache=False)
+        return read_table(path, "," if kind == ".csv" else "\t")
+    except InputError:
+        raise
     except Exception as err:  # corrupt or truncated files surface as many error types
         raise _unreadable(path, kind, err) from err
+
+
+def read_counts(path: str | Path, counts: str = "X", transpose: bool = False) -> ad.AnnData:
+    """Read a dataset whole and return an AnnData whose ``X`` holds its raw counts as CSR.
+
+    ``counts`` names where the counts live in an ``.h5ad``, ``.zarr`` or ``.loom``: ``"X"``,
+    ``"raw"`` (``adata.raw.X``) or a layer name. ``transpose`` flips a matrix stored genes ×
+    cells into cells × genes. :func:`open_counts` reads ``.h5ad`` and 10x ``.h5`` files a
+    block of cells at a time instead.
+    """
+    path = Path(path)
+    adata = read_anndata(path)
     if transpose:
         adata = adata.T
     if counts != "X":
@@ -140,6 +258,9 @@ class CountRows:
     #: Whether :meth:`blocks` thins the counts (a depth variant): set by :func:`preprocess_rows`
     #: after validation, so the checks see the counts as stored.
     thinning: Thinning | None = None
+    #: Where else the input holds integer counts, in words with the setting that selects
+    #: them (:func:`counts_hint`): called only when these rows are not counts.
+    counts_hint: Callable[[], str] | None = None
 
     def blocks(self, max_nnz: int | None = None) -> Iterator[tuple[int, sp.csr_matrix]]:
         """Yield (first row, its block) over all rows, in order.
@@ -148,23 +269,36 @@ class CountRows:
         row if a single row holds more; it is rounded and thinned as :attr:`rounded` and
         :attr:`thinning` say.
         """
-        max_nnz = max_nnz or CHUNK_NNZ
-        ends = np.cumsum(self.row_nnz(), dtype=np.int64)
-        start, n_rows = 0, self.shape[0]
         # One generator per pass: every pass over the rows sees the same thinned counts.
         thin_rng = (
             np.random.default_rng([THINNING_STREAM, self.thinning.seed]) if self.thinning else None
         )
-        while start < n_rows:
-            before = ends[start - 1] if start else 0
-            stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
-            stop = min(max(stop, start + 1), n_rows)
+        for start, stop in self._spans(max_nnz or CHUNK_NNZ):
             block = self.read(start, stop)
             if self.rounded:
                 block = round_counts(block)
             if thin_rng is not None:
                 block = binomial_thin(block, self.thinning.fraction, thin_rng)
             yield start, block
+
+    def transposed(self) -> MatrixRows:
+        """Return the matrix with rows and columns swapped (genes stored as rows), read whole.
+
+        Rounding and thinning are not applied: orientation is decided before the checks.
+        """
+        blocks = [self.read(start, stop) for start, stop in self._spans(CHUNK_NNZ)]
+        X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix(self.shape)
+        return MatrixRows(X.T, self.var.copy(), self.obs.copy(), dict(self.uns), self.source)
+
+    def _spans(self, max_nnz: int) -> Iterator[tuple[int, int]]:
+        """(start, stop) of successive blocks of at most ``max_nnz`` stored entries (or a row)."""
+        ends = np.cumsum(self.row_nnz(), dtype=np.int64)
+        start, n_rows = 0, self.shape[0]
+        while start < n_rows:
+            before = ends[start - 1] if start else 0
+            stop = int(np.searchsorted(ends, before + max_nnz, side="right"))
+            stop = min(max(stop, start + 1), n_rows)
+            yield start, stop
             start = stop
 
 
@@ -360,6 +494,126 @@ def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
     return HDF5Rows(
         matrix, len(var), obs, var if keep is None else var[keep], {}, str(path), columns=keep
     )
+
+
+#: Rows of a text table whose names :func:`stored_names` reads (all of a genes × cells table).
+NAME_ROWS = 100_000
+
+
+def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
+    """Return the names of the two axes of a dataset's counts as its reader gives them, cheaply.
+
+    From metadata for ``.h5ad``, ``.zarr`` and ``.loom`` (annotation indices), from the header
+    and the first field of up to :data:`NAME_ROWS` rows for text tables; None for the 10x
+    formats (their layout fixes the orientation) and for what cannot be read here (its reader
+    reports it). What :func:`scae.data.orientation.Evidence.of` reads before any job runs.
+    """
+    from anndata.io import read_elem
+
+    path = Path(path)
+    try:
+        kind = format_of(path)
+        if kind in (".csv", ".tsv", ".txt"):
+            sep = "," if kind == ".csv" else "\t"
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            first = pd.read_csv(
+                path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=NAME_ROWS, dtype=str
+            )
+            _, text = _table_layout(path, sep)
+            columns = [str(c) for c in header if str(c) not in text]
+            return StoredNames(pd.Index(first[0]), pd.Index(columns))
+        if kind == ".loom":
+            with h5py.File(path, "r") as file:
+                cells, genes = file["col_attrs"], file["row_attrs"]
+                cell_key = _loom_names(cells, LOOM_CELL_NAMES)
+                gene_key = _loom_names(genes, LOOM_GENE_NAMES)
+                return StoredNames(
+                    pd.Index(cells[cell_key][:].astype(str)) if cell_key else pd.Index([]),
+                    pd.Index(genes[gene_key][:].astype(str)) if gene_key else pd.Index([]),
+                    tuple(key for key in cells if key != cell_key),
+                    tuple(key for key in genes if key != gene_key),
+                )
+        if kind in (".h5ad", ".zarr"):
+            import zarr
+
+            store = h5py.File(path, "r") if kind == ".h5ad" else zarr.open(path, mode="r")
+            try:
+                var = store["raw/var"] if counts == "raw" and "raw" in store else store["var"]
+                obs = store["obs"]
+
+                def index(frame) -> pd.Index:
+                    values = read_elem(frame[frame.attrs["_index"]])  # (zarr: StringDType)
+                    return pd.Index(np.asarray(values, dtype=object)).astype(str)
+
+                return StoredNames(
+                    index(obs),
+                    index(var),
+                    tuple(obs.attrs.get("column-order", ())),
+                    tuple(var.attrs.get("column-order", ())),
+                )
+            finally:
+                if kind == ".h5ad":
+                    store.close()
+    except Exception:  # (its reader reports an unreadable file, naming it)
+        return None
+    return None
+
+
+def count_places(adata: ad.AnnData) -> list[str]:
+    """Return where ``adata`` holds integer counts: ``"X"``, ``"raw"`` or layer names.
+
+    A place holds counts when the stored values of its first rows (up to 1,000) are finite,
+    non-negative integers (within :data:`~scae.data.checks.COUNT_TOLERANCE`), not all zero.
+    """
+    from .checks import looks_like_counts
+
+    places = {"X": adata.X}
+    if adata.raw is not None:
+        places["raw"] = adata.raw.X
+    places |= dict(adata.layers.items())
+    return [name for name, X in places.items() if looks_like_counts(X[:1000])]
+
+
+def counts_hint(places: list[str], current: str, setting: Callable[[str], str]) -> str:
+    """Say which of ``places`` (:func:`count_places`) but ``current`` hold integer counts.
+
+    With the ``setting`` that selects the first, e.g. "integer counts are in
+    layers['counts']: set datasets.d.counts: counts".
+    """
+    others = [place for place in places if place != current]
+    if not others:
+        return "no X, raw or layer of the input holds integer counts"
+    where = ", ".join(place if place in ("X", "raw") else f"layers[{place!r}]" for place in others)
+    return f"integer counts are in {where}: {setting(others[0])}"
+
+
+def file_count_places(path: str | Path) -> list[str]:
+    """:func:`count_places` of the dataset at ``path``; [] where it cannot be read.
+
+    An ``.h5ad``'s matrices are sliced on disk (the first 1,000 rows of each), others read whole.
+    """
+    from anndata.io import sparse_dataset
+
+    from .checks import looks_like_counts
+
+    path = Path(path)
+    try:
+        if format_of(path) != ".h5ad":
+            return count_places(read_anndata(path))
+        with h5py.File(path, "r") as file:
+            places = {"X": file["X"]}
+            if "raw" in file:
+                places["raw"] = file["raw/X"]
+            places |= dict(file["layers"].items()) if "layers" in file else {}
+            found = []
+            for name, element in places.items():
+                if isinstance(element, h5py.Group):
+                    element = sparse_dataset(element)
+                if looks_like_counts(element[: min(1000, element.shape[0])]):
+                    found.append(name)
+            return found
+    except Exception:  # (the error being raised already names what is wrong)
+        return []
 
 
 @contextlib.contextmanager

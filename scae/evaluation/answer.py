@@ -1,8 +1,9 @@
 """The answer line of each latent rank in ``summary.md``, and its machine-readable record.
 
 The answer names the loss with the best mean of the primary metric, the losses statistically
-tied with it, where PCA at the same rank and the training-mean profile stand against it, and
-the runs that did not converge. :mod:`scae.evaluation.markdown` puts the line in each rank's
+tied with it, where PCA at the same rank and the training-mean profile stand against it, the
+runs that did not converge, and that there are no label metrics when the labels hold one
+class. :mod:`scae.evaluation.markdown` puts the line in each rank's
 section, with the record in an HTML comment tagged :data:`ANSWER_TAG` that
 :mod:`scae.evaluation.findings` reads back.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .metrics import LABEL_CLASSES_TEST
 from .ranks import RANK_VERDICTS
 from .summary import COMPARISON_COLUMNS, best_loss, direction
 
@@ -70,8 +72,19 @@ def answer(
             " Not converged (all max_epochs run, best epoch among the last `patience`: "
             f"more epochs might change their scores): {_unconverged(runs)}."
         )
+    if one_label_class(stats):
+        text += (
+            " No label metrics: one class (the labelled test cells hold a single label, so "
+            "kNN accuracy, ARI, NMI and silhouette measure nothing)."
+        )
     record = {"dataset": dataset, "primary_metric": primary_metric, "best": best, "tied": tied}
     return text, record
+
+
+def one_label_class(stats: pd.DataFrame) -> bool:
+    """Whether the runs' labelled test cells hold a single class (so no label metrics)."""
+    classes = stats.loc[stats["metric"] == LABEL_CLASSES_TEST, "mean"]
+    return bool(len(classes)) and bool((classes < 2).all())
 
 
 def _tied_clause(

@@ -313,9 +313,13 @@ def _comparison_lines(comparisons: pd.DataFrame, level: float) -> list[str]:
 
 
 def _heading(
-    dataset: str, primary_metric: str, preprocess: dict | None, source: dict | None
+    dataset: str,
+    primary_metric: str,
+    preprocess: dict | None,
+    source: dict | None,
+    orientation: str | None = None,
 ) -> list[str]:
-    """Return the page's title, how to read it, and the input's thinning and preprocessing."""
+    """Return the page's title, how to read it, and how the input was read and preprocessed."""
     lines = [
         f"# {dataset}: which loss reconstructs held-out cells best, and at which rank "
         "does an autoencoder beat PCA?",
@@ -325,9 +329,11 @@ def _heading(
         f"log-likelihoods (nll). The answer ranks by `{primary_metric}`.",
         "",
     ]
-    if preprocess or source:
+    if preprocess or source or orientation:
         lines += [
-            _thin_sentence(source) + (_preprocess_sentence(preprocess) if preprocess else ""),
+            (f"{orientation} " if orientation else "")
+            + _thin_sentence(source)
+            + (_preprocess_sentence(preprocess) if preprocess else ""),
             "",
         ]
     return lines
@@ -343,6 +349,7 @@ def markdown_summary(
     preprocess: dict | None = None,
     reference_rank: int | None = None,
     source: dict | None = None,
+    orientation: str | None = None,
 ) -> str:
     """Return the text of ``summary.md``.
 
@@ -351,13 +358,14 @@ def markdown_summary(
     (the part :mod:`scae.evaluation.findings` leaves out of the README). ``preprocess``: the
     dataset's preprocessing settings, stated under the title; ``reference_rank`` (default the
     largest) is the rank tuning and MCV ran at; ``source`` the dataset's configuration (its
-    ``path``, and ``thin`` for a depth variant), recorded for :mod:`scae.evaluation.findings`.
+    ``path``, and ``thin`` for a depth variant), recorded for :mod:`scae.evaluation.findings`;
+    ``orientation`` how the input's axes were read, and the evidence (stated under the title).
     """
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
     ranks = ranks_in(stats)
     reference_rank = reference_rank or ranks[-1]
-    lines = _heading(dataset, primary_metric, preprocess, source)
+    lines = _heading(dataset, primary_metric, preprocess, source, orientation)
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)

@@ -22,6 +22,7 @@ Count-space metrics map x̂ back to expected counts, μ_g = (exp(x̂_g) − 1)�
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -50,6 +51,8 @@ LABEL_METRICS = (
     "label_silhouette_test",
     "n_leiden_clusters_test",
 )
+#: Classes among the labelled test cells: label metrics need two (one class: all NaN).
+LABEL_CLASSES_TEST = "label_classes_test"
 #: Labelled test cells below which the label metrics are not computed (a kNN graph and a
 #: silhouette of fewer cells say nothing).
 MIN_LABELLED_TEST = 4
@@ -316,7 +319,9 @@ def embedding_metrics(
     four use labelled cells only, and ``label_cells_test`` / ``label_cells_train`` record how
     many test cells were scored and how many training cells the classifier saw. With fewer
     than :data:`MIN_LABELLED_TEST` labelled test cells (or no labelled training cell) the
-    four metrics are NaN.
+    four metrics are NaN; so are they, with a warning, when the labelled test cells hold one
+    class (``label_classes_test``), and ``knn_accuracy`` when the training cells do: a
+    one-class ARI of 0 or accuracy of 1 measures nothing.
     """
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
     from sklearn.neighbors import KNeighborsClassifier
@@ -325,12 +330,31 @@ def embedding_metrics(
     labelled = labels.notna().to_numpy()
     labels = labels.astype(str).to_numpy()
     train, test = (split == "train") & labelled, (split == "test") & labelled
-    counts = {"label_cells_test": float(test.sum()), "label_cells_train": float(train.sum())}
+    classes = {"test": np.unique(labels[test]), "train": np.unique(labels[train])}
+    counts = {
+        "label_cells_test": float(test.sum()),
+        "label_cells_train": float(train.sum()),
+        LABEL_CLASSES_TEST: float(len(classes["test"])),
+    }
     if test.sum() < MIN_LABELLED_TEST or not train.any():
         return {name: float("nan") for name in LABEL_METRICS} | counts
-    knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
-    knn.fit(embedding[train], labels[train])
-    accuracy = float((knn.predict(embedding[test]) == labels[test]).mean())
+    for cells, found in classes.items():
+        if len(found) < 2:
+            # A one-class ARI is 0, a one-class kNN accuracy 1: numbers that say nothing.
+            which = "training" if cells == "train" else "test"
+            warnings.warn(
+                f"the labelled {which} cells hold one class ({found[0]!r}): label metrics "
+                f"need two, so {'they are' if cells == 'test' else 'knn_accuracy is'} NaN "
+                "(no label metrics: one class)",
+                stacklevel=2,
+            )
+    if len(classes["test"]) < 2:
+        return {name: float("nan") for name in LABEL_METRICS} | counts
+    accuracy = float("nan")
+    if len(classes["train"]) >= 2:
+        knn = KNeighborsClassifier(n_neighbors=min(n_neighbors, int(train.sum())))
+        knn.fit(embedding[train], labels[train])
+        accuracy = float((knn.predict(embedding[test]) == labels[test]).mean())
 
     test_embedding = np.asarray(embedding[test], dtype=np.float32)
     test_labels = labels[test]
