@@ -288,28 +288,58 @@ def test_one_label_class_gives_no_label_metrics():
 # the workflow on pbmc3k cells written the odd way
 
 
+#: Datasets of odd_inputs_run that run to summary.tsv; the others are preprocessed only.
+SUMMARIZED = ("as_h5ad", "geo_table", "one_class")
+
+
 @pytest.fixture(scope="module")
 def odd_inputs_run(tmp_path_factory):
-    """One run of three datasets: 400 pbmc3k cells as .h5ad, the same cells as a gzipped
-    genes × cells GEO table, and as .h5ad with one label class."""
+    """One workflow run over 400 pbmc3k cells written the odd ways, beside the same cells as
+    .h5ad: a gzipped genes × cells GEO table and one label class (to summary.tsv); .loom,
+    .zarr, a GEO .tsv.gz with a description column, R's ``MT.`` gene names and scanpy's
+    convention read with ``counts: X`` (preprocessed only)."""
+    import scanpy as sc
+
     workdir = tmp_path_factory.mktemp("odd_inputs")
     config = small_config(workdir, ["mse"])
     spec = config["datasets"].pop(DATASET)
     base = ad.read_h5ad(spec["path"])
-    table = write_genes_by_cells(base, workdir / "data" / "geo_counts.csv.gz")
+    data = workdir / "data"
     one_class = base.copy()
     one_class.obs["cell_type"] = "T cell"
-    one_class.write_h5ad(workdir / "data" / "one_class.h5ad")
+    one_class.write_h5ad(data / "one_class.h5ad")
+    r_names = base.copy()
+    r_names.var_names = [name.replace("MT-", "MT.") for name in base.var_names]
+    r_names.write_h5ad(data / "r_names.h5ad")
+    scanpy_convention = base.copy()
+    scanpy_convention.layers["counts"] = base.X.copy()
+    sc.pp.normalize_total(scanpy_convention)
+    sc.pp.log1p(scanpy_convention)
+    scanpy_convention.write_h5ad(data / "scanpy_convention.h5ad")
+    base.write_loom(data / "cells.loom")
+    base.write_zarr(data / "cells.zarr")
+    paths = {
+        "as_h5ad": spec["path"],
+        "geo_table": write_genes_by_cells(base, data / "geo_counts.csv.gz"),
+        "one_class": data / "one_class.h5ad",
+        "loom": data / "cells.loom",
+        "zarr": data / "cells.zarr",
+        "geo_described": write_genes_by_cells(base, data / "geo.tsv.gz", "\t", True),
+        "r_names": data / "r_names.h5ad",
+        "scanpy_convention": data / "scanpy_convention.h5ad",
+    }
     config["datasets"] = {
-        "as_h5ad": {**spec, "label_key": ""},
-        "geo_table": {**spec, "path": str(table), "label_key": ""},
-        "one_class": {**spec, "path": str(workdir / "data" / "one_class.h5ad")},
+        name: {**spec, "path": str(path), "label_key": "cell_type" if name == "one_class" else ""}
+        for name, path in paths.items()
     }
     configfile = write_config(workdir, config)
-    dry = snakemake(workdir, configfile, "-n")
+    targets = [
+        f"results/{name}/{'summary.tsv' if name in SUMMARIZED else 'preprocessed.h5ad'}"
+        for name in paths
+    ]
+    dry = snakemake(workdir, configfile, "-n", *targets)
     succeeded(dry)
-    proc = snakemake(workdir, configfile)
-    succeeded(proc)
+    succeeded(snakemake(workdir, configfile, *targets))
     return workdir, dry
 
 
@@ -343,6 +373,28 @@ def test_a_one_class_dataset_has_no_label_metric(odd_inputs_run):
     assert "No label metrics: one class" in text
     log = (workdir / "logs/one_class/k4/evaluate/seed0.log").read_text()
     assert "hold one class ('T cell')" in log
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("name", ["loom", "zarr", "geo_described"])
+def test_other_formats_preprocess_as_the_h5ad(odd_inputs_run, name):
+    workdir, _ = odd_inputs_run
+    expected = ad.read_h5ad(workdir / "results/as_h5ad/preprocessed.h5ad")
+    got = ad.read_h5ad(workdir / f"results/{name}/preprocessed.h5ad")
+    same_preprocessing(got, expected)
+
+
+@pytest.mark.workflow
+def test_the_preprocess_logs_name_the_prefix_and_the_counts_found(odd_inputs_run):
+    workdir, _ = odd_inputs_run
+    log = (workdir / "logs/r_names/preprocess.log").read_text()
+    assert "13 names start with 'MT.' (MT.ND1, MT.ND2, MT.CO1)" in log
+    assert "set datasets.r_names.mito_prefix: 'MT.'" in log
+    log = (workdir / "logs/scanpy_convention/preprocess.log").read_text()
+    assert (
+        "integer counts are in layers['counts']: set datasets.scanpy_convention.counts: counts"
+        in log
+    )
 
 
 @pytest.mark.workflow

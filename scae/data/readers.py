@@ -617,21 +617,21 @@ def file_count_places(path: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def open_counts(
-    path: str | Path, counts: str = "X", transpose: bool = False
-) -> Iterator[CountRows]:
-    """Open the raw counts of the dataset at ``path`` as :class:`CountRows`.
+def open_counts(path: str | Path, counts: str = "X") -> Iterator[CountRows]:
+    """Open the raw counts of the dataset at ``path`` as :class:`CountRows`, as stored.
 
-    The rows come with the annotations :func:`read_counts` gives.
+    The rows come with the annotations :func:`read_counts` gives; which axis holds the cells is
+    decided afterwards (:func:`scae.data.preprocess.orient`).
 
     ``.h5ad`` files (CSR or dense counts in ``X``, a layer or ``raw``) and Cell Ranger ≥ 3
     ``.h5`` files stay on disk and are read a block of cells at a time with h5py while the
-    context is open. Everything else — text tables, 10x mtx directories, legacy 10x ``.h5``,
-    CSC-stored ``.h5ad`` matrices and transposed inputs — is read whole by :func:`read_counts`.
+    context is open. Everything else — ``.zarr``, ``.loom``, text tables (parsed in blocks,
+    kept sparse), 10x mtx directories, legacy 10x ``.h5`` and CSC-stored ``.h5ad`` matrices —
+    is read whole by :func:`read_counts`.
     """
     path = Path(path)
     kind = format_of(path)
-    streamed = kind in (".h5ad", ".h5") and not transpose and path.suffix.lower() != ".gz"
+    streamed = kind in (".h5ad", ".h5") and path.suffix.lower() != ".gz"
     file = rows = None
     if streamed:
         try:
@@ -645,7 +645,7 @@ def open_counts(
         if rows is None:
             if streamed:
                 logger.info("%s: this matrix layout is read whole, not in blocks", path)
-            rows = rows_of(read_counts(path, counts, transpose), str(path))
+            rows = rows_of(read_counts(path, counts), str(path))
         yield rows
     finally:
         if file is not None:
