@@ -24,7 +24,7 @@ from scae.config import (
     describe_schema_error,
 )
 from scae import layout
-from scae.data.orientation import planned_orientation
+from scae.orientation import planned_orientation
 from scae.sizes import SizeNeeds, input_shape
 
 try:

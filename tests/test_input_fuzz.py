@@ -1027,7 +1027,7 @@ def test_cells_dropped_by_the_gene_filter_leave_no_split_empty():
 #: Gene and cell name styles: some carry orientation evidence, some none.
 GENE_NAME_STYLES = ("symbols", "symbols_with_mito", "ensembl", "mouse_mito", "numeric")
 CELL_NAME_STYLES = ("barcodes", "sample_barcodes", "plain", "numeric")
-#: Styles that are evidence (scae.data.orientation): gene IDs or ≥ 3 mitochondrial genes on
+#: Styles that are evidence (scae.orientation): gene IDs or ≥ 3 mitochondrial genes on
 #: the gene axis, barcodes on the cell axis.
 GENE_EVIDENCE = ("symbols_with_mito", "ensembl", "mouse_mito")
 CELL_EVIDENCE = ("barcodes", "sample_barcodes")

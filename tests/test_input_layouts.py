@@ -1,7 +1,7 @@
 """Inputs as biologists have them: orientation, counts found elsewhere, one label class, and
 the formats beyond .h5ad (loom, zarr, GEO text tables with a description column, gzipped).
 
-Unit tests pin down the evidence rules (:mod:`scae.data.orientation`) and the readers; the
+Unit tests pin down the evidence rules (:mod:`scae.orientation`) and the readers; the
 workflow tests run the real ``snakemake`` on pbmc3k cells written the odd way and compare
 their numbers with the same cells read the ordinary way.
 """
@@ -17,18 +17,19 @@ import pytest
 import scipy.sparse as sp
 
 from scae.config import InputError, format_of
-from scae.data.orientation import (
+from scae.data.params import DatasetOptions, PreprocessParams
+from scae.data.preprocess import preprocess, preprocess_file
+from scae.data.readers import read_table
+from scae.evaluation.metrics import LABEL_METRICS, embedding_metrics
+from scae.orientation import (
     Evidence,
     StoredNames,
     barcode_evidence,
     decide,
     gene_evidence,
     planned_orientation,
+    stored_names,
 )
-from scae.data.params import DatasetOptions, PreprocessParams
-from scae.data.preprocess import preprocess, preprocess_file
-from scae.data.readers import read_table, stored_names
-from scae.evaluation.metrics import LABEL_METRICS, embedding_metrics
 
 from .conftest import pbmc_subset
 from .test_robustness import DATASET, small_config, snakemake, succeeded, write_config

@@ -17,12 +17,12 @@ import numpy as np
 import pandas as pd
 
 from ..config import CLUSTER_KEY, InputError
+from ..orientation import MITO_PREFIXES, Orientation
 from ._streaming import _cell_pass, _CellQC, _gene_pass, _hvg_pass, _library_pass, _Totals
 from .checks import _mito_mask, make_names_unique, validate_counts
 from .clusters import training_clusters
 from .hvg import gene_mean_std, seurat_hvg
 from .mcv import HELDOUT_LAYER
-from .orientation import MITO_PREFIXES, Orientation
 from .params import SPLITS, DatasetOptions, PreprocessParams
 from .readers import CountRows
 from .split import labels_of, require_every_split, stratified_split
@@ -203,7 +203,7 @@ def _mito_genes(var_names: pd.Index, mito_prefix: str | None, dataset: str) -> n
     """Return the mitochondrial genes, or None (no prefix, or no gene matches it: warned).
 
     The prefix is matched case-insensitively (``MT-`` finds mouse ``mt-Co1``: logged); the
-    warning names a known prefix (:data:`~scae.data.orientation.MITO_PREFIXES`) that the
+    warning names a known prefix (:data:`~scae.orientation.MITO_PREFIXES`) that the
     names do start with, e.g. R's ``MT.``.
     """
     if not mito_prefix:

@@ -21,9 +21,9 @@ from pathlib import Path
 import anndata as ad
 
 from ..config import InputError
+from ..orientation import Evidence, Orientation, StoredNames, Transpose, decide
 from ..sizes import SizeNeeds
 from ._passes import preprocess_rows
-from .orientation import Evidence, Orientation, StoredNames, Transpose, decide
 from .params import DatasetOptions, MCVParams, PreprocessParams
 from .readers import (
     CountRows,
@@ -82,7 +82,7 @@ def preprocess(
     Cells whose ``obs[label_key]`` is missing are kept, and stay missing in the result.
     ``needs`` refuses a result too small for the later stages (:class:`scae.sizes.SizeNeeds`).
     ``transpose`` (``"auto"``, True or False) says whether ``adata`` holds genes as rows;
-    ``"auto"`` decides from its names (:mod:`scae.data.orientation`), and the decision and
+    ``"auto"`` decides from its names (:mod:`scae.orientation`), and the decision and
     its evidence are ``uns['scae']['orientation']``.
 
     Returns a new AnnData of cells × HVGs with ``X`` = log1p(normalized counts) (CSR),

@@ -20,8 +20,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ..config import SUPPORTED_FORMATS, InputError, format_of
+from ..orientation import LOOM_CELL_NAMES, LOOM_GENE_NAMES, loom_names, table_layout
 from .mcv import binomial_thin
-from .orientation import StoredNames
 from .params import THINNING_STREAM, Thinning
 
 logger = logging.getLogger("scae")
@@ -57,29 +57,11 @@ def _no_layer(path: Path, counts: str, layers) -> InputError:
 TABLE_BLOCK_VALUES = 1 << 22
 
 
-def _table_layout(path: Path, sep: str) -> tuple[bool, list[str]]:
-    """Return whether a table's row names come as pandas' implicit index, and its text columns.
-
-    R's ``write.table`` writes one header field fewer than each row holds: pandas then takes
-    the first field of every row as the index. Otherwise the leading columns whose values are
-    not numbers (in the first rows) are the row names and, after them, descriptions (a GEO
-    table's gene description column); a table without any has no row names.
-    """
-    head = pd.read_csv(path, sep=sep, nrows=200)
-    implicit = not isinstance(head.index, pd.RangeIndex)
-    text = []
-    for column in head.columns:
-        if pd.api.types.is_numeric_dtype(head[column]):
-            break
-        text.append(str(column))
-    return implicit, text
-
-
 def read_table(path: str | Path, sep: str) -> ad.AnnData:
     """Read a delimited text table of counts (optionally gzipped) as a sparse AnnData.
 
     Rows become ``obs``, the header's columns ``var``, as stored (orientation is decided
-    later, :mod:`scae.data.orientation`). The first column holds the row names when its values
+    later, :mod:`scae.orientation`). The first column holds the row names when its values
     are not numbers (or when the header has one field fewer, as R writes it); further leading
     text columns (e.g. a GEO gene description) are kept as annotations of the rows. The table
     is parsed ``TABLE_BLOCK_VALUES`` values at a time and kept sparse, so memory scales with the
@@ -91,7 +73,7 @@ def read_table(path: str | Path, sep: str) -> ad.AnnData:
         When a count column holds text after the leading name and description columns.
     """
     path = Path(path)
-    implicit, text = _table_layout(path, sep)
+    implicit, text = table_layout(path, sep)
     header = pd.read_csv(path, sep=sep, nrows=0).columns
     n_columns = len(header)
     chunk_rows = max(1, TABLE_BLOCK_VALUES // max(n_columns, 1))
@@ -128,15 +110,6 @@ def read_table(path: str | Path, sep: str) -> ad.AnnData:
     return ad.AnnData(X=X, obs=obs, var=var)
 
 
-def _loom_names(attrs: h5py.Group, candidates: tuple[str, ...]) -> str | None:
-    return next((name for name in candidates if name in attrs), None)
-
-
-#: Where loom files keep cell and gene names (loompy and velocyto; scanpy's write_loom).
-LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "cells")
-LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "genes", "Accession")
-
-
 def _read_loom(path: Path) -> ad.AnnData:
     """Read a loom file as cells × genes with anndata (loompy stores genes × cells).
 
@@ -144,8 +117,8 @@ def _read_loom(path: Path) -> ad.AnnData:
     selectable with ``counts``.
     """
     with h5py.File(path, "r") as file:
-        cells = _loom_names(file.get("col_attrs", {}), LOOM_CELL_NAMES) or "CellID"
-        genes = _loom_names(file.get("row_attrs", {}), LOOM_GENE_NAMES) or "Gene"
+        cells = loom_names(file.get("col_attrs", {}), LOOM_CELL_NAMES) or "CellID"
+        genes = loom_names(file.get("row_attrs", {}), LOOM_GENE_NAMES) or "Gene"
     adata = ad.io.read_loom(path, sparse=True, X_name="", obs_names=cells, var_names=genes)
     adata.obs_names = [str(name) for name in adata.obs_names]  # (loompy gives numpy strings)
     adata.var_names = [str(name) for name in adata.var_names]
@@ -494,69 +467,6 @@ def _tenx_rows(file: h5py.File, path: Path) -> HDF5Rows | None:
     return HDF5Rows(
         matrix, len(var), obs, var if keep is None else var[keep], {}, str(path), columns=keep
     )
-
-
-#: Rows of a text table whose names :func:`stored_names` reads (all of a genes × cells table).
-NAME_ROWS = 100_000
-
-
-def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
-    """Return the names of the two axes of a dataset's counts as its reader gives them, cheaply.
-
-    From metadata for ``.h5ad``, ``.zarr`` and ``.loom`` (annotation indices), from the header
-    and the first field of up to :data:`NAME_ROWS` rows for text tables; None for the 10x
-    formats (their layout fixes the orientation) and for what cannot be read here (its reader
-    reports it). What :func:`scae.data.orientation.Evidence.of` reads before any job runs.
-    """
-    from anndata.io import read_elem
-
-    path = Path(path)
-    try:
-        kind = format_of(path)
-        if kind in (".csv", ".tsv", ".txt"):
-            sep = "," if kind == ".csv" else "\t"
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
-            first = pd.read_csv(
-                path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=NAME_ROWS, dtype=str
-            )
-            _, text = _table_layout(path, sep)
-            columns = [str(c) for c in header if str(c) not in text]
-            return StoredNames(pd.Index(first[0]), pd.Index(columns))
-        if kind == ".loom":
-            with h5py.File(path, "r") as file:
-                cells, genes = file["col_attrs"], file["row_attrs"]
-                cell_key = _loom_names(cells, LOOM_CELL_NAMES)
-                gene_key = _loom_names(genes, LOOM_GENE_NAMES)
-                return StoredNames(
-                    pd.Index(cells[cell_key][:].astype(str)) if cell_key else pd.Index([]),
-                    pd.Index(genes[gene_key][:].astype(str)) if gene_key else pd.Index([]),
-                    tuple(key for key in cells if key != cell_key),
-                    tuple(key for key in genes if key != gene_key),
-                )
-        if kind in (".h5ad", ".zarr"):
-            import zarr
-
-            store = h5py.File(path, "r") if kind == ".h5ad" else zarr.open(path, mode="r")
-            try:
-                var = store["raw/var"] if counts == "raw" and "raw" in store else store["var"]
-                obs = store["obs"]
-
-                def index(frame) -> pd.Index:
-                    values = read_elem(frame[frame.attrs["_index"]])  # (zarr: StringDType)
-                    return pd.Index(np.asarray(values, dtype=object)).astype(str)
-
-                return StoredNames(
-                    index(obs),
-                    index(var),
-                    tuple(obs.attrs.get("column-order", ())),
-                    tuple(var.attrs.get("column-order", ())),
-                )
-            finally:
-                if kind == ".h5ad":
-                    store.close()
-    except Exception:  # (its reader reports an unreadable file, naming it)
-        return None
-    return None
 
 
 def count_places(adata: ad.AnnData) -> list[str]:

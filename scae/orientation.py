@@ -28,12 +28,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import h5py
 import numpy as np
 import pandas as pd
 
-from ..config import InputError
+from .config import InputError, format_of
 
 Transpose = Literal["auto"] | bool
 
@@ -215,7 +217,7 @@ def planned_orientation(
     """Decide a dataset's orientation from its file's metadata, before any job runs.
 
     What ``snakemake -n`` checks: :func:`decide` on the names
-    :func:`scae.data.readers.stored_names` reads cheaply; None where they cannot be read so
+    :func:`stored_names` reads cheaply; None where they cannot be read so
     (the 10x formats; preprocess decides from the same names when it reads the file).
 
     Raises
@@ -223,9 +225,100 @@ def planned_orientation(
     InputError
         As :func:`decide`.
     """
-    from .readers import stored_names
-
     names = stored_names(path, counts)
     if names is None:
         return None
     return decide(Evidence.of(names, mito_prefix, label_key), transpose, path, dataset)
+
+
+def table_layout(path: Path, sep: str) -> tuple[bool, list[str]]:
+    """Return whether a table's row names come as pandas' implicit index, and its text columns.
+
+    R's ``write.table`` writes one header field fewer than each row holds: pandas then takes
+    the first field of every row as the index. Otherwise the leading columns whose values are
+    not numbers (in the first rows) are the row names and, after them, descriptions (a GEO
+    table's gene description column); a table without any has no row names.
+    """
+    head = pd.read_csv(path, sep=sep, nrows=200)
+    implicit = not isinstance(head.index, pd.RangeIndex)
+    text = []
+    for column in head.columns:
+        if pd.api.types.is_numeric_dtype(head[column]):
+            break
+        text.append(str(column))
+    return implicit, text
+
+
+def loom_names(attrs: h5py.Group, candidates: tuple[str, ...]) -> str | None:
+    """Return the first of ``candidates`` that a loom file's ``row_attrs``/``col_attrs`` hold."""
+    return next((name for name in candidates if name in attrs), None)
+
+
+#: Where loom files keep cell and gene names (loompy and velocyto; scanpy's write_loom).
+LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "cells")
+LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "genes", "Accession")
+
+
+#: Rows of a text table whose names :func:`stored_names` reads (all of a genes × cells table).
+NAME_ROWS = 100_000
+
+
+def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
+    """Return the names of the two axes of a dataset's counts as its reader gives them, cheaply.
+
+    From metadata for ``.h5ad``, ``.zarr`` and ``.loom`` (annotation indices, read with h5py
+    or zarr: no anndata at Snakemake's parse step), from the header and the first field of up
+    to :data:`NAME_ROWS` rows for text tables; None for the 10x formats (their layout fixes
+    the orientation) and for what cannot be read here (its reader reports it).
+    """
+    path = Path(path)
+    try:
+        kind = format_of(path)
+        if kind in (".csv", ".tsv", ".txt"):
+            sep = "," if kind == ".csv" else "\t"
+            header = pd.read_csv(path, sep=sep, nrows=0).columns
+            first = pd.read_csv(
+                path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=NAME_ROWS, dtype=str
+            )
+            _, text = table_layout(path, sep)
+            columns = [str(c) for c in header if str(c) not in text]
+            return StoredNames(pd.Index(first[0]), pd.Index(columns))
+        if kind == ".loom":
+            with h5py.File(path, "r") as file:
+                cells, genes = file["col_attrs"], file["row_attrs"]
+                cell_key = loom_names(cells, LOOM_CELL_NAMES)
+                gene_key = loom_names(genes, LOOM_GENE_NAMES)
+                return StoredNames(
+                    _strings(cells[cell_key]) if cell_key else pd.Index([]),
+                    _strings(genes[gene_key]) if gene_key else pd.Index([]),
+                    tuple(key for key in cells if key != cell_key),
+                    tuple(key for key in genes if key != gene_key),
+                )
+        if kind == ".h5ad":
+            with h5py.File(path, "r") as file:
+                return _anndata_names(file, counts)
+        if kind == ".zarr":
+            import zarr
+
+            return _anndata_names(zarr.open(path, mode="r"), counts)
+    except Exception:  # (its reader reports an unreadable file, naming it)
+        return None
+    return None
+
+
+def _strings(array) -> pd.Index:
+    """Return an HDF5 or zarr array of names as an Index of str (bytes decoded)."""
+    values = array.asstr()[:] if isinstance(array, h5py.Dataset) else array[:]
+    return pd.Index(np.asarray(values, dtype=object)).astype(str)
+
+
+def _anndata_names(store, counts: str) -> StoredNames:
+    """Return the obs and var names and annotation columns of an ``.h5ad`` or ``.zarr``."""
+    var = store["raw/var"] if counts == "raw" and "raw" in store else store["var"]
+    obs = store["obs"]
+    return StoredNames(
+        _strings(obs[obs.attrs["_index"]]),
+        _strings(var[var.attrs["_index"]]),
+        tuple(obs.attrs.get("column-order", ())),
+        tuple(var.attrs.get("column-order", ())),
+    )
