@@ -63,6 +63,8 @@ if REFERENCE_RANK not in RANKS:
 # What the later stages need of each dataset: checked here from the input's metadata (so
 # `snakemake -n` refuses a dataset too small for them), then exactly by preprocess.
 NEEDS = {"latent_dim": RANKS[-1], "clusters": CLUSTERS}
+# Datasets whose input stores genes as rows (read whole and transposed by preprocess).
+TRANSPOSED = set()
 # Which axis holds the cells, from the names in the input's metadata: a genes x cells table
 # is transposed (or refused, when the config says otherwise) before any job runs.
 for _name in DATASETS:
@@ -77,6 +79,7 @@ for _name in DATASETS:
         _spec["label_key"] or None,
     )
     if _orientation is not None and _orientation.transposed:
+        TRANSPOSED.add(_name)
         print(f"dataset {_name!r}: {_orientation.sentence()}", file=sys.stderr)
     _shape = input_shape(_spec["path"], _spec["counts"])
     if _shape is not None:
@@ -338,6 +341,7 @@ def preprocess_mem_mb(wildcards, input, attempt):
         dataset_config(wildcards)["counts"],
         preprocess_config(wildcards)["n_top_genes"],
         is_mcv(wildcards),
+        read_whole=wildcards.dataset.removesuffix(MCV_SUFFIX) in TRANSPOSED,
     )
 
 

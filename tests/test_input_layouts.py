@@ -406,3 +406,19 @@ def test_a_contradicted_transpose_stops_the_dry_run(cells, tmp_path):
     proc = snakemake(tmp_path, write_config(tmp_path, config), "-n")
     assert proc.returncode != 0
     assert f"set datasets.{DATASET}.transpose: true" in proc.output
+
+
+def test_inputs_read_whole_ask_memory_for_their_whole_size(cells, tmp_path):
+    """A genes × cells .h5ad is transposed, so read whole: sized like other whole reads (by
+    the bytes on disk, every file of a directory such as a .zarr store), not by its blocks."""
+    from scae.data.input_size import preprocess_mem_mb, size_on_disk
+
+    h5ad, zarr = tmp_path / "c.h5ad", tmp_path / "c.zarr"
+    cells.write_h5ad(h5ad)
+    cells.write_zarr(zarr)
+    whole = preprocess_mem_mb(h5ad, "X", 2000, mcv=False, read_whole=True)
+    assert whole == int(2000 + 20 * h5ad.stat().st_size / 2**20)
+    assert whole != preprocess_mem_mb(h5ad, "X", 2000, mcv=False)
+    files = [item.stat().st_size for item in zarr.rglob("*") if item.is_file()]
+    assert size_on_disk(zarr) == sum(files) > zarr.stat().st_size
+    assert preprocess_mem_mb(zarr, "X", 2000, mcv=False) == int(2000 + 20 * sum(files) / 2**20)

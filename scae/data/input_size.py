@@ -37,7 +37,17 @@ def count_input_size(path: str | Path, counts: str = "X") -> tuple[int, int, int
         return None
 
 
-def preprocess_mem_mb(path: str | Path, counts: str, n_top_genes: int, mcv: bool) -> int:
+def size_on_disk(path: str | Path) -> int:
+    """Return the bytes of a file, or of every file under a directory (10x mtx, ``.zarr``)."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(item.stat().st_size for item in path.rglob("*") if item.is_file())
+    return path.stat().st_size
+
+
+def preprocess_mem_mb(
+    path: str | Path, counts: str, n_top_genes: int, mcv: bool, read_whole: bool = False
+) -> int:
     """Memory (MB) to request for preprocessing the dataset at ``path``.
 
     Streamed inputs (see :func:`count_input_size`): 1.5 GB for the interpreter, scanpy and
@@ -45,11 +55,12 @@ def preprocess_mem_mb(path: str | Path, counts: str, n_top_genes: int, mcv: bool
     ``mcv``, the held-out molecules): 8 bytes per stored entry each — for an estimated
     nnz × min(1, 2 · n_top_genes / genes) entries (HVGs hold 0.9–1.4× their share of the
     entries in pbmc3k and zheng17) and 200 bytes of annotations per cell. Other inputs are
-    read whole: 2 GB + 20 × their size on disk.
+    read whole (as is a stored genes × cells matrix, ``read_whole``, which is transposed):
+    2 GB + 20 × their size on disk.
     """
-    size = count_input_size(path, counts)
+    size = None if read_whole else count_input_size(path, counts)
     if size is None:
-        return int(2000 + 20 * Path(path).stat().st_size / 2**20)
+        return int(2000 + 20 * size_on_disk(path) / 2**20)
     n_cells, n_genes, nnz = size
     entries = nnz * min(1.0, 2 * n_top_genes / max(n_genes, 1))
     per_entry = 8 * (3 if mcv else 2)
