@@ -165,7 +165,7 @@ PARSE_ERRORS = [
         _set_path("counts.xlsx", b"PK\x03\x04 a spreadsheet"),
         [
             r"counts\.xlsx: unsupported file type '\.xlsx'",
-            r"accepted formats are \.h5ad, \.h5, <directory>, \.csv, \.tsv, \.txt",
+            r"accepted formats are \.h5ad, \.zarr, \.loom, \.h5, <directory>, \.csv, \.tsv, \.txt",
         ],
         id="unsupported-extension",
     ),
