@@ -15,7 +15,7 @@ include: "rules/common.smk"
 include: "rules/preprocess.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
-include: "rules/embed.smk"
+include: "rules/baselines.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

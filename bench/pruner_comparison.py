@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))
 
 import scae.train.tune  # noqa: E402  (the checkout's package, after the path above)
 from scae import Autoencoder  # noqa: E402
-from scae.config import COUNT_LOSSES  # noqa: E402
 from scae.data.params import DatasetOptions, PreprocessParams  # noqa: E402
 from scae.data.preprocess import preprocess_file  # noqa: E402
+from scae.registry import needs_counts  # noqa: E402
 from scae.sizes import SizeNeeds  # noqa: E402
 from scae.train import keep_freed_memory  # noqa: E402
 from scae.train.pruning import EndpointPruner  # noqa: E402
@@ -71,7 +71,7 @@ def preprocessed(config: dict):
             spec["label_key"] or None,
             spec["mito_prefix"] or None,
             clusters=clusters,
-            require_integers=any(loss in COUNT_LOSSES for loss in losses),
+            require_integers=needs_counts(losses),
             needs=SizeNeeds(
                 latent_dim=max(latent if isinstance(latent, list) else [latent]),
                 clusters=clusters,

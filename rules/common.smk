@@ -14,17 +14,14 @@ from snakemake.utils import validate
 # job's (snakemake.script's preamble), so this one line also serves every rule's script.
 sys.path.insert(0, workflow.basedir)
 from scae.config import (
-    BASELINES,
-    COUNT_LOSSES,
-    MCV_BASELINES,
     MCV_SUFFIX,
-    RANKED_BASELINES,
     InputError,
     check_input_path,
     describe_schema_error,
 )
 from scae import layout
 from scae.orientation import planned_orientation
+from scae.registry import BASELINES, baselines_in, needs_clusters, needs_counts
 from scae.sizes import SizeNeeds, input_shape
 
 try:
@@ -45,10 +42,7 @@ if not DATASETS:
     )
 LOSS_NAMES = list(config["losses"])
 # Training-cell Leiden clusters are built only for cosine_embedding's cluster negatives.
-CLUSTERS = (
-    "cosine_embedding" in LOSS_NAMES
-    and config["loss_params"]["cosine_embedding"]["negative_sampling"] == "cluster"
-)
+CLUSTERS = needs_clusters(LOSS_NAMES, config["loss_params"])
 # Latent ranks: every loss × seed trains at each, PCA is fit at each. Tuning, molecular
 # cross-validation and the per-run figures run at the reference rank.
 _latent = config["model"]["latent_dim"]
@@ -142,7 +136,7 @@ wildcard_constraints:
     seed=r"\d+",
     rank=alternatives(map(str, RANKS)),
     scope=alternatives([f"k{rank}" for rank in RANKS] + [SHARED_SCOPE]),
-    baseline=alternatives(MCV_BASELINES),
+    baseline=alternatives(BASELINES),
 
 
 def is_mcv(wildcards):
@@ -212,7 +206,7 @@ def run_ids(dataset, ranks=None):
     ranks): autoencoders and PCA at each rank, then the baselines without a rank."""
     mcv = dataset.endswith(MCV_SUFFIX)
     seeds = MCV["seeds"] if mcv else seeds_of(dataset)
-    baselines = MCV_BASELINES if mcv else BASELINES
+    baselines = baselines_in("mcv" if mcv else "dataset")
     runs = []
     for rank in ranks or ranks_of(dataset):
         runs += [
@@ -221,11 +215,11 @@ def run_ids(dataset, ranks=None):
             for seed in seeds
         ]
         runs += [
-            (layout.scope(rank), "baseline", name)
-            for name in baselines
-            if name in RANKED_BASELINES
+            (layout.scope(rank), "baseline", model.short_name)
+            for model in baselines
+            if model.ranked
         ]
-    shared = [name for name in baselines if name not in RANKED_BASELINES]
+    shared = [model.short_name for model in baselines if not model.ranked]
     return runs + [(SHARED_SCOPE, "baseline", name) for name in shared]
 
 
@@ -329,7 +323,7 @@ def mcv_settings(wildcards):
 
 def needs_integer_counts(wildcards):
     """Count losses and molecule splitting both need integer counts."""
-    return is_mcv(wildcards) or any(loss in COUNT_LOSSES for loss in LOSS_NAMES)
+    return is_mcv(wildcards) or needs_counts(LOSS_NAMES)
 
 
 def preprocess_mem_mb(wildcards, input, attempt):

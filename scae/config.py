@@ -148,19 +148,9 @@ def describe_schema_error(error, configfile: str = "your config file") -> str:
     )
 
 
-#: Reference reconstructions evaluated beside every autoencoder
-#: (see :mod:`scae.evaluation.baselines`).
-BASELINES = ("mean", "pca", "library_size")
-#: Baselines fit at each latent rank (the others have no rank).
-RANKED_BASELINES = ("pca",)
-#: Added under molecular cross-validation: the noisy training molecules themselves, and PCA
-#: at the rank molecular cross-validation selects on validation cells.
-MCV_BASELINES = (*BASELINES, "no_denoising", "pca_mcv_rank")
 #: Suffix of the dataset variant trained on binomially thinned molecules (:mod:`scae.data.mcv`);
 #: dataset names cannot contain a dot, so it never collides with a configured name.
 MCV_SUFFIX = ".mcv"
-#: Losses that model raw counts (their registry entries have a count ``output``).
-COUNT_LOSSES = ("poisson", "nb", "zinb")
 #: obs column of the training-cell clusters used for cosine_embedding's cluster negatives.
 CLUSTER_KEY = "scae_cluster"
 #: Genes whose training sd is below this are only centred when z-scored (input_scaling and

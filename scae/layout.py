@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .registry import BASELINES
+
 #: The scope of the baselines that have no latent rank.
 SHARED = "shared"
 #: Folder of a dataset's results.
@@ -61,8 +63,11 @@ class RunPath:
 
     @property
     def label(self) -> str:
-        """How tables and figures name the run: the loss, or ``baseline_<name>``."""
-        return f"baseline_{self.run}" if self.model == "baseline" else self.model
+        """How tables and figures name the run: the loss, or the baseline's registry name.
+
+        ``baseline_pca`` for …/baseline/pca (:mod:`scae.registry`).
+        """
+        return BASELINES[self.run].name if self.model == "baseline" else self.model
 
 
 def parse(path: str | Path) -> RunPath:

@@ -8,6 +8,7 @@ from scae.evaluation.evaluate import evaluate_run
 from scae.evaluation.metrics import tidy
 from scae.io import atomic_path, rule_logging
 from scae.outputs import run_label
+from scae.registry import kind_of
 
 sm = snakemake  # noqa: F821
 with rule_logging(sm.log[0]) as log:
@@ -28,7 +29,7 @@ with rule_logging(sm.log[0]) as log:
             values,
             dataset=sm.wildcards.dataset,
             model=model,
-            kind="baseline" if model.startswith("baseline_") else "autoencoder",
+            kind=kind_of(model),
             rank=np.nan if sm.params.rank is None else sm.params.rank,
             seed=np.nan if sm.params.seed is None else sm.params.seed,
         )

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 import yaml
 from scipy import stats
 
-from scae.config import COUNT_LOSSES
 from scae.module.batch import Batch, DecoderOutput
 from scae.module.likelihoods import nb_nll, poisson_nll, zinb_nll
 from scae.module.losses import LOSSES, cosine_similarity, get_loss, sample_negatives
+from scae.registry import LOSS_NEEDS
 
 PARAMS = {
     "mse": {},
@@ -46,7 +46,10 @@ def count_batch():
 def test_registry_matches_schema_and_count_list():
     schema = yaml.safe_load(open("config/schema.yaml"))
     assert schema["properties"]["losses"]["items"]["enum"] == list(LOSSES)
-    assert set(COUNT_LOSSES) == {name for name, spec in LOSSES.items() if spec.uses_counts}
+    assert set(LOSS_NEEDS) == set(LOSSES)
+    counts = {name for name, spec in LOSSES.items() if spec.output != "expression"}
+    assert counts == {name for name, needs in LOSS_NEEDS.items() if "counts" in needs}
+    assert {name for name, spec in LOSSES.items() if spec.uses_counts} == counts
     assert set(PARAMS) == set(LOSSES)
 
 

@@ -8,7 +8,7 @@ from scipy import stats
 from scipy.special import gammaln
 from sklearn.metrics.pairwise import paired_cosine_distances
 
-from scae.data.mcv import HELDOUT_LAYER, binomial_split, mcv_metrics
+from scae.data.mcv import HELDOUT_LAYER, binomial_split
 from scae.evaluation.baselines import (
     baseline_outputs,
     fit_pca,
@@ -17,6 +17,7 @@ from scae.evaluation.baselines import (
     pca_embed_and_reconstruct,
     pca_mcv_rank,
 )
+from scae.evaluation.mcv import mcv_metrics
 from scae.evaluation.metrics import (
     THETA_RANGE,
     breakdowns,

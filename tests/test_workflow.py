@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from scae.config import BASELINES, MCV_BASELINES
 from scae.module.losses import LOSSES
+from scae.registry import baselines_in
 
 from .conftest import SMALL_RUN_RANKS as RANKS
 from .conftest import SMALL_RUN_SEEDS as SEEDS
@@ -19,10 +19,11 @@ def test_summary_has_every_loss_seed_and_baseline(small_run):
     runs = set(zip(summary["model"], summary["seed"].fillna(-1).astype(int)))
     expected = {(loss, seed) for loss in LOSSES for seed in SEEDS}
     # the MCV variant's baselines (incl. no_denoising) contribute their mcv_* metrics
-    expected |= {(f"baseline_{name}", -1) for name in MCV_BASELINES}
+    expected |= {(model.name, -1) for model in baselines_in("mcv")}
     assert runs == expected
     # no_denoising and pca_mcv_rank exist only under MCV, so they have mcv_* metrics alone
-    mcv_only = {f"baseline_{name}" for name in set(MCV_BASELINES) - set(BASELINES)}
+    mcv_only = {m.name for m in baselines_in("mcv")} - {m.name for m in baselines_in("dataset")}
+    assert mcv_only == {"baseline_no_denoising", "baseline_pca_mcv_rank"}
     assert summary.loc[summary["model"].isin(mcv_only), "cosine_mean"].isna().all()
     scored = summary[~summary["model"].isin(mcv_only)]
     for column in ["cosine_mean", "cosine_median", "centred_cosine_mean", "pearson_mean"]:

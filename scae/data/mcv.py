@@ -2,7 +2,8 @@
 
 Each cell's molecules are split binomially: c' ~ Binomial(c, p), c'' = c − c'. Models train
 on c' (the whole workflow runs on it: QC, split, HVGs, training); their reconstructions of
-the test cells, which also only saw c', are scored against the held-out molecules c'':
+the test cells, which also only saw c', are scored against the held-out molecules c''
+(:mod:`scae.evaluation.mcv`):
 
 * ``mcv_mse``          mean over cells and genes of (x̂ − log1p(c''/ℓ'' · target_sum))², the
   MSE in normalize_total + log1p space (ℓ'' the held-out library size);
@@ -18,8 +19,6 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-
-from ..evaluation.metrics import count_nll, expected_counts, per_cell_metrics
 
 #: Layer of the preprocessed AnnData holding the held-out molecules c'' of the kept genes.
 HELDOUT_LAYER = "mcv_heldout"
@@ -59,36 +58,3 @@ def binomial_thin(
     if drop_zeros:
         thinned.eliminate_zeros()
     return thinned
-
-
-def heldout_expression(
-    heldout: sp.spmatrix, heldout_library: np.ndarray, target_sum: float
-) -> sp.csr_matrix:
-    """Return log1p(c''/ℓ'' · target_sum), the held-out molecules in ``mcv_mse``'s space.
-
-    A cell without held-out molecules is all zeros.
-    """
-    scale = np.divide(
-        target_sum, heldout_library, out=np.zeros(len(heldout_library)), where=heldout_library > 0
-    )
-    expression = sp.csr_matrix(sp.diags(scale) @ sp.csr_matrix(heldout, dtype=np.float64))
-    expression.data = np.log1p(expression.data)
-    return expression
-
-
-def mcv_metrics(
-    heldout: sp.spmatrix,
-    recon: np.ndarray,
-    train_library: np.ndarray,
-    heldout_library: np.ndarray,
-    target_sum: float,
-    theta: np.ndarray,
-) -> dict[str, float]:
-    """Score common-space reconstructions of test cells against their held-out molecules."""
-    heldout = sp.csr_matrix(heldout, dtype=np.float64)
-    target = heldout_expression(heldout, heldout_library, target_sum)
-    mse = per_cell_metrics(target, recon, np.zeros(recon.shape[1]))["mse"].mean()
-    ratio = heldout_library.sum() / train_library.sum()
-    mu = expected_counts(recon, train_library, target_sum) * ratio
-    nll = count_nll(heldout, mu, theta)
-    return {"mcv_mse": float(mse), **{f"mcv_{k}": v for k, v in nll.items()}}

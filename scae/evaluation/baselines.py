@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import anndata as ad
 import numpy as np
@@ -22,8 +23,9 @@ import scipy.sparse as sp
 from sklearn.decomposition import PCA
 
 from ..config import MIN_STD
-from ..data.mcv import HELDOUT_LAYER, heldout_expression
+from ..data.mcv import HELDOUT_LAYER
 from ..io import logger
+from .mcv import heldout_expression
 from .metrics import CHUNK
 
 
@@ -147,6 +149,86 @@ def _pca_reconstructor(
     return reconstruct
 
 
+@dataclass(frozen=True)
+class BaselineSettings:
+    """What a baseline's fit may use besides the data.
+
+    PCA's ``rank`` (the latent rank), the ``seed`` of its solver, the ranks ``pca_mcv_rank``
+    searches, and the autoencoders' ``input_scaling`` (PCA is fit where they are).
+    """
+
+    rank: int | None = None
+    seed: int = 0
+    max_pca_rank: int = 100
+    input_scaling: str = "none"
+
+
+#: A baseline's fit: (preprocessed data, settings) → (embedding of every cell or None,
+#: :data:`Reconstructor`), training cells only.
+BaselineFit = Callable[[ad.AnnData, BaselineSettings], tuple[np.ndarray | None, Reconstructor]]
+
+
+def _training(adata: ad.AnnData) -> np.ndarray:
+    return adata.obs["split"].to_numpy() == "train"
+
+
+def _pca_at(adata: ad.AnnData, rank: int, settings: BaselineSettings, scaled: bool):
+    x, scale = adata.X, None
+    if scaled:
+        x, scale = _scaled(adata.X, adata.var["train_std"].to_numpy())
+    pca = fit_pca(x[_training(adata)], min(rank, adata.n_vars - 1), settings.seed)
+    scores = np.vstack(
+        [pca.transform(x[start : start + CHUNK]) for start in range(0, x.shape[0], CHUNK)]
+    ).astype(np.float32)
+    return scores, _pca_reconstructor(pca, scores, scale)
+
+
+def fit_pca_baseline(adata: ad.AnnData, settings: BaselineSettings):
+    """``pca``: PCA at the latent rank, z-scored where the autoencoders are."""
+    if settings.rank is None:
+        raise ValueError("baseline pca needs n_components (its rank)")
+    return _pca_at(adata, settings.rank, settings, settings.input_scaling == "zscore")
+
+
+def fit_pca_mcv_rank(adata: ad.AnnData, settings: BaselineSettings):
+    """``pca_mcv_rank``: PCA at the rank molecular cross-validation picks (:func:`pca_mcv_rank`)."""
+    rank = pca_mcv_rank(adata, settings.max_pca_rank, settings.seed)
+    return _pca_at(adata, rank, settings, scaled=False)
+
+
+def fit_mean(adata: ad.AnnData, settings: BaselineSettings):
+    """``mean``: every cell reconstructed as the training-mean profile."""
+    profile = adata.var["train_mean"].to_numpy()
+    return None, lambda rows: mean_reconstruction(profile, len(rows))
+
+
+def fit_library_size(adata: ad.AnnData, settings: BaselineSettings):
+    """``library_size``: the pooled training profile at each cell's library size."""
+    train = _training(adata)
+    profile = library_size_reconstruction(
+        adata.layers["counts"][train],
+        adata.obs["library_size"].to_numpy()[train],
+        float(adata.uns["scae"]["target_sum"]),
+        1,
+    )[0]
+    return None, lambda rows: mean_reconstruction(profile, len(rows))
+
+
+def fit_no_denoising(adata: ad.AnnData, settings: BaselineSettings):
+    """``no_denoising``: the noisy input itself."""
+    return None, lambda rows: adata.X[rows].toarray().astype(np.float32)
+
+
+#: Each baseline of :data:`scae.registry.BASELINES` (by its short name) and its fit.
+BASELINE_FITS: dict[str, BaselineFit] = {
+    "mean": fit_mean,
+    "pca": fit_pca_baseline,
+    "library_size": fit_library_size,
+    "no_denoising": fit_no_denoising,
+    "pca_mcv_rank": fit_pca_mcv_rank,
+}
+
+
 def baseline_model(
     name: str,
     adata: ad.AnnData,
@@ -155,40 +237,17 @@ def baseline_model(
     max_pca_rank: int,
     input_scaling: str = "none",
 ) -> tuple[np.ndarray | None, Reconstructor]:
-    """Fit the baseline ``name`` on the training cells.
+    """Fit the baseline ``name`` (:data:`BASELINE_FITS`) on the training cells.
 
     Returns (embedding of every cell or None, :data:`Reconstructor`). ``n_components`` is
     ``pca``'s rank (unused by the others), ``max_pca_rank`` bounds the ranks ``pca_mcv_rank``
     searches. With ``input_scaling: zscore``, ``pca`` is fit where the autoencoders are
     (:func:`zscored_pca`).
     """
-    train = adata.obs["split"].to_numpy() == "train"
-    if name in ("pca", "pca_mcv_rank"):
-        rank = n_components if name == "pca" else pca_mcv_rank(adata, max_pca_rank, seed)
-        if rank is None:
-            raise ValueError("baseline pca needs n_components (its rank)")
-        x, scale = adata.X, None
-        if name == "pca" and input_scaling == "zscore":
-            x, scale = _scaled(adata.X, adata.var["train_std"].to_numpy())
-        pca = fit_pca(x[train], min(rank, adata.n_vars - 1), seed)
-        scores = np.vstack(
-            [pca.transform(x[start : start + CHUNK]) for start in range(0, x.shape[0], CHUNK)]
-        ).astype(np.float32)
-        return scores, _pca_reconstructor(pca, scores, scale)
-    if name == "mean":
-        profile = adata.var["train_mean"].to_numpy()
-    elif name == "library_size":
-        profile = library_size_reconstruction(
-            adata.layers["counts"][train],
-            adata.obs["library_size"].to_numpy()[train],
-            float(adata.uns["scae"]["target_sum"]),
-            1,
-        )[0]
-    elif name == "no_denoising":
-        return None, lambda rows: adata.X[rows].toarray().astype(np.float32)
-    else:
-        raise ValueError(f"unknown baseline {name!r}")
-    return None, lambda rows: mean_reconstruction(profile, len(rows))
+    if name not in BASELINE_FITS:
+        raise ValueError(f"unknown baseline {name!r}; baselines are: {', '.join(BASELINE_FITS)}")
+    settings = BaselineSettings(n_components, seed, max_pca_rank, input_scaling)
+    return BASELINE_FITS[name](adata, settings)
 
 
 def baseline_outputs(

@@ -8,8 +8,9 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
-from ..data.mcv import HELDOUT_LAYER, mcv_metrics
+from ..data.mcv import HELDOUT_LAYER
 from ..outputs import EMBEDDING_KEY, settings_metrics
+from .mcv import mcv_metrics
 from .metrics import (
     EMBEDDING_DIM,
     breakdowns,

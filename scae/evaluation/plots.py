@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..registry import compared, kind_of
 from .metrics import TUNING_CRITERIA
 from .summary import HEADLINE_METRICS, aggregate
 
@@ -21,11 +22,11 @@ def _save(fig: plt.Figure, path) -> None:
 
 def cosine_distributions(per_cell: dict[str, pd.DataFrame], path) -> None:
     """Box plots of per-test-cell cosine per model (seeds pooled), baselines in grey."""
-    names = sorted(per_cell, key=lambda m: (m.startswith("baseline_"), m))
+    names = sorted(per_cell, key=lambda m: (kind_of(m) == "baseline", m))
     fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 4.2))
     boxes = ax.boxplot([per_cell[n]["cosine"] for n in names], showfliers=False, patch_artist=True)
     for patch, name in zip(boxes["boxes"], names):
-        patch.set_facecolor("0.8" if name.startswith("baseline_") else "tab:blue")
+        patch.set_facecolor("0.8" if kind_of(name) == "baseline" else "tab:blue")
     ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right")
     ax.set_ylabel("cosine(x̂, x) per test cell")
     if "baseline_mean" in per_cell:
@@ -94,7 +95,7 @@ def embeddings_umap(
     import anndata as ad
     import scanpy as sc
 
-    names = sorted(embeddings, key=lambda m: (m.startswith("baseline_"), m))
+    names = sorted(embeddings, key=lambda m: (kind_of(m) == "baseline", m))
     n_cols = min(3, len(names))
     n_rows = int(np.ceil(len(names) / n_cols))
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4 * n_cols, 3.8 * n_rows), squeeze=False)
@@ -287,17 +288,18 @@ def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False)
     for ax, rank in zip(axes.flat, ranks):
         rows = answer[answer["rank"] == rank]
-        versus_best = rows[~rows["reference"].str.startswith("baseline_")]
+        baseline = rows["reference"].map(kind_of) == "baseline"
+        versus_best = rows[~baseline]
         best = versus_best["reference"].iloc[0] if len(versus_best) else rows["model"].iloc[0]
         rows = pd.concat(
             [
                 versus_best.sort_values("mean_difference"),
-                rows[rows["reference"].str.startswith("baseline_")],
+                rows[baseline],
             ]
         )
         labels = [
-            f"{r.model} − {r.reference.removeprefix('baseline_')}"
-            if r.reference.startswith("baseline_")
+            f"{r.model} − {compared(r.reference).short_name}"
+            if kind_of(r.reference) == "baseline"
             else f"{r.model} − best"
             for r in rows.itertuples()
         ]

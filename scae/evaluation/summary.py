@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..config import MCV_SUFFIX
 from ..layout import parse
+from ..registry import compared, kind_of
 from .metrics import EMBEDDING_DIM, METRICS, PER_CELL_SUMMARY
 from .stats import bonferroni, crossed_mean_difference
 
@@ -217,7 +218,7 @@ def difference_table(
     compared with every seed of ``model``. None when no pair exists.
     """
     seeds = sorted(s for m, s in per_cell if m == model)
-    if reference.startswith("baseline_"):
+    if not compared(reference).seeded:
         pairs = [((model, s), (reference, None)) for s in seeds if (reference, None) in per_cell]
     else:
         pairs = [((model, s), (reference, s)) for s in seeds if (reference, s) in per_cell]
@@ -301,8 +302,8 @@ def paired_differences(
     ``p_adjusted`` = min(1, m·p). Verdict: better / worse when the interval excludes 0,
     ``no difference`` when it contains 0.
     """
-    losses = sorted({m for m, _ in per_cell if not m.startswith("baseline_")})
-    baselines = sorted({m for m, _ in per_cell if m.startswith("baseline_")})
+    losses = sorted({m for m, _ in per_cell if kind_of(m) == "autoencoder"})
+    baselines = sorted({m for m, _ in per_cell if kind_of(m) == "baseline"})
     rows = []
     for family, model, reference, metric in comparison_plan(
         losses, baselines, best, primary_metric

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .. import _schema
 from ..config import InputError, check_number
+from ..registry import LOSS_NEEDS
 from ._kernels import _CosineSimilarity, _MeanSquaredError, kernel_enabled
 from .batch import Batch, DecoderOutput
 from .likelihoods import EPS, nb_nll, poisson_nll, zinb_nll
@@ -55,8 +56,11 @@ class LossSpec:
 
     @property
     def uses_counts(self) -> bool:
-        """Whether the loss models raw counts (a count head), rather than expression."""
-        return self.output != "expression"
+        """Whether the loss models raw counts (a count head), rather than expression.
+
+        What :data:`scae.registry.LOSS_NEEDS` declares for it.
+        """
+        return "counts" in LOSS_NEEDS[self.name]
 
     def parameters(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return the loss's parameters: the defaults updated by ``overrides``.
@@ -131,10 +135,17 @@ def register_loss(name: str, output: OutputKind, formula: str) -> Callable[[Loss
     Raises
     ------
     ValueError
-        When ``name`` is not one of the schema's ``losses``, which the workflow could not run.
+        When ``name`` is not one of the schema's ``losses``, which the workflow could not run,
+        or :data:`scae.registry.LOSS_NEEDS` does not declare the counts its ``output`` needs.
     """
     if name not in _schema.allowed("losses"):
         raise ValueError(f"loss {name!r} is not in config/schema.yaml's losses enum; add it there")
+    if name not in LOSS_NEEDS or ("counts" in LOSS_NEEDS[name]) != (output != "expression"):
+        raise ValueError(
+            f"loss {name!r} with a {output!r} output: declare what it needs in "
+            "scae.registry.LOSS_NEEDS ('counts' exactly for a count output), which Snakemake's "
+            "parse step reads without torch"
+        )
 
     section = ("loss_params", name) if name in _schema.properties("loss_params") else ()
 
