@@ -16,6 +16,7 @@ include: "rules/preprocess.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/baselines.smk"
+include: "rules/peers.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

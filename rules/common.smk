@@ -21,7 +21,14 @@ from scae.config import (
 )
 from scae import layout
 from scae.orientation import planned_orientation
-from scae.registry import BASELINES, baselines_in, needs_clusters, needs_counts
+from scae.registry import (
+    BASELINES,
+    baselines_in,
+    missing_packages,
+    needs_clusters,
+    needs_counts,
+)
+from snakemake.settings.types import DeploymentMethod
 from scae.sizes import SizeNeeds, input_shape
 
 try:
@@ -41,6 +48,14 @@ if not DATASETS:
         "config/config.yaml: no dataset has enabled: true under datasets; enable one"
     )
 LOSS_NAMES = list(config["losses"])
+# The field's own models (scae.registry.PEERS), at every rank and seed of a dataset itself
+# (not its MCV variant); each runs in its own env, so without --use-conda its package must be
+# importable here.
+PEERS = list(config["peers"])
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    _missing = missing_packages(PEERS)
+    if _missing:
+        raise InputError("; ".join(_missing))
 # Training-cell Leiden clusters are built only for cosine_embedding's cluster negatives.
 CLUSTERS = needs_clusters(LOSS_NAMES, config["loss_params"])
 # Latent ranks: every loss × seed trains at each, PCA is fit at each. Tuning, molecular
@@ -137,6 +152,7 @@ wildcard_constraints:
     rank=alternatives(map(str, RANKS)),
     scope=alternatives([f"k{rank}" for rank in RANKS] + [SHARED_SCOPE]),
     baseline=alternatives(BASELINES),
+    peer=alternatives(PEERS) if PEERS else "(?!)",
 
 
 def is_mcv(wildcards):
@@ -219,6 +235,12 @@ def run_ids(dataset, ranks=None):
             for model in baselines
             if model.ranked
         ]
+        if not mcv:
+            runs += [
+                (layout.scope(rank), peer, f"seed{seed}")
+                for peer in PEERS
+                for seed in seeds
+            ]
     shared = [model.short_name for model in baselines if not model.ranked]
     return runs + [(SHARED_SCOPE, "baseline", name) for name in shared]
 
@@ -254,19 +276,25 @@ def reference_per_cell_files(wildcards):
 
 
 def history_files(wildcards, ranks=None):
-    """Training histories of every autoencoder run of a dataset (at ``ranks``) and, with
-    ``ranks`` None, of its cross-validation variant."""
+    """Training histories of every autoencoder and peer run of a dataset (at ``ranks``) and,
+    with ``ranks`` None, of its cross-validation variant (whether each run converged).
+    """
     variants = variants_of(wildcards) if ranks is None else [wildcards.dataset]
     return [
         layout.history_file(variant, scope, model, run)
         for variant in variants
         for scope, model, run in run_ids(variant, ranks)
-        if model in LOSS_NAMES
+        if model in LOSS_NAMES or model in PEERS
     ]
 
 
 def reference_history_files(wildcards):
-    return history_files(wildcards, [REFERENCE_RANK])
+    """The autoencoders' histories at the reference rank (the training-curve figure)."""
+    return [
+        path
+        for path in history_files(wildcards, [REFERENCE_RANK])
+        if layout.parse(path).model in LOSS_NAMES
+    ]
 
 
 def model_at_rank(wildcards):

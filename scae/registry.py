@@ -1,4 +1,4 @@
-"""Every model the workflow compares, in one registry: losses' autoencoders and baselines.
+"""Every model the workflow compares, in one registry: losses' autoencoders, baselines, peers.
 
 Tables, figures, the rules and the scripts ask this registry what a model is — whether it is
 fit once per latent rank, once per training seed, on counts or on normalised expression, in
@@ -12,6 +12,10 @@ An autoencoder is named after its loss (``mse``, ``nb``); what a loss needs of t
 ``…/baseline/<name>`` (:mod:`scae.layout`), and its fit function is the entry of the same
 name in :data:`scae.evaluation.baselines.BASELINE_FITS`.
 
+A peer is a model the field already uses (scvi-tools' SCVI and LinearSCVI), trained on the
+same training cells and scored beside the losses, never ranked among them
+(:mod:`scae.peers` fits them, in their own conda env).
+
 Adding a compared model: an entry here, its module (its fit function), its env file under
 ``envs/`` and its page in ``docs/``.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["autoencoder", "baseline"]
+Kind = Literal["autoencoder", "baseline", "peer"]
 #: The dataset variants a model runs in: the dataset itself, its molecular cross-validation.
 Variant = Literal["dataset", "mcv"]
 
@@ -44,8 +48,16 @@ class ComparedModel:
     env: str
     #: The dataset variants it runs in.
     variants: tuple[Variant, ...] = ("dataset", "mcv")
-    #: What it reconstructs from, in words (docs, figures).
+    #: What it is, in words (answers, docs, figures).
     description: str = ""
+    #: The pip extra that installs what it needs (None: the core install), the module it
+    #: imports and that module's distribution: a configured model whose module is missing is
+    #: refused before any job runs.
+    extra: str | None = None
+    package: str | None = None
+    distribution: str | None = None
+    #: How the answer line names it (``scVI``).
+    label: str = ""
 
     @property
     def short_name(self) -> str:
@@ -73,6 +85,42 @@ BASELINES: dict[str, ComparedModel] = {
     )
 }
 
+#: The peers, by name: each is trained per rank (n_latent = k) and seed on the training cells'
+#: raw counts, stops early on the validation cells, and runs in envs/scvi.yaml.
+PEERS: dict[str, ComparedModel] = {
+    model.name: model
+    for model in (
+        ComparedModel(
+            "scvi",
+            "peer",
+            True,
+            True,
+            "counts",
+            "scvi",
+            ("dataset",),
+            "scVI (scvi-tools SCVI: a variational autoencoder, negative-binomial likelihood)",
+            "peers",
+            "scvi",
+            "scvi-tools",
+            "scVI",
+        ),
+        ComparedModel(
+            "ldvae",
+            "peer",
+            True,
+            True,
+            "counts",
+            "scvi",
+            ("dataset",),
+            "LDVAE (scvi-tools LinearSCVI: scVI with a linear decoder)",
+            "peers",
+            "scvi",
+            "scvi-tools",
+            "LDVAE",
+        ),
+    )
+}
+
 #: What a loss needs of the data beyond normalised expression: ``counts`` (integer counts, for
 #: a count likelihood) and ``clusters`` (training-cell clusters, for cosine_embedding's
 #: ``negative_sampling: cluster``, a loss parameter: see :func:`needs_clusters`).
@@ -97,15 +145,15 @@ def autoencoder(loss: str) -> ComparedModel:
 
 
 def compared(name: str) -> ComparedModel:
-    """Return the entry of the model tables call ``name``: a baseline's, else a loss's."""
-    for model in BASELINES.values():
+    """Return the entry of the model tables call ``name``: a baseline's, a peer's or a loss's."""
+    for model in (*BASELINES.values(), *PEERS.values()):
         if model.name == name:
             return model
     return autoencoder(name)
 
 
 def kind_of(name: str) -> Kind:
-    """Return what the model tables call ``name`` is: ``autoencoder`` or ``baseline``."""
+    """Return what the model tables call ``name`` is: ``autoencoder``, ``baseline`` or ``peer``."""
     return compared(name).kind
 
 
@@ -126,3 +174,21 @@ def needs_clusters(losses: list[str], loss_params: dict) -> bool:
         and loss_params.get(loss, {}).get("negative_sampling") == "cluster"
         for loss in losses
     )
+
+
+def missing_packages(names: list[str]) -> list[str]:
+    """Return a message for each configured model in ``names`` whose package is not importable.
+
+    E.g. "peers: scvi needs scvi-tools: pip install -e '.[peers]' or run with --use-conda".
+    """
+    import importlib.util
+
+    messages = []
+    for name in names:
+        model = compared(name)
+        if model.package and importlib.util.find_spec(model.package) is None:
+            messages.append(
+                f"peers: {name} needs {model.distribution}: pip install -e '.[{model.extra}]' "
+                "or run with --use-conda"
+            )
+    return messages

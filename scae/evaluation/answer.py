@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..registry import compared, kind_of
 from .metrics import LABEL_CLASSES_TEST
 from .ranks import RANK_VERDICTS
 from .summary import COMPARISON_COLUMNS, best_loss, direction
@@ -108,14 +109,18 @@ def _tied_clause(
 
 
 def _baseline_clauses(rows: pd.DataFrame, best: str, means: pd.Series, ranks: pd.DataFrame) -> str:
-    """Return the answer's clauses placing ``best`` against PCA and the mean profile.
+    """Return the answer's clauses placing ``best`` against PCA, the mean profile and peers.
 
     ``ranks`` are the ``rank``-family comparisons at this rank (the rank table's row).
     """
     text = ""
+    peers = [
+        (m, f"{compared(m).label} at the same rank") for m in means.index if kind_of(m) == "peer"
+    ]
     for baseline, name in (
         ("baseline_pca", "PCA at the same rank"),
         ("baseline_mean", "the training-mean profile"),
+        *sorted(peers),
     ):
         if baseline not in means:
             continue

@@ -150,9 +150,14 @@ def convergence(
     A run is *not converged* when it ran all ``max_epochs`` and its best epoch lies within the
     last ``patience`` of them (best_epoch > max_epochs − patience): early stopping never fired,
     the validation loss was still improving, and more epochs might have changed its scores.
+    A history with ``max_epochs`` and ``patience`` columns (a peer's, trained with its own
+    settings) is judged by those.
     """
     rows = []
     for (dataset, rank, loss, seed), history in sorted(histories.items()):
+        cap, patience_of = max_epochs, patience
+        if "max_epochs" in history:
+            cap, patience_of = int(history["max_epochs"].iloc[0]), int(history["patience"].iloc[0])
         epochs = int(history["epoch"].max())
         best = int(history.loc[history["val_loss"].idxmin(), "epoch"])
         rows.append(
@@ -163,7 +168,7 @@ def convergence(
                 "seed": seed,
                 "epochs": epochs,
                 "best_epoch": best,
-                "converged": not (epochs >= max_epochs and best > max_epochs - patience),
+                "converged": not (epochs >= cap and best > cap - patience_of),
             }
         )
     return pd.DataFrame(
@@ -248,12 +253,17 @@ def difference_table(
 
 
 def comparison_plan(
-    losses: list[str], baselines: list[str], best: str, primary_metric: str
+    losses: list[str],
+    baselines: list[str],
+    best: str,
+    primary_metric: str,
+    peers: list[str] = (),
 ) -> list[tuple[str, str, str, str]]:
     """(family, model, reference, per-cell metric) of every paired comparison.
 
-    * ``answer``: every other loss against the best one, and the best against PCA and the
-      mean profile, on the primary metric — the comparisons the answer line rests on;
+    * ``answer``: every other loss against the best one, and the best against PCA, the
+      mean profile and each peer, on the primary metric — the comparisons the answer line
+      rests on;
     * ``paired``: every loss against ``mse`` and against PCA on :data:`PAIRED_METRICS` (and the
       primary metric's per-cell score).
     """
@@ -262,6 +272,7 @@ def comparison_plan(
     plan += [
         ("answer", best, b, primary) for b in ("baseline_pca", "baseline_mean") if b in baselines
     ]
+    plan += [("answer", best, peer, primary) for peer in peers]
     metrics = list(dict.fromkeys([*PAIRED_METRICS, primary]))
     plan += [
         ("paired", loss, reference, metric)
@@ -304,9 +315,10 @@ def paired_differences(
     """
     losses = sorted({m for m, _ in per_cell if kind_of(m) == "autoencoder"})
     baselines = sorted({m for m, _ in per_cell if kind_of(m) == "baseline"})
+    peers = sorted({m for m, _ in per_cell if kind_of(m) == "peer"})
     rows = []
     for family, model, reference, metric in comparison_plan(
-        losses, baselines, best, primary_metric
+        losses, baselines, best, primary_metric, peers
     ):
         table = difference_table(per_cell, model, reference, metric)
         if table is not None:
