@@ -21,5 +21,5 @@ autodoc_default_options = {"members": True, "member-order": "bysource"}
 autodoc_typehints = "description"
 napoleon_numpy_docstring = True
 napoleon_google_docstring = False
-html_theme = "alabaster"
+html_theme = "furo"
 html_static_path = []
