@@ -85,39 +85,35 @@ BASELINES: dict[str, ComparedModel] = {
     )
 }
 
+
+def _peer(name: str, label: str, description: str) -> ComparedModel:
+    return ComparedModel(
+        name,
+        "peer",
+        ranked=True,
+        seeded=True,
+        trained_on="counts",
+        env="scvi",
+        variants=("dataset",),
+        description=description,
+        extra="peers",
+        package="scvi",
+        distribution="scvi-tools",
+        label=label,
+    )
+
+
 #: The peers, by name: each is trained per rank (n_latent = k) and seed on the training cells'
 #: raw counts, stops early on the validation cells, and runs in envs/scvi.yaml.
 PEERS: dict[str, ComparedModel] = {
     model.name: model
     for model in (
-        ComparedModel(
+        _peer(
             "scvi",
-            "peer",
-            True,
-            True,
-            "counts",
-            "scvi",
-            ("dataset",),
-            "scVI (scvi-tools SCVI: a variational autoencoder, negative-binomial likelihood)",
-            "peers",
-            "scvi",
-            "scvi-tools",
             "scVI",
+            "scvi-tools' SCVI: a variational autoencoder with a negative-binomial likelihood",
         ),
-        ComparedModel(
-            "ldvae",
-            "peer",
-            True,
-            True,
-            "counts",
-            "scvi",
-            ("dataset",),
-            "LDVAE (scvi-tools LinearSCVI: scVI with a linear decoder)",
-            "peers",
-            "scvi",
-            "scvi-tools",
-            "LDVAE",
-        ),
+        _peer("ldvae", "LDVAE", "scvi-tools' LinearSCVI: scVI with a linear decoder"),
     )
 }
 
