@@ -22,6 +22,7 @@ def test_what_a_model_is_comes_from_the_registry():
     assert kind_of("baseline_pca") == "baseline" and kind_of("nb") == "autoencoder"
     pca, mean = compared("baseline_pca"), compared("baseline_mean")
     assert pca.ranked and not mean.ranked and not pca.seeded
+    assert not compared("baseline_pca_mcv_rank").ranked  # MCV picks its rank: shared scope
     assert compared("nb").trained_on == "counts" and compared("mse").trained_on == "expression"
     assert compared("mse").seeded and compared("mse").ranked
     assert [m.short_name for m in baselines_in("dataset")] == ["mean", "pca", "library_size"]
