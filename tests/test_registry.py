@@ -43,3 +43,34 @@ def test_loss_needs_are_declared_once():
 def test_an_unknown_baseline_names_the_known_ones():
     with pytest.raises(ValueError, match="baselines are: mean, pca, library_size"):
         baseline_model("pcaa", None, 4, 0, 10)
+
+
+def test_the_forest_plot_places_the_best_loss_against_baselines_and_peers(monkeypatch):
+    """A peer row (best − scvi) is no "loss − best" row: the best loss is still found."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from scae.evaluation import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    rows = [("mse", "scvi"), ("cosine", "mse"), ("mse", "baseline_pca")]
+    comparisons = pd.DataFrame(
+        {
+            "rank": 8,
+            "family": "answer",
+            "model": [m for m, _ in rows],
+            "reference": [r for _, r in rows],
+            "metric": "centred_cosine",
+            "mean_difference": [0.05, -0.2, -0.01],
+            "ci_low": [0.03, -0.25, -0.02],
+            "ci_high": [0.07, -0.15, 0.0],
+            "verdict": ["better", "worse", "no difference"],
+        }
+    )
+    plots.forest(comparisons, "unused.png")
+    ax = figures[0].axes[0]
+    assert ax.get_title() == "k = 8 (best: mse)"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["cosine − best", "mse − scvi", "mse − pca"]
+    plt.close("all")

@@ -205,9 +205,9 @@ def _seed_band(values: pd.Series, level: float = 0.95) -> tuple[float, float, fl
 def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, path) -> None:
     """Plot ``primary_metric`` on test cells against the latent rank k (log2 axis).
 
-    The plot has one line per loss with its 95 % seed interval, PCA at each k, the mean profile (k =
-    0) as a level, the training-cell scores faint and dashed, and each rank's verdict (best − PCA-k)
-    marked.
+    The plot has one line per loss with its 95 % seed interval, PCA at each k, each peer's mean
+    over seeds at each k, the mean profile (k = 0) as a level, the training-cell scores faint and
+    dashed, and each rank's verdict (best − PCA-k) marked.
     """
     from .metrics import TRAIN_PREFIX
 
@@ -221,6 +221,11 @@ def rank_curve(tidy: pd.DataFrame, ranks: pd.DataFrame, primary_metric: str, pat
         pca = pca.sort_values("rank")
         if len(pca):
             ax.plot(pca["rank"], pca["value"], "s", color="black", ms=4, **style)
+    peers = tidy[(tidy["kind"] == "peer") & (tidy["metric"] == primary_metric)]
+    for peer, marker in zip(sorted(peers["model"].unique()), "D^v"):
+        means = peers[peers["model"] == peer].groupby("rank")["value"].mean()
+        label = f"{compared(peer).label} at k (peer)"
+        ax.plot(means.index, means.to_numpy(), marker + "-", color="0.25", ms=4, lw=1, label=label)
     mean = tidy[(tidy["model"] == "baseline_mean") & (tidy["metric"] == primary_metric)]
     if len(mean):
         ax.axhline(
@@ -277,8 +282,9 @@ def _loss_curves(ax, autoencoders: pd.DataFrame, primary_metric: str) -> None:
 def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
     """Plot the answer table at each rank as a forest plot.
 
-    The plot shows every loss minus the best loss, and the best minus PCA and minus the mean
-    profile, with their simultaneous intervals; 0 dashed. One panel per rank, ``columns`` a row.
+    The plot shows every loss minus the best loss, and the best minus PCA, the mean profile
+    and each peer, with their simultaneous intervals; 0 dashed. One panel per rank, ``columns``
+    a row.
     """
     answer = comparisons[comparisons["family"] == "answer"]
     ranks = sorted(answer["rank"].unique())
@@ -288,19 +294,15 @@ def forest(comparisons: pd.DataFrame, path, columns: int = 3) -> None:
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(4.6 * n_cols, height * n_rows), squeeze=False)
     for ax, rank in zip(axes.flat, ranks):
         rows = answer[answer["rank"] == rank]
-        baseline = rows["reference"].map(kind_of) == "baseline"
-        versus_best = rows[~baseline]
+        # a loss against the best loss, or the best against a baseline or a peer
+        versus_loss = rows["reference"].map(kind_of) == "autoencoder"
+        versus_best = rows[versus_loss]
         best = versus_best["reference"].iloc[0] if len(versus_best) else rows["model"].iloc[0]
-        rows = pd.concat(
-            [
-                versus_best.sort_values("mean_difference"),
-                rows[baseline],
-            ]
-        )
+        rows = pd.concat([versus_best.sort_values("mean_difference"), rows[~versus_loss]])
         labels = [
-            f"{r.model} − {compared(r.reference).short_name}"
-            if kind_of(r.reference) == "baseline"
-            else f"{r.model} − best"
+            f"{r.model} − best"
+            if kind_of(r.reference) == "autoencoder"
+            else f"{r.model} − {compared(r.reference).short_name}"
             for r in rows.itertuples()
         ]
         y = np.arange(len(rows))[::-1]
