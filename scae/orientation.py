@@ -259,8 +259,12 @@ LOOM_CELL_NAMES = ("CellID", "obs_names", "cell_names", "cells")
 LOOM_GENE_NAMES = ("Gene", "var_names", "gene_names", "genes", "Accession")
 
 
-#: Rows of a text table whose names :func:`stored_names` reads (all of a genes × cells table).
+#: Rows of a text table whose names :func:`stored_names` reads (all of a genes × cells table),
+#: and the fields it may parse for them: every line is parsed whole, so a wide table (cells ×
+#: 30,000 genes) gets fewer rows, its header being evidence enough. Preprocess reads every
+#: name and decides again.
 NAME_ROWS = 100_000
+NAME_FIELDS = 1 << 25
 
 
 def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
@@ -268,8 +272,9 @@ def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
 
     From metadata for ``.h5ad``, ``.zarr`` and ``.loom`` (annotation indices, read with h5py
     or zarr: no anndata at Snakemake's parse step), from the header and the first field of up
-    to :data:`NAME_ROWS` rows for text tables; None for the 10x formats (their layout fixes
-    the orientation) and for what cannot be read here (its reader reports it).
+    to :data:`NAME_ROWS` rows (at most :data:`NAME_FIELDS` fields) for text tables; None for
+    the 10x formats (their layout fixes the orientation) and for what cannot be read here (its
+    reader reports it).
     """
     path = Path(path)
     try:
@@ -277,8 +282,9 @@ def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
         if kind in (".csv", ".tsv", ".txt"):
             sep = "," if kind == ".csv" else "\t"
             header = pd.read_csv(path, sep=sep, nrows=0).columns
+            rows = max(1_000, min(NAME_ROWS, NAME_FIELDS // max(len(header), 1)))
             first = pd.read_csv(
-                path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=NAME_ROWS, dtype=str
+                path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=rows, dtype=str
             )
             _, text = table_layout(path, sep)
             columns = [str(c) for c in header if str(c) not in text]
