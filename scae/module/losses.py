@@ -58,9 +58,10 @@ class LossSpec:
     def uses_counts(self) -> bool:
         """Whether the loss models raw counts (a count head), rather than expression.
 
-        What :data:`scae.registry.LOSS_NEEDS` declares for it.
+        For a registered loss, :func:`register_loss` has checked that
+        :data:`scae.registry.LOSS_NEEDS` declares the same.
         """
-        return "counts" in LOSS_NEEDS[self.name]
+        return self.output != "expression"
 
     def parameters(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Return the loss's parameters: the defaults updated by ``overrides``.
