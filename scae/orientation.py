@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import h5py
 import numpy as np
@@ -231,8 +231,19 @@ def planned_orientation(
     return decide(Evidence.of(names, mito_prefix, label_key), transpose, path, dataset)
 
 
-def table_layout(path: Path, sep: str) -> tuple[bool, list[str]]:
-    """Return whether a table's row names come as pandas' implicit index, and its text columns.
+class TableLayout(NamedTuple):
+    """How a delimited table is laid out (:func:`table_layout`)."""
+
+    #: Whether the row names come as pandas' implicit index (a header one field short).
+    implicit: bool
+    #: The leading text columns: the row names (unless implicit), then descriptions.
+    text: list[str]
+    #: The header's other columns: one per count column.
+    count_columns: list[str]
+
+
+def table_layout(path: Path, sep: str) -> TableLayout:
+    """Return how a table's first rows lay it out: row names, text and count columns.
 
     R's ``write.table`` writes one header field fewer than each row holds: pandas then takes
     the first field of every row as the index. Otherwise the leading columns whose values are
@@ -246,7 +257,7 @@ def table_layout(path: Path, sep: str) -> tuple[bool, list[str]]:
         if pd.api.types.is_numeric_dtype(head[column]):
             break
         text.append(str(column))
-    return implicit, text
+    return TableLayout(implicit, text, [str(c) for c in head.columns if str(c) not in text])
 
 
 def loom_names(attrs: h5py.Group, candidates: tuple[str, ...]) -> str | None:
@@ -281,14 +292,13 @@ def stored_names(path: str | Path, counts: str = "X") -> StoredNames | None:
         kind = format_of(path)
         if kind in (".csv", ".tsv", ".txt"):
             sep = "," if kind == ".csv" else "\t"
-            header = pd.read_csv(path, sep=sep, nrows=0).columns
-            rows = max(1_000, min(NAME_ROWS, NAME_FIELDS // max(len(header), 1)))
+            layout = table_layout(path, sep)
+            n_fields = len(layout.text) + len(layout.count_columns)
+            rows = max(1_000, min(NAME_ROWS, NAME_FIELDS // max(n_fields, 1)))
             first = pd.read_csv(
                 path, sep=sep, header=None, skiprows=1, usecols=[0], nrows=rows, dtype=str
             )
-            _, text = table_layout(path, sep)
-            columns = [str(c) for c in header if str(c) not in text]
-            return StoredNames(pd.Index(first[0]), pd.Index(columns))
+            return StoredNames(pd.Index(first[0]), pd.Index(layout.count_columns))
         if kind == ".loom":
             with h5py.File(path, "r") as file:
                 cells, genes = file["col_attrs"], file["row_attrs"]

@@ -27,6 +27,7 @@ not converged, as every model is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import anndata as ad
@@ -62,7 +63,8 @@ class PeerFit:
     """A trained peer: its embedding of every cell, its reconstructor, history and settings."""
 
     latent: np.ndarray
-    reconstruct: object  # Callable[[np.ndarray], np.ndarray], rows of the dataset
+    #: Reconstructs rows of the dataset in the common space.
+    reconstruct: Callable[[np.ndarray], np.ndarray]
     history: pd.DataFrame
     meta: dict
     train_cells: list[str]

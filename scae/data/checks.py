@@ -120,8 +120,11 @@ def validate_counts(
         f"set datasets.{dataset}.counts to the layer holding raw UMI counts "
         "('X', 'raw' or a layer name)"
     )
-    if found.nonfinite or found.negative or found.fractional:
-        fix += _counts_elsewhere(X)
+    elsewhere = (
+        _counts_elsewhere(X) if (found.nonfinite or found.negative or found.fractional) else ""
+    )
+    if elsewhere:
+        fix += f" ({elsewhere})"
     if found.nonfinite:
         raise InputError(
             f"{source}: dataset {dataset!r} has {found.nonfinite} NaN or infinite entries in "
@@ -138,7 +141,7 @@ def validate_counts(
         warnings.warn(
             f"{source}: dataset {dataset!r} has {found.fractional} non-integer values"
             f"{distance}; they are normalized as if they were counts"
-            + _counts_elsewhere(X).replace(" (", "; ", 1).removesuffix(")"),
+            + (f"; {elsewhere}" if elsewhere else ""),
             stacklevel=2,
         )
         return False
@@ -159,7 +162,7 @@ def _counts_elsewhere(X: sp.spmatrix | np.ndarray | CountRows) -> str:
     """Return where else the input holds integer counts, for a message ("" if not known)."""
     if not isinstance(X, CountRows) or X.counts_hint is None:
         return ""
-    return f" ({X.counts_hint()})"
+    return X.counts_hint()
 
 
 def _mito_mask(var_names: pd.Index, prefix: str) -> np.ndarray:

@@ -73,9 +73,8 @@ def read_table(path: str | Path, sep: str) -> ad.AnnData:
         When a count column holds text after the leading name and description columns.
     """
     path = Path(path)
-    implicit, text = table_layout(path, sep)
-    header = pd.read_csv(path, sep=sep, nrows=0).columns
-    n_columns = len(header)
+    implicit, text, count_columns = table_layout(path, sep)
+    n_columns = len(text) + len(count_columns)
     chunk_rows = max(1, TABLE_BLOCK_VALUES // max(n_columns, 1))
     blocks, names, annotations = [], [], []
     for chunk in pd.read_csv(path, sep=sep, chunksize=chunk_rows, dtype={c: str for c in text}):
@@ -94,7 +93,7 @@ def read_table(path: str | Path, sep: str) -> ad.AnnData:
         elif text:
             names.append(pd.Index(chunk[text[0]].astype(str)))
         annotations.append(chunk[text if implicit else text[1:]])
-    X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, n_columns - len(text)))
+    X = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(count_columns)))
     index = names[0].append(names[1:]) if names else pd.RangeIndex(X.shape[0]).astype(str)
     obs = pd.concat(annotations) if annotations else pd.DataFrame()
     obs.index = index
@@ -106,7 +105,7 @@ def read_table(path: str | Path, sep: str) -> ad.AnnData:
             path,
             ", ".join(map(repr, obs.columns)),
         )
-    var = pd.DataFrame(index=pd.Index([str(c) for c in header if str(c) not in text]))
+    var = pd.DataFrame(index=pd.Index(count_columns))
     return ad.AnnData(X=X, obs=obs, var=var)
 
 
