@@ -314,10 +314,52 @@ def test_markdown_marks_best_single_seed_columns_and_mcv_caveat():
     assert "best loss is `mse` (0.81); PCA at the same rank scores 0.85" in text
 
 
+def _rank_tables(folder, ranks=(32,), peers=None):
+    """The ranks.tsv and summary.tsv a summary.md has beside it (``peers``: name → means)."""
+    pd.DataFrame(
+        {
+            "rank": list(ranks),
+            "best": "mse",
+            "best_mean": 0.44,
+            "pca_mean": 0.47,
+            "mean_difference": -0.03,
+            "ci_low": -0.04,
+            "ci_high": -0.02,
+            "verdict": ["better"] + ["worse"] * (len(ranks) - 1),
+        }
+    ).to_csv(folder / "ranks.tsv", sep="\t", index=False)
+    runs = [("autoencoder", "mse", 32, 0, 0.44)] + [
+        ("peer", name, 32, seed, value)
+        for name, values in (peers or {}).items()
+        for seed, value in enumerate(values)
+    ]
+    pd.DataFrame(runs, columns=["kind", "model", "rank", "seed", "centred_cosine_mean"]).to_csv(
+        folder / "summary.tsv", sep="\t", index=False
+    )
+
+
+def test_findings_open_with_a_row_per_dataset_peers_beside_the_answer(tmp_path):
+    from scae.evaluation.findings import glance
+
+    text, _ = _markdown("centred_cosine_mean")
+    for name, ranks, peers in [("a", (4, 32), {"scvi": [0.2, 0.3]}), ("b", (32,), None)]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.md").write_text(text)
+        _rank_tables(tmp_path / name, ranks, peers)
+    lines = glance([tmp_path / "a" / "summary.md", tmp_path / "b" / "summary.md"]).splitlines()
+    assert lines[2].endswith("| best − PCA-k | scVI |")  # only the peers some dataset ran
+    assert lines[4] == (
+        "| d | k = 4 | k = 32 | 32 | `mse` 0.4400 | 0.4700 | -0.0300 [-0.0400, -0.0200] | 0.2500 |"
+    )
+    assert lines[5].startswith("| d | one rank only | one rank only | 32 |")
+    assert lines[5].endswith("| – |")
+
+
 def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     text, _ = _markdown("centred_cosine_mean")
     one, two = tmp_path / "one.md", tmp_path / "two.md"
     one.write_text(text)
+    _rank_tables(tmp_path)
     record = {
         "dataset": "e",
         "primary_metric": "centred_cosine_mean",
@@ -328,6 +370,7 @@ def test_findings_copy_tables_and_count_wins_across_datasets(tmp_path):
     }
     two.write_text(text.replace(json.dumps(answer_record(one, text)), json.dumps(record)))
     rendered = render([one, two])
+    assert rendered.startswith("**At a glance**")
     assert "## Paired comparisons" not in rendered and "scae-answer" not in rendered
     assert "\n## d: which loss" in rendered and "**Answer:**" in rendered
     assert rendered.strip().endswith(
@@ -341,6 +384,7 @@ def test_findings_show_another_regime_without_counting_it(tmp_path):
     text, _ = _markdown("centred_cosine_mean")
     one, regime = tmp_path / "one.md", tmp_path / "regime.md"
     one.write_text(text)
+    _rank_tables(tmp_path)
     regime.write_text(
         text.replace(
             '"primary_metric": "centred_cosine_mean"', '"primary_metric": "zscored_cosine_mean"'
@@ -359,6 +403,7 @@ def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(
     results = tmp_path / "results" / "d"
     (results / "plots").mkdir(parents=True)
     (results / "summary.md").write_text(text)
+    _rank_tables(results)
     for figure in ("rank_curve.png", "forest.png"):
         (results / "plots" / figure).write_bytes(b"png " + figure.encode())
     page, readme = tmp_path / "docs" / "findings.md", tmp_path / "README.md"

@@ -107,6 +107,52 @@ def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
     )
 
 
+def glance(summaries: list[Path]) -> str:
+    """Return the page's opening table: one row per dataset, the answer in a line.
+
+    Per dataset (from each summary's answer record, ``ranks.tsv`` and ``summary.tsv``): where
+    the best autoencoder beats PCA at the same rank and where PCA wins, and at the reference
+    rank the best loss, its primary metric, PCA-k's, their difference with its simultaneous
+    interval, and each peer's mean over seeds ("–": not run).
+    """
+    from ..registry import PEERS
+    from .ranks import crossing
+
+    rows, metrics = [], set()
+    for path in summaries:
+        record = answer_record(path, path.read_text())
+        ranks = pd.read_csv(path.parent / "ranks.tsv", sep="\t")
+        ranks["verdict"] = ranks["verdict"].fillna("")
+        runs = pd.read_csv(path.parent / "summary.tsv", sep="\t")
+        metric, rank = record["primary_metric"], int(record["rank"])
+        metrics.add(metric)
+        at = ranks[ranks["rank"] == rank].iloc[0]
+        peers = runs[(runs["kind"] == "peer") & (runs["rank"] == rank)].groupby("model")[metric]
+        rows.append((record["dataset"], crossing(ranks) if len(ranks) > 1 else None, rank, at,
+                     peers.mean().to_dict()))  # fmt: skip
+    names = [name for name in PEERS if any(name in peers for *_, peers in rows)]
+    header = ["dataset", "AE better than PCA up to", "PCA better from", "at k", "best loss"]
+    header += ["PCA-k", "best − PCA-k", *(PEERS[n].label for n in names)]
+    lines = [
+        f"**At a glance** (`{', '.join(sorted(metrics))}` on held-out test cells; intervals "
+        "simultaneous over each dataset's ranks; peers: mean over seeds, never ranked among "
+        "the losses):",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for dataset, cross, rank, at, peers in rows:
+        where = [f"k = {k}" if k else "–" for k in cross] if cross else ["one rank only"] * 2
+        cells = [dataset, *where, str(rank), f"`{at['best']}` {at['best_mean']:.4f}"]
+        cells += [
+            f"{at['pca_mean']:.4f}",
+            f"{at['mean_difference']:+.4f} [{at['ci_low']:+.4f}, {at['ci_high']:+.4f}]",
+            *(f"{peers[n]:.4f}" if n in peers else "–" for n in names),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: How a depth table marks the best autoencoder against PCA at the same rank.
 MARKS = {"better": "▲ AE", "worse": "▼ PCA", "no difference": "○ tie"}
 
@@ -157,12 +203,12 @@ def depth_tables(summaries: list[Path]) -> list[str]:
 def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | None = None) -> str:
     """Return the page's generated part.
 
-    Each summary's section, the across-datasets line when there are several and the
-    rank × depth tables of depth variants, then the sections of ``also`` (not counted in
-    that line).
+    The at-a-glance table, each summary's section, the across-datasets line when there are
+    several and the rank × depth tables of depth variants, then the sections of ``also`` (not
+    counted in that line).
     """
     sections = [_section(path, figures) for path in summaries]
-    parts = [text for text, _ in sections]
+    parts = [glance(summaries), *(text for text, _ in sections)]
     if len(sections) > 1:
         parts.append(across_datasets([record for _, record in sections]))
     parts += depth_tables(summaries)
