@@ -58,6 +58,18 @@ def test_every_member_equals_its_run_alone(small_data, loss, extra):
     assert len(stopped) > 1 or loss != "mse"
 
 
+@pytest.mark.parametrize("loss", ["mse", "nb"])
+def test_members_equal_their_runs_alone_under_every_recipe(small_data, loss):
+    data, spec = CellData(small_data, "none"), get_loss(loss)
+    recipes = {"ema_decay": 0.9, "count_thinning": 0.3, "input_masking": 0.1}
+    train = TrainParams(**{**vars(SHORT), "patience": 1, "max_epochs": 30, **recipes})
+    runs = _runs(small_data, loss)
+    alone = [fit(data, spec, {}, p, train, seed, CPU) for p, seed in runs]
+    for one, member in zip(alone, fit_stacked(data, spec, {}, runs, train, CPU)):
+        _assert_same_run(one, member)
+    assert len({len(result.history) for result in alone}) > 1  # the stack shrank
+
+
 def test_members_of_one_seed_share_a_minibatch_and_still_match(small_data):
     data, spec = CellData(small_data, "zscore"), get_loss("mse")
     runs = _runs(small_data, "mse", ranks=(2, 5, 16), seeds=(3,))
@@ -86,10 +98,11 @@ def test_stacks_of_a_given_size_give_the_same_runs(small_data):
         _assert_same_run(a, b)
 
 
-def test_a_killed_group_resumes_bitwise(small_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("train", [SHORT, TrainParams(**{**vars(SHORT), "ema_decay": 0.9})])
+def test_a_killed_group_resumes_bitwise(small_data, tmp_path, monkeypatch, train):
     data, spec = CellData(small_data, "none"), get_loss("nb")
     runs = _runs(small_data, "nb")
-    straight = fit_stacked(data, spec, {}, runs, SHORT, CPU)
+    straight = fit_stacked(data, spec, {}, runs, train, CPU)
 
     import scae.train.stacked as stacked_module
 
@@ -105,15 +118,15 @@ def test_a_killed_group_resumes_bitwise(small_data, tmp_path, monkeypatch):
     checkpoint = tmp_path / "group.pt"
     monkeypatch.setattr(stacked_module, "_validation_scores", dies_in_epoch_5)
     with pytest.raises(KeyboardInterrupt):
-        fit_stacked(data, spec, {}, runs, SHORT, CPU, checkpoint, checkpoint_interval=0)
+        fit_stacked(data, spec, {}, runs, train, CPU, checkpoint, checkpoint_interval=0)
     monkeypatch.setattr(stacked_module, "_validation_scores", real)
     saved = torch.load(checkpoint, weights_only=True)
     assert [state["epoch"] for state in saved["states"]] == [4] * len(runs)
-    resumed = fit_stacked(data, spec, {}, runs, SHORT, CPU, checkpoint)
+    resumed = fit_stacked(data, spec, {}, runs, train, CPU, checkpoint)
     for a, b in zip(straight, resumed):
         _assert_same_run(a, b)
     # a checkpoint of other runs is ignored, not loaded
-    other = fit_stacked(data, spec, {}, runs[:2], SHORT, CPU, checkpoint)
+    other = fit_stacked(data, spec, {}, runs[:2], train, CPU, checkpoint)
     for a, b in zip(straight[:2], other):
         _assert_same_run(a, b)
 

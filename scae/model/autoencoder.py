@@ -189,6 +189,9 @@ class Autoencoder:
         weight_decay: float = _TRAIN_DEFAULTS.weight_decay,
         lr_patience: int = _TRAIN_DEFAULTS.lr_patience,
         lr_factor: float = _TRAIN_DEFAULTS.lr_factor,
+        ema_decay: float = _TRAIN_DEFAULTS.ema_decay,
+        count_thinning: float = _TRAIN_DEFAULTS.count_thinning,
+        input_masking: float = _TRAIN_DEFAULTS.input_masking,
         seed: int = 0,
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
@@ -199,8 +202,12 @@ class Autoencoder:
 
         The best epoch's weights are kept. After every ``lr_patience`` epochs without a new
         best validation loss the learning rate is multiplied by ``lr_factor`` (reduce on
-        plateau; 0 switches it off). ``seed`` fixes the initial weights, minibatch
-        order, dropout masks and negative pairs; test cells are never read. ``device``:
+        plateau; 0 switches it off). The recipes of :mod:`scae.train.recipes`, each off at 0:
+        ``ema_decay`` keeps the exponential moving average of the weights (validated,
+        early-stopped and returned), ``count_thinning`` feeds each training cell's counts
+        binomially thinned by that fraction, ``input_masking`` zeroes that fraction of input
+        entries (targets stay whole). ``seed`` fixes the initial weights, minibatch
+        order, dropout masks, input corruption and negative pairs; test cells are never read. ``device``:
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With ``checkpoint``, the state
         is saved there every ``checkpoint_interval`` seconds (0: every epoch) and after the
         last epoch, and a run of the same cells, settings and seed resumes from it, bitwise as
@@ -217,6 +224,9 @@ class Autoencoder:
             patience=patience,
             lr_patience=lr_patience,
             lr_factor=lr_factor,
+            ema_decay=ema_decay,
+            count_thinning=count_thinning,
+            input_masking=input_masking,
         )
         self.device, self.seed = resolve_device(device), int(seed)
         result: FitResult = fit(

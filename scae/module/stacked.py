@@ -254,24 +254,39 @@ class StackedAutoencoder:
         index of its rows kept; None when it is dropped whole): what an optimiser needs to
         re-stack its own state the same way.
         """
-        moves = []
-        for name, tensors in self.tensors.items():
-            learnt = tensors[0].requires_grad
-            if len(tensors) > 1 or name.rpartition(".")[0] in self._per_member:
-                kept = set(members)
-                if learnt:
-                    moves += [
-                        (t, torch.arange(len(t), device=t.device) if m in kept else None)
-                        for m, t in enumerate(tensors)
-                    ]
-                self.tensors[name] = [tensors[m] for m in members]
-                continue
-            index = torch.tensor(members, dtype=torch.long, device=tensors[0].device)
-            if learnt:
-                moves.append((tensors[0], index))
-            self.tensors[name] = [tensors[0].detach().index_select(0, index).requires_grad_(learnt)]
+        moves: list[tuple[Tensor, Tensor | None]] = []
+        self.tensors = self.members_of(self.tensors, members, moves)
         self.ranks = [self.ranks[m] for m in members]
         return moves
+
+    def members_of(
+        self,
+        tensors: dict[str, list[Tensor]],
+        members: list[int],
+        moves: list[tuple[Tensor, Tensor | None]] | None = None,
+    ) -> dict[str, list[Tensor]]:
+        """Return ``tensors`` with only ``members``' rows, in that order.
+
+        ``tensors`` is laid out as :attr:`tensors` (a weight average of them, say); the moves of
+        learnt ones are appended to ``moves`` when given (see :meth:`keep`).
+        """
+        kept_tensors = {}
+        for name, values in tensors.items():
+            learnt = values[0].requires_grad
+            if len(values) > 1 or name.rpartition(".")[0] in self._per_member:
+                if learnt and moves is not None:
+                    kept = set(members)
+                    moves += [
+                        (t, torch.arange(len(t), device=t.device) if m in kept else None)
+                        for m, t in enumerate(values)
+                    ]
+                kept_tensors[name] = [values[m] for m in members]
+                continue
+            index = torch.tensor(members, dtype=torch.long, device=values[0].device)
+            if learnt and moves is not None:
+                moves.append((values[0], index))
+            kept_tensors[name] = [values[0].detach().index_select(0, index).requires_grad_(learnt)]
+        return kept_tensors
 
 
 @functools.cache

@@ -155,6 +155,27 @@ class CellData:
             log_factorial=torch.from_numpy(self.log_factorial[rows]),
         )
 
+    def thinned_expression(
+        self, rows: np.ndarray, keep: float, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Expression of ``rows`` from their counts thinned binomially, a dense minibatch.
+
+        Each molecule is kept with probability ``keep``; the thinned counts c' are normalized
+        as preprocessing normalized the full ones, at the expected library size:
+        log1p(c' / (keep · L) · target_sum), L the cell's library size over every kept gene, so
+        E[c'] / (keep · L) = c / L. Only the stored non-zero counts are drawn.
+        """
+        sub = self.counts[rows]
+        cells = torch.from_numpy(np.repeat(np.arange(len(rows)), np.diff(sub.indptr)))
+        values = torch.from_numpy(sub.data)
+        thinned = torch.binomial(values, torch.full_like(values, keep), generator=generator)
+        library = torch.from_numpy(self.library_size[rows] * np.float32(keep))
+        x = torch.zeros(len(rows), self.n_genes)
+        x[cells, torch.from_numpy(sub.indices.astype(np.int64))] = torch.log1p(
+            thinned / library[cells] * self.target_sum
+        )
+        return x
+
     def batch(
         self, rows: np.ndarray, with_counts: bool
     ) -> tuple[torch.Tensor, Batch, torch.Tensor]:
@@ -209,7 +230,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 # Independent random streams per (seed, epoch); validation uses epoch 0, which training never does.
-SHUFFLE, DROPOUT, NEGATIVES = range(3)
+SHUFFLE, DROPOUT, NEGATIVES, CORRUPTION = range(4)
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:

@@ -17,6 +17,7 @@ agree in distribution.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -33,9 +34,19 @@ from ..module.batch import DecoderOutput
 from ..module.losses import LossSpec
 from ..module.network import AutoencoderModule, ModelParams
 from ..module.stacked import StackedAutoencoder
-from .cells import DROPOUT, NEGATIVES, SHUFFLE, CellData, _epoch_seed, _minibatches, _to_device
+from .cells import (
+    CORRUPTION,
+    DROPOUT,
+    NEGATIVES,
+    SHUFFLE,
+    CellData,
+    _epoch_seed,
+    _minibatches,
+    _to_device,
+)
 from .inference import EVAL_CHUNK, VALIDATION_SCORES, FitResult, add_validation_sums
 from .optim import adam, restack
+from .recipes import WeightAverage, corrupt_inputs
 from .trainer import (
     CHECKPOINT_INTERVAL,
     TrainingDiverged,
@@ -109,8 +120,9 @@ def fit_stacked(
     stack, optimizer, group_key = _build(data, spec, loss_params, runs, train_params, device)
     states = [_initial_state(train_params) for _ in runs]
     active = list(range(len(runs)))
+    average = WeightAverage(train_params.ema_decay) if train_params.ema_decay else None
     if checkpoint is not None and checkpoint.exists():
-        resumed = _resume_group(checkpoint, group_key, stack, optimizer, device)
+        resumed = _resume_group(checkpoint, group_key, stack, optimizer, device, average)
         if resumed is not None:
             states, active, optimizer = resumed
     rows = data.rows("train"), data.rows("val")
@@ -120,11 +132,12 @@ def fit_stacked(
         started = time.perf_counter()
         losses = _train_epoch(
             stack, optimizer, data, spec, loss_params, rows[0], train_params,
-            [seeds[m] for m in active], epoch, device,
+            [seeds[m] for m in active], epoch, device, average,
         )  # fmt: skip
-        scores = _validation_scores(
-            stack, data, spec, loss_params, rows[1], [seeds[m] for m in active], device
-        )
+        with _averaged(stack, average):
+            scores = _validation_scores(
+                stack, data, spec, loss_params, rows[1], [seeds[m] for m in active], device
+            )
         seconds = (time.perf_counter() - started) / len(active)  # each member's share
         for position, member in enumerate(active):
             row = {
@@ -143,7 +156,8 @@ def fit_stacked(
                 )
             states[member]["history"].append(row)
             weights = functools.partial(stack.member_state, position)
-            _select(states[member], epoch, row["val_loss"], weights, None, train_params)
+            with _averaged(stack, average):
+                _select(states[member], epoch, row["val_loss"], weights, None, train_params)
         logger.info(
             "epoch %3d: %d runs in %.2fs, val loss %s",
             epoch,
@@ -151,10 +165,12 @@ def fit_stacked(
             seconds * len(active),
             " ".join(f"{states[m]['history'][-1]['val_loss']:.5f}" for m in active),
         )
-        active, optimizer = _drop_stopped(stack, optimizer, states, active, seeds, train_params)
+        active, optimizer = _drop_stopped(
+            stack, optimizer, states, active, seeds, train_params, average
+        )
         due = time.monotonic() - saved_at >= checkpoint_interval
         if checkpoint is not None and (due or not active):
-            _save_group(checkpoint, group_key, stack, optimizer, states, active)
+            _save_group(checkpoint, group_key, stack, optimizer, states, active, average)
             saved_at = time.monotonic()
     return [
         _finish(AutoencoderModule(params).to(device), state, train_params)
@@ -220,6 +236,11 @@ def _in_stacks(
     return results
 
 
+def _averaged(stack: StackedAutoencoder, average: WeightAverage | None):
+    """Within the block the stack holds its members' averaged weights (with averaging on)."""
+    return average.applied(stack.tensors) if average is not None else contextlib.nullcontext()
+
+
 def _drop_stopped(
     stack: StackedAutoencoder,
     optimizer,
@@ -227,8 +248,9 @@ def _drop_stopped(
     active: list[int],
     seeds: list[int],
     train_params: TrainParams,
+    average: WeightAverage | None,
 ):
-    """Take the members whose training stopped out of the stack and the optimiser.
+    """Take the members whose training stopped out of the stack, the optimiser and the average.
 
     Return the members still training and the optimiser over them.
     """
@@ -243,6 +265,8 @@ def _drop_stopped(
                 states[member]["best_epoch"],
             )
     if still and len(still) < len(active):
+        if average is not None and average.tensors is not None:
+            average.tensors = stack.members_of(average.tensors, still)
         optimizer = restack(optimizer, stack.keep(still), stack.parameters, stack.stacked)
     return [active[p] for p in still], optimizer
 
@@ -258,12 +282,14 @@ def _train_epoch(
     seeds: list[int],
     epoch: int,
     device: torch.device,
+    average: WeightAverage | None,
 ) -> list[float]:
     """One epoch of every member; return each member's mean training loss per cell.
 
-    Member m's order, dropout masks and negatives come from (``seeds[m]``, ``epoch``) exactly
-    as :func:`scae.train.trainer.train_epoch` draws them: one minibatch order and one dropout
-    generator per distinct seed, one negatives generator per member.
+    Member m's order, dropout masks, input corruption and negatives come from (``seeds[m]``,
+    ``epoch``) exactly as :func:`scae.train.trainer.train_epoch` draws them: one minibatch
+    order, one dropout and one corruption generator per distinct seed, one negatives generator
+    per member. ``average``, when given, is updated after every step.
     """
     stack.train()
     distinct = sorted(set(seeds))
@@ -276,6 +302,9 @@ def _train_epoch(
     dropout_generators = [
         torch.Generator().manual_seed(_epoch_seed(seed, epoch, DROPOUT)) for seed in distinct
     ]
+    corruption = [
+        torch.Generator().manual_seed(_epoch_seed(seed, epoch, CORRUPTION)) for seed in distinct
+    ]
     negatives = [
         torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES)) for seed in seeds
     ]
@@ -285,6 +314,13 @@ def _train_epoch(
     n_seen = 0
     for step in range(len(orders[0])):
         batches = [data.batch(order[step], spec.uses_counts) for order in orders]
+        if train_params.corrupts_inputs:  # each seed's input, as alone; targets stay whole
+            batches = [
+                (corrupt_inputs(inputs, data, order[step], train_params.count_thinning,
+                                train_params.input_masking, generator), batch, library)
+                for (inputs, batch, library), order, generator
+                in zip(batches, orders, corruption)
+            ]  # fmt: skip
         targets = [_to_device(batch, device) for _, batch, _ in batches]  # once per seed
         n = len(orders[0][step])
         # nn.Dropout's masks on the CPU: per layer, each seed's draw from its own generator
@@ -313,6 +349,8 @@ def _train_epoch(
         losses.sum().backward()
         optimizer.step()
         stack.count_step()
+        if average is not None:
+            average.update(stack.tensors)
         loss_sums += losses.detach().double() * n
         n_seen += n
     return (loss_sums / n_seen).tolist()
@@ -363,6 +401,7 @@ def _save_group(
     optimizer,
     states: list[dict],
     active: list[int],
+    average: WeightAverage | None,
 ) -> None:
     """Write the group's state atomically: a killed job leaves the previous one."""
     with atomic_path(checkpoint) as tmp:
@@ -374,15 +413,21 @@ def _save_group(
                 "optimizer": optimizer.state_dict(),
                 "states": states,
                 "active": active,
+                "average": average.tensors if average is not None else None,
             },
             tmp,
         )
 
 
 def _resume_group(
-    checkpoint: Path, key: str, stack: StackedAutoencoder, optimizer, device: torch.device
+    checkpoint: Path,
+    key: str,
+    stack: StackedAutoencoder,
+    optimizer,
+    device: torch.device,
+    average: WeightAverage | None,
 ):
-    """Load a group checkpoint of the same runs into ``stack`` and a re-stacked optimiser.
+    """Load a group checkpoint of the same runs into ``stack``, ``average`` and an optimiser.
 
     Return (states, active members, optimiser), or None when the file is another group's.
     """
@@ -399,6 +444,8 @@ def _resume_group(
                     mine.copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
     stack.batches_tracked = saved["batches_tracked"]
+    if average is not None:
+        average.tensors = saved.get("average")
     logger.info(
         "resumed %d running of %d runs from %s", len(active), len(saved["states"]), checkpoint
     )

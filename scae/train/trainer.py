@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import ClassVar
@@ -29,6 +30,7 @@ from ..io import atomic_path
 from ..module.losses import LossSpec
 from ..module.network import AutoencoderModule, ModelParams
 from .cells import (
+    CORRUPTION,
     DROPOUT,
     NEGATIVES,
     SHUFFLE,
@@ -39,6 +41,7 @@ from .cells import (
 )
 from .inference import FitResult, evaluate_split
 from .optim import adam, set_learning_rate
+from .recipes import WeightAverage, corrupt_inputs, floating_state
 
 logger = logging.getLogger("scae")
 
@@ -69,6 +72,16 @@ class TrainParams:
     #: loss the learning rate is multiplied by ``lr_factor`` (0 switches it off).
     lr_patience: int = _DEFAULTS["lr_patience"]
     lr_factor: float = _DEFAULTS["lr_factor"]
+    #: The recipes of :mod:`scae.train.recipes` (0 switches each off): weight averaging,
+    #: binomial thinning of the input counts, masking noise on the input.
+    ema_decay: float = _DEFAULTS["ema_decay"]
+    count_thinning: float = _DEFAULTS["count_thinning"]
+    input_masking: float = _DEFAULTS["input_masking"]
+
+    @property
+    def corrupts_inputs(self) -> bool:
+        """Whether training inputs are corrupted (thinned or masked) before the forward."""
+        return bool(self.count_thinning or self.input_masking)
 
     #: Each setting's limits as ``config/schema.yaml``'s train section states them: the API
     #: refuses what the workflow refuses.
@@ -127,10 +140,12 @@ def train_epoch(
     seed: int,
     epoch: int,
     device: torch.device,
+    average: WeightAverage | None = None,
 ) -> float:
     """Train one pass over ``train_rows`` in minibatches; return the mean training loss per cell.
 
-    Order, dropout masks and negatives are drawn from (seed, epoch).
+    Order, dropout masks, negatives and input corruption (:mod:`scae.train.recipes`) are drawn
+    from (seed, epoch); ``average``, when given, is updated after every step.
 
     The loss stays on the device until the epoch ends: its sum over minibatches is read once,
     so no step waits for the device (a NaN or infinite loss of any step makes the sum NaN or
@@ -145,11 +160,18 @@ def train_epoch(
     torch.manual_seed(_epoch_seed(seed, epoch, DROPOUT))
     rng = np.random.default_rng(_epoch_seed(seed, epoch, SHUFFLE))
     generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, NEGATIVES))
+    corruption = torch.Generator().manual_seed(_epoch_seed(seed, epoch, CORRUPTION))
+    live = floating_state(model) if average is not None else None
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     n_seen = 0
     for idx in _minibatches(train_rows, train_params.batch_size, rng):
         with record_function("scae.batch"):
             inputs, batch, library = data.batch(idx, spec.uses_counts)
+            if train_params.corrupts_inputs:  # the target (batch) stays whole
+                inputs = corrupt_inputs(
+                    inputs, data, idx, train_params.count_thinning,
+                    train_params.input_masking, corruption,
+                )  # fmt: skip
             batch = _to_device(batch, device)
             batch.generator = generator
             inputs, library = inputs.to(device), library.to(device)
@@ -162,6 +184,8 @@ def train_epoch(
             loss.backward()
         with record_function("scae.optimizer"):
             optimizer.step()
+            if average is not None:
+                average.update(live)
         loss_sum += loss.detach().double() * len(idx)
         n_seen += len(idx)
     with record_function("scae.sync"):
@@ -214,15 +238,19 @@ def fit(
         if state is None and source is not None and source.exists():
             state = _resume(source, key, model, optimizer, device)
     state = state or _initial_state(train_params)
+    average = _weight_average(state, train_params)
 
     rows = data.rows("train"), data.rows("val")
     saved_at = time.monotonic()
     while not _stopped(state, train_params):
         row = _epoch(
-            model, optimizer, data, spec, loss_params, rows, train_params, seed, state, device
-        )
+            model, optimizer, data, spec, loss_params, rows, train_params, seed, state, device,
+            average,
+        )  # fmt: skip
         state["history"].append(row)
-        _select(state, row["epoch"], row["val_loss"], model.state_dict, optimizer, train_params)
+        state["average"] = average.tensors if average is not None else None
+        with _averaged(model, average):
+            _select(state, row["epoch"], row["val_loss"], model.state_dict, optimizer, train_params)
         _log_epoch(row, best=state["best_epoch"] == row["epoch"])
         if on_epoch is not None:
             on_epoch(row)
@@ -232,6 +260,20 @@ def fit(
             _save_checkpoint(checkpoint, key, model, optimizer, state)
             saved_at = time.monotonic()
     return _finish(model, state, train_params)
+
+
+def _weight_average(state: dict, train_params: TrainParams) -> WeightAverage | None:
+    """Return the run's weight average (None when ``ema_decay`` is 0), resumed from ``state``."""
+    if not train_params.ema_decay:
+        return None
+    average = WeightAverage(train_params.ema_decay)
+    average.tensors = state.get("average")
+    return average
+
+
+def _averaged(model: AutoencoderModule, average: WeightAverage | None):
+    """Within the block ``model`` holds the averaged weights (with averaging on)."""
+    return average.applied(floating_state(model)) if average is not None else nullcontext()
 
 
 def _stopped(state: dict, train_params: TrainParams) -> bool:
@@ -249,6 +291,7 @@ def _initial_state(train_params: TrainParams) -> dict:
         "best_model": None,
         "history": [],
         "lr": train_params.learning_rate,
+        "average": None,
     }
 
 
@@ -263,17 +306,21 @@ def _epoch(
     seed: int,
     state: dict,
     device: torch.device,
+    average: WeightAverage | None = None,
 ) -> dict:
     """Train the epoch after ``state["epoch"]`` and return its history row.
 
-    The epoch trains on the training ``rows[0]`` and is scored on the validation ``rows[1]``.
+    The epoch trains on the training ``rows[0]`` and is scored on the validation ``rows[1]``
+    (with the averaged weights when ``average`` is given).
     """
     epoch = state["epoch"] + 1
     started = time.perf_counter()
     train_loss = train_epoch(
-        model, optimizer, data, spec, loss_params, rows[0], train_params, seed, epoch, device
-    )
-    scores = evaluate_split(model, data, spec, loss_params, rows[1], device, seed)
+        model, optimizer, data, spec, loss_params, rows[0], train_params, seed, epoch, device,
+        average,
+    )  # fmt: skip
+    with _averaged(model, average):
+        scores = evaluate_split(model, data, spec, loss_params, rows[1], device, seed)
     if not math.isfinite(scores["val_loss"]):
         raise TrainingDiverged(
             f"validation loss became {scores['val_loss']} in epoch {epoch}; lower "

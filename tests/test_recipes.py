@@ -1,0 +1,108 @@
+"""Training recipes (scae.train.recipes): weight averaging and corrupted inputs.
+
+References: torch.optim.swa_utils.AveragedModel for the average; the preprocessed expression
+and the binomial's mean for thinning; stacked members are held bitwise to their runs alone in
+tests/test_stacked.py, with every recipe on.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from scae.config import InputError
+from scae.module.losses import get_loss
+from scae.module.network import AutoencoderModule, ModelParams
+from scae.train.cells import CellData
+from scae.train.inference import evaluate_split
+from scae.train.recipes import WeightAverage, corrupt_inputs, floating_state
+from scae.train.trainer import TrainParams, fit
+
+CPU = torch.device("cpu")
+
+
+def test_the_weight_average_is_torchs_ema_of_weights_and_batch_norm_statistics():
+    torch.manual_seed(0)
+    model = AutoencoderModule(ModelParams(n_genes=30, hidden=(16,), latent_dim=4))
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    average = WeightAverage(0.9)
+    live = floating_state(model)
+    for _ in range(6):  # a step: weights and running statistics move
+        with torch.no_grad():
+            for tensors in live.values():
+                tensors[0].add_(torch.randn_like(tensors[0]))
+        average.update(live)
+        reference.update_parameters(model)
+    expected = reference.module.state_dict()
+    for name, tensors in average.tensors.items():
+        torch.testing.assert_close(tensors[0], expected[name], rtol=0, atol=1e-6)
+    # applied only within the block
+    before = {name: t[0].clone() for name, t in live.items()}
+    with average.applied(live):
+        assert torch.equal(live["encoder.0.weight"][0], average.tensors["encoder.0.weight"][0])
+    for name, tensors in live.items():
+        assert torch.equal(tensors[0], before[name])
+
+
+def test_an_averaged_run_keeps_the_average_it_validated(small_data):
+    data, spec = CellData(small_data, "none"), get_loss("mse")
+    params = ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=4)
+    train = TrainParams(batch_size=32, learning_rate=1e-2, max_epochs=6, patience=10)
+    plain = fit(data, spec, {}, params, train, 0, CPU)
+    averaged = fit(data, spec, {}, params, TrainParams(**{**vars(train), "ema_decay": 0.9}), 0, CPU)
+    # the same training steps: the live weights' training loss is the same run's ...
+    assert averaged.history.train_loss.equals(plain.history.train_loss)
+    # ... but the validated, kept model is the average, and it is what was validated
+    assert not averaged.history.val_loss.equals(plain.history.val_loss)
+    best = averaged.history.set_index("epoch").loc[averaged.best_epoch]
+    kept = evaluate_split(averaged.model, data, spec, {}, data.rows("val"), CPU, 0)
+    assert kept["val_loss"] == pytest.approx(best.val_loss, rel=1e-6)
+
+
+def test_thinning_reads_the_preprocessed_expression_at_full_depth_and_is_unbiased(small_data):
+    data = CellData(small_data, "none")
+    rows = data.rows("train")[:40]
+    generator = torch.Generator().manual_seed(0)
+    whole = data.thinned_expression(rows, 1.0, generator)
+    np.testing.assert_allclose(whole.numpy(), data.x[rows].toarray(), rtol=1e-5, atol=1e-6)
+    # E[c'] / (keep · L) = c / L: the normalized expression is unbiased at any depth
+    draws = torch.stack([data.thinned_expression(rows, 0.5, generator) for _ in range(400)])
+    mean = torch.expm1(draws).mean(0).numpy()
+    truth = np.expm1(data.x[rows].toarray())
+    assert abs(mean.sum() / truth.sum() - 1) < 0.01
+    assert np.corrcoef(mean.ravel(), truth.ravel())[0, 1] > 0.99
+    assert not (draws[0].numpy()[data.x[rows].toarray() == 0]).any()  # no molecule appears
+    assert (draws[0] == 0).sum() > (whole == 0).sum()  # and some go
+
+
+def test_masking_zeroes_its_fraction_and_leaves_the_target_whole(small_data):
+    data = CellData(small_data, "none")
+    rows = data.rows("train")[:64]
+    inputs, batch, _ = data.batch(rows, with_counts=False)
+    original = inputs.clone()
+    masked = corrupt_inputs(inputs, data, rows, 0.0, 0.3, torch.Generator().manual_seed(1))
+    assert torch.equal(inputs, original) and torch.equal(batch.x, original)
+    nonzero = original != 0
+    dropped = (masked[nonzero] == 0).float().mean().item()
+    assert dropped == pytest.approx(0.3, abs=0.03)
+    assert torch.equal(masked[masked != 0], original[masked != 0])  # no rescaling
+    # off: the same tensor back
+    assert corrupt_inputs(inputs, data, rows, 0.0, 0.0, torch.Generator()) is inputs
+
+
+def test_corrupted_training_differs_and_draws_from_seed_and_epoch(small_data):
+    data, spec = CellData(small_data, "none"), get_loss("mse")
+    params = ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=4)
+    base = {"batch_size": 32, "max_epochs": 3, "patience": 10}
+    plain = fit(data, spec, {}, params, TrainParams(**base), 0, CPU)
+    for recipe in ({"count_thinning": 0.5}, {"input_masking": 0.2}):
+        once = fit(data, spec, {}, params, TrainParams(**base, **recipe), 0, CPU)
+        again = fit(data, spec, {}, params, TrainParams(**base, **recipe), 0, CPU)
+        assert not once.history.train_loss.equals(plain.history.train_loss), recipe
+        assert once.history.drop(columns="seconds").equals(again.history.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize("setting", ["ema_decay", "count_thinning", "input_masking"])
+def test_a_recipe_rate_of_one_is_refused(setting):
+    with pytest.raises(InputError, match=f"train.{setting}=1.0"):
+        TrainParams(**{setting: 1.0})
