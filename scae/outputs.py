@@ -24,6 +24,8 @@ EMBEDDING_KEY = "X_scae"
 SETTING_PREFIX = "setting_"
 #: The settings a training job records, in the order tables show them.
 RUN_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "dropout", "hidden", "tuned")
+#: The training recipes a run records when on (scae.train.recipes; absent: off).
+RECIPE_SETTINGS = ("ema_decay", "count_thinning", "input_masking")
 
 
 def settings_metrics(meta: dict) -> dict[str, float]:
@@ -31,11 +33,11 @@ def settings_metrics(meta: dict) -> dict[str, float]:
 
     ``meta`` is ``uns['scae_run']`` of the run's embedding. One value per scalar setting,
     ``setting_hidden_1``, ``_2``, … per hidden layer width, and ``setting_tuned`` 1 when
-    tune.enabled chose them on validation cells.
+    tune.enabled chose them on validation cells; the recipes' settings only where on.
     """
     values = {}
-    for name in RUN_SETTINGS:
-        if name not in meta:
+    for name in RUN_SETTINGS + RECIPE_SETTINGS:
+        if name not in meta or (name in RECIPE_SETTINGS and not meta[name]):
             continue
         if name == "hidden":
             for layer, width in enumerate(np.atleast_1d(meta[name]), start=1):

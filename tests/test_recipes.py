@@ -106,3 +106,25 @@ def test_corrupted_training_differs_and_draws_from_seed_and_epoch(small_data):
 def test_a_recipe_rate_of_one_is_refused(setting):
     with pytest.raises(InputError, match=f"train.{setting}=1.0"):
         TrainParams(**{setting: 1.0})
+
+
+def test_the_outputs_name_a_recipe_only_where_it_is_on():
+    import pandas as pd
+
+    from scae.evaluation.markdown import settings_table
+    from scae.outputs import settings_metrics
+
+    meta = {"learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128, "dropout": 0.1}
+    meta |= {"hidden": [64], "ema_decay": 0.99, "count_thinning": 0.0, "input_masking": 0.0}
+    values = settings_metrics(meta)
+    assert values["setting_ema_decay"] == 0.99
+    assert "setting_count_thinning" not in values and "setting_input_masking" not in values
+    stats = pd.DataFrame(
+        [{"model": "mse", "metric": name, "mean": value} for name, value in values.items()]
+    )
+    lines = settings_table(stats)
+    assert lines[-3].endswith("| tuned | ema_decay |")
+    assert lines[-1] == "| mse | 0.001 | 0 | 128 | 0.1 | [64] | no | 0.99 |"
+    off = {k: v for k, v in values.items() if k != "setting_ema_decay"}
+    plain = settings_table(stats[stats.metric.isin(off)])
+    assert plain[-3].endswith("| tuned |")

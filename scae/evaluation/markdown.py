@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import MCV_SUFFIX
-from ..outputs import SETTING_PREFIX
+from ..outputs import RECIPE_SETTINGS, SETTING_PREFIX
 from .answer import ANSWER_TAG, answer
 from .metrics import EMBEDDING_DIM
 from .ranks import RANK_VERDICTS, crossing, rank_table
@@ -114,6 +114,10 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
         "| loss | learning_rate | weight_decay | batch_size | dropout | hidden | tuned |",
         "|---|---|---|---|---|---|---|",
     ]
+    recipes = [name for name in RECIPE_SETTINGS if SETTING_PREFIX + name in table]
+    if recipes:
+        lines[-2] = lines[-2].replace(" tuned |", " tuned | " + " | ".join(recipes) + " |")
+        lines[-1] += "---|" * len(recipes)
     for model, row in table.iterrows():
         widths = ", ".join(f"{row[c]:.0f}" for c in hidden if pd.notna(row[c]))
         tuned = "yes" if row.get(f"{SETTING_PREFIX}tuned", 0) == 1 else "no"
@@ -122,6 +126,7 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
             f"{row[SETTING_PREFIX + 'weight_decay']:.3g} | "
             f"{row[SETTING_PREFIX + 'batch_size']:.0f} | {row[SETTING_PREFIX + 'dropout']:.3g}"
             f" | [{widths}] | {tuned} |"
+            + "".join(f" {np.nan_to_num(row[SETTING_PREFIX + r]):g} |" for r in recipes)
         )
     return lines
 

@@ -206,14 +206,15 @@ class Autoencoder:
         ``ema_decay`` keeps the exponential moving average of the weights (validated,
         early-stopped and returned), ``count_thinning`` feeds each training cell's counts
         binomially thinned by that fraction, ``input_masking`` zeroes that fraction of input
-        entries (targets stay whole). ``seed`` fixes the initial weights, minibatch
-        order, dropout masks, input corruption and negative pairs; test cells are never read. ``device``:
-        ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With ``checkpoint``, the state
-        is saved there every ``checkpoint_interval`` seconds (0: every epoch) and after the
-        last epoch, and a run of the same cells, settings and seed resumes from it, bitwise as
-        if uninterrupted. ``resume_from`` is another such file to resume when ``checkpoint``
-        holds none: :func:`scae.train.tune.tune`'s ``best_run``, the winning trial, is this
-        run when the settings, seed and epoch cap are the trial's, so nothing is retrained.
+        entries (targets stay whole). ``seed`` fixes the initial weights, minibatch order,
+        dropout masks, input corruption and negative pairs; test cells are never read.
+        ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``. With
+        ``checkpoint``, the state is saved there every ``checkpoint_interval`` seconds (0:
+        every epoch) and after the last epoch, and a run of the same cells, settings and seed
+        resumes from it, bitwise as if uninterrupted. ``resume_from`` is another such file to
+        resume when ``checkpoint`` holds none: :func:`scae.train.tune.tune`'s ``best_run``,
+        the winning trial, is this run when the settings, seed and epoch cap are the trial's,
+        so nothing is retrained.
         Threads: torch's own setting (``torch.set_num_threads``) is left as it is.
         """
         self.train_params = TrainParams(
@@ -339,6 +340,9 @@ class Autoencoder:
             "dropout": self.module_params.dropout,
             "hidden": list(self.module_params.hidden),
             "latent_dim": self.module_params.latent_dim,
+            "ema_decay": self.train_params.ema_decay,
+            "count_thinning": self.train_params.count_thinning,
+            "input_masking": self.train_params.input_masking,
         }
 
     @property
