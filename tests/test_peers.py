@@ -92,6 +92,9 @@ def test_scvi_is_scored_beside_the_losses_and_pca(peer_run):
     assert "scvi" not in set(answer["model"])  # never ranked among the losses
     text = (results / "summary.md").read_text()
     assert "scVI at the same rank" in text
+    ranks = pd.read_csv(results / "ranks.tsv", sep="\t")  # beside PCA-k in the rank table
+    assert ranks["scvi_mean"].iloc[0] == pytest.approx(scvi["centred_cosine_mean"].iloc[0])
+    assert "| verdict | scVI test |" in text
     for figure in ("rank_curve", "forest"):  # drawn with the peer in them
         assert (results / f"plots/{figure}.png").stat().st_size > 0
     # the embedding records the cells it was fit on: the workflow's training/validation cells

@@ -152,6 +152,21 @@ def test_rank_table_reads_each_rank_against_pca_at_that_rank():
     ).all()
 
 
+def test_the_rank_table_shows_a_peer_beside_pca_and_never_as_the_best():
+    per_cell, tidy = _ranked({2: 0.08, 32: -0.08})
+    peer = [("d", "peer", "scvi", 32, s, "centred_cosine_mean", 0.9 + s / 100) for s in (0, 1)]
+    tidy = pd.concat([tidy, pd.DataFrame(peer, columns=tidy.columns)], ignore_index=True)
+    stats = aggregate(tidy)
+    table = rank_table(stats, rank_comparisons(per_cell, stats), "centred_cosine_mean")
+    table = table.set_index("rank")
+    assert (table["best"] == "mse").all()  # 0.9 beats every loss, yet is not "best"
+    assert table.loc[32, "scvi_mean"] == pytest.approx(0.905)
+    assert np.isnan(table.loc[2, "scvi_mean"])  # not run at k = 2
+    text = markdown_summary(tidy, rank_comparisons(per_cell, stats), "d", reference_rank=32)
+    assert "| verdict | scVI test |" in text and "| PCA better | 0.9050 |" in text
+    assert "autoencoder better | – |" in text
+
+
 def test_rank_intervals_are_simultaneous_over_the_ranks():
     per_cell, tidy = _ranked({2: 0.01, 8: 0.0, 32: -0.01})
     comparisons = rank_comparisons(per_cell, aggregate(tidy), level=0.95)

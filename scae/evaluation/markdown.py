@@ -15,9 +15,10 @@ import pandas as pd
 
 from ..config import MCV_SUFFIX
 from ..outputs import RECIPE_SETTINGS, SETTING_PREFIX
+from ..registry import PEERS
 from .answer import ANSWER_TAG, answer
 from .metrics import EMBEDDING_DIM
-from .ranks import RANK_VERDICTS, crossing, rank_table
+from .ranks import PEER_COLUMN, RANK_VERDICTS, crossing, rank_table
 from .summary import (
     COMPARISON_COLUMNS,
     DENOISING_BASELINES,
@@ -189,6 +190,7 @@ def crossing_sentence(table: pd.DataFrame) -> str:
 def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[str]:
     """Return the rank table, its crossing and the two figures of :mod:`scae.evaluation.plots`."""
     verdicts = {**RANK_VERDICTS, "": "–"}
+    peers = [p for p in PEERS if PEER_COLUMN.format(p) in table]
     lines = [
         "## At which rank does an autoencoder beat PCA?",
         "",
@@ -196,11 +198,19 @@ def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[
         "the same metric on its training cells (the generalization gap), PCA at rank k, "
         "and best − PCA-k on the same test cells with an interval over seeds and cells, "
         f"simultaneous at {level:.0%} over the {len(table)} rank"
-        f"{'s' * (len(table) != 1)}.",
+        f"{'s' * (len(table) != 1)}"
+        + (
+            "; then each peer's mean on the same test cells "
+            f"({', '.join(PEERS[p].label for p in peers)}: beside the answer, never ranked "
+            "among the losses)."
+            if peers
+            else "."
+        ),
         "",
         "| k | best loss | test | train | PCA-k test | PCA-k train | best − PCA-k | "
-        f"simultaneous {level:.0%} CI | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"simultaneous {level:.0%} CI | verdict |"
+        + "".join(f" {PEERS[p].label} test |" for p in peers),
+        "|---|---|---|---|---|---|---|---|---|" + "---|" * len(peers),
     ]
 
     def number(value: float, fmt: str = ".4f") -> str:
@@ -212,6 +222,7 @@ def _rank_lines(table: pd.DataFrame, primary_metric: str, level: float) -> list[
             f"| {row.rank} | `{row.best}` | {number(row.best_mean)} | {number(row.best_train)} | "
             f"{number(row.pca_mean)} | {number(row.pca_train)} | "
             f"{number(row.mean_difference, '+.4f')} | {interval} | {verdicts[row.verdict]} |"
+            + "".join(f" {number(getattr(row, PEER_COLUMN.format(p)))} |" for p in peers)
         )
     lines += [
         "",

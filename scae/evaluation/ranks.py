@@ -45,6 +45,8 @@ RANK_COLUMNS = [
     "ci_high",
     "verdict",
 ]
+#: A ranks.tsv column per peer run at that rank: its mean primary metric on test cells.
+PEER_COLUMN = "{}_mean"
 
 
 def rank_comparisons(
@@ -94,8 +96,13 @@ def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: s
     Each row holds the best loss, its mean
     ``primary_metric`` on test cells and on training cells (``train_*``: the generalization
     gap), PCA's at that rank, and the ``rank``-family difference best − PCA with its
-    interval and verdict (NaN / "" where PCA was not run).
+    interval and verdict (NaN / "" where PCA was not run); then, per peer run at any rank
+    (:data:`~scae.registry.PEERS`), its mean ``primary_metric`` on test cells
+    (:data:`PEER_COLUMN`; NaN at a rank it did not run at), never a candidate for "best".
     """
+    from ..registry import PEERS
+
+    peers = [name for name in PEERS if (stats["model"] == name).any()]
     rows = []
     family = comparisons[comparisons["family"] == "rank"] if len(comparisons) else comparisons
     for rank in ranks_in(stats):
@@ -118,13 +125,13 @@ def rank_table(stats: pd.DataFrame, comparisons: pd.DataFrame, primary_metric: s
             "ci_low": np.nan,
             "ci_high": np.nan,
             "verdict": "",
-        }
+        } | {PEER_COLUMN.format(peer): mean(peer, primary_metric) for peer in peers}
         match = family[family["rank"] == rank] if len(family) else family
         if len(match):
             found = match.iloc[0]
             row |= {k: found[k] for k in ("mean_difference", "ci_low", "ci_high", "verdict")}
         rows.append(row)
-    return pd.DataFrame(rows, columns=RANK_COLUMNS)
+    return pd.DataFrame(rows, columns=RANK_COLUMNS + [PEER_COLUMN.format(p) for p in peers])
 
 
 def crossing(table: pd.DataFrame) -> tuple[int | None, int | None]:
