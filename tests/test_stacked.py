@@ -158,7 +158,8 @@ def test_members_must_share_the_architecture(small_data):
 @pytest.mark.workflow
 def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
     """train_ranks (a seed's ranks stacked in one job) against one job per model: the same
-    models, so byte-identical tables (summary.tsv, metrics.tsv, ranks.tsv) and weights."""
+    models, so byte-identical tables (summary.tsv, metrics.tsv, ranks.tsv) and weights; with
+    two training recipes on, read from the config as a user sets them."""
     import yaml
 
     from .conftest import run_snakemake, write_small_workflow_config
@@ -170,6 +171,7 @@ def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
         settings = yaml.safe_load(config.read_text())
         settings["model"]["latent_dim"] = [2, 8]
         settings["train"]["models_per_job"] = mode
+        settings["train"] |= {"ema_decay": 0.9, "count_thinning": 0.2}
         settings["tune"] = {"enabled": False}
         settings["mcv"] = {"enabled": False}
         config.write_text(yaml.safe_dump(settings))
@@ -181,6 +183,8 @@ def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
     for table in ("summary.tsv", "metrics.tsv", "ranks.tsv"):
         ranks, one = (results[mode] / table for mode in ("ranks", "one"))
         assert ranks.read_bytes() == one.read_bytes(), table
+    text = (results["ranks"] / "summary.md").read_text()
+    assert "| tuned | ema_decay | count_thinning |" in text and "| no | 0.9 | 0.2 |" in text
     for rank, loss, seed in ((2, "nb", 1), (8, "mse", 0)):
         files = [
             results[mode] / f"k{rank}" / "models" / loss / f"seed{seed}" / "model.pt"
