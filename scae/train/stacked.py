@@ -134,29 +134,29 @@ def fit_stacked(
             stack, optimizer, data, spec, loss_params, rows[0], train_params,
             [seeds[m] for m in active], epoch, device, average,
         )  # fmt: skip
+        # the averaged weights (with averaging on) are validated and selected: swapped in once
         with _averaged(stack, average):
             scores = _validation_scores(
                 stack, data, spec, loss_params, rows[1], [seeds[m] for m in active], device
             )
-        seconds = (time.perf_counter() - started) / len(active)  # each member's share
-        for position, member in enumerate(active):
-            row = {
-                "epoch": epoch,
-                "train_loss": losses[position],
-                **scores[position],
-                "learning_rate": states[member]["lr"],
-                "seconds": seconds,
-            }
-            if not math.isfinite(row["train_loss"]):
-                raise TrainingDiverged(
-                    f"loss {spec.name} became {row['train_loss']} in epoch {epoch} (seed "
-                    f"{seeds[member]}, rank {stack.ranks[position]}); lower "
-                    f"train.learning_rate (now {train_params.learning_rate}) in "
-                    "config/config.yaml or check the input for extreme values"
-                )
-            states[member]["history"].append(row)
-            weights = functools.partial(stack.member_state, position)
-            with _averaged(stack, average):
+            seconds = (time.perf_counter() - started) / len(active)  # each member's share
+            for position, member in enumerate(active):
+                row = {
+                    "epoch": epoch,
+                    "train_loss": losses[position],
+                    **scores[position],
+                    "learning_rate": states[member]["lr"],
+                    "seconds": seconds,
+                }
+                if not math.isfinite(row["train_loss"]):
+                    raise TrainingDiverged(
+                        f"loss {spec.name} became {row['train_loss']} in epoch {epoch} (seed "
+                        f"{seeds[member]}, rank {stack.ranks[position]}); lower "
+                        f"train.learning_rate (now {train_params.learning_rate}) in "
+                        "config/config.yaml or check the input for extreme values"
+                    )
+                states[member]["history"].append(row)
+                weights = functools.partial(stack.member_state, position)
                 _select(states[member], epoch, row["val_loss"], weights, None, train_params)
         logger.info(
             "epoch %3d: %d runs in %.2fs, val loss %s",
