@@ -17,7 +17,7 @@ generalize more?), the difference of the seed mean from PCA-k on the same test c
 the training cells) with a 95 % t-interval over cells of the seed-averaged per-cell
 difference, Welch's p for the recipe against no recipe over seeds, the epochs trained, and as a
 labelled reference (k·seeds latent dimensions, never the answer) the seeds' averaged
-reconstruction. Per-seed rows go to bench/results/recipe_ablation/<dataset>.tsv.
+reconstruction. Per-seed rows go to bench/results/recipe_ablation/<dataset>[_<tag>].tsv.
 
 The reading rule, fixed before measuring: a recipe is worth switching on when its seed mean
 beats no recipe's at both ranks of both datasets with Welch's p < 0.05 at least once and never
@@ -63,7 +63,8 @@ DATASETS = {
     "zeisel2015": ("zeisel2015_cortex.h5ad", ""),
     "zheng17": ("zheng17_sorted_pbmc.h5ad", "MT-"),
 }
-#: name → TrainParams settings; the first is the reference every other is tested against
+#: name → settings (TrainParams', and MODEL_RECIPES' of ModelParams); the first is the
+#: reference every other is tested against
 RECIPES = {
     "none": {},
     "ema 0.99": {"ema_decay": 0.99},
@@ -72,7 +73,11 @@ RECIPES = {
     # milder corruption, tried after the two above lowered the training cells' fit too
     "thin 0.1": {"count_thinning": 0.1},
     "mask 0.05": {"input_masking": 0.05},
+    # the PCA-k path, frozen, with a learnt residual (model.pca_path)
+    "pca path": {"pca_path": True},
 }
+#: the recipes that are architecture (model:) settings
+MODEL_RECIPES = ("pca_path",)
 logger = logging.getLogger("scae")
 
 
@@ -122,6 +127,8 @@ def run_recipe(
         "batch_norm": model["batch_norm"],
         "output": spec.output,
     }
+    params |= {key: value for key, value in recipe.items() if key in MODEL_RECIPES}
+    recipe = {key: value for key, value in recipe.items() if key not in MODEL_RECIPES}
     runs = [(ModelParams(**params, latent_dim=k), s) for k in ranks for s in seeds]
     started = time.process_time()
     results = fit_stacked(
@@ -179,6 +186,7 @@ def main() -> None:
     parser.add_argument(
         "--combine", nargs="*", default=[], help="extra recipes as a+b of RECIPES names"
     )
+    parser.add_argument("--tag", help="per-seed rows to <dataset>_<tag>.tsv (another run's)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     torch.set_num_threads(1)
@@ -226,7 +234,8 @@ def main() -> None:
                     f"{mine.cpu_s.mean():.1f} |",
                     flush=True,
                 )
-        pd.concat(frames).to_csv(OUT / f"{dataset}.tsv", sep="\t", index=False)
+        name = f"{dataset}_{args.tag}" if args.tag else dataset
+        pd.concat(frames).to_csv(OUT / f"{name}.tsv", sep="\t", index=False)
         print()
 
 

@@ -25,7 +25,7 @@ SETTING_PREFIX = "setting_"
 #: The settings a training job records, in the order tables show them.
 RUN_SETTINGS = ("learning_rate", "weight_decay", "batch_size", "dropout", "hidden", "tuned")
 #: The training recipes a run records when on (scae.train.recipes; absent: off).
-RECIPE_SETTINGS = ("ema_decay", "count_thinning", "input_masking")
+RECIPE_SETTINGS = ("ema_decay", "count_thinning", "input_masking", "pca_path")
 
 
 def settings_metrics(meta: dict) -> dict[str, float]:

@@ -449,3 +449,16 @@ def test_the_model_api_loads_optuna_only_for_tuning():
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_a_pca_path_model_saves_loads_and_records_the_recipe(adata, tmp_path):
+    model = scae.Autoencoder(adata, "mse", **SMALL, pca_path=True)
+    model.train(max_epochs=3, batch_size=64, ema_decay=0.9)
+    assert model.settings["pca_path"] is True
+    model.save(tmp_path / "m")
+    loaded = scae.Autoencoder.load(tmp_path / "m", adata.copy(), device="cpu")
+    assert loaded.module_params.pca_path
+    np.testing.assert_array_equal(
+        loaded.get_reconstruction(indices=np.arange(20)),
+        model.get_reconstruction(indices=np.arange(20)),
+    )

@@ -1,12 +1,14 @@
-"""Training recipes (scae.train.recipes): weight averaging and corrupted inputs.
+"""Training recipes (scae.train.recipes): weight averaging, corrupted inputs, the PCA path.
 
 References: torch.optim.swa_utils.AveragedModel for the average; the preprocessed expression
-and the binomial's mean for thinning; stacked members are held bitwise to their runs alone in
-tests/test_stacked.py, with every recipe on.
+and the binomial's mean for thinning; sklearn's PCA (dense, full SVD) for the PCA path;
+stacked members are held bitwise to their runs alone in tests/test_stacked.py, with every
+recipe on.
 """
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -16,7 +18,7 @@ from scae.module.network import AutoencoderModule, ModelParams
 from scae.train.cells import CellData
 from scae.train.inference import evaluate_split
 from scae.train.recipes import WeightAverage, corrupt_inputs, floating_state
-from scae.train.trainer import TrainParams, fit
+from scae.train.trainer import TrainParams, fit, initial_module
 
 CPU = torch.device("cpu")
 
@@ -102,6 +104,74 @@ def test_corrupted_training_differs_and_draws_from_seed_and_epoch(small_data):
         assert once.history.drop(columns="seconds").equals(again.history.drop(columns="seconds"))
 
 
+def _dense_pca(data, rank, scaled):
+    """sklearn's full-SVD PCA of the training cells' model inputs (dense: an independent path)."""
+    from sklearn.decomposition import PCA
+
+    x = torch.from_numpy(data.x[data.rows("train")].toarray())
+    inputs = data.scale(x) if scaled else x
+    return PCA(n_components=rank, svd_solver="full").fit(inputs.numpy().astype(np.float64))
+
+
+@pytest.mark.parametrize("scaling", ["none", "zscore"])
+def test_the_pca_path_starts_at_pcas_scores_and_reconstruction(small_data, scaling):
+    data, rank = CellData(small_data, scaling), 6
+    params = ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=rank, pca_path=True)
+    model = initial_module(data, params, seed=0, device=CPU).eval()
+    reference = _dense_pca(data, rank, scaled=True)
+    inputs, _, _ = data.batch(data.rows("test"), with_counts=False)
+    with torch.no_grad():
+        z = model.encode(inputs)
+        x_hat = model.decode(z).expression
+    scores = reference.transform(inputs.numpy().astype(np.float64))
+    # the axes' signs are arbitrary: compare up to each axis' sign
+    signs = np.sign(np.sum(z.numpy() * scores, axis=0))
+    np.testing.assert_allclose(z.numpy() * signs, scores, atol=2e-4)
+    np.testing.assert_allclose(x_hat.numpy(), reference.inverse_transform(scores), atol=2e-4)
+
+
+def test_a_count_heads_pca_path_predicts_pcas_expression_as_proportions(small_data):
+    data, rank = CellData(small_data, "zscore"), 5
+    spec = get_loss("nb")
+    params = ModelParams(
+        n_genes=small_data.n_vars, hidden=(32,), latent_dim=rank, pca_path=True, output="nb"
+    )
+    model = initial_module(data, params, seed=0, device=CPU).eval()
+    rows = data.rows("val")
+    inputs, _, library = data.batch(rows, with_counts=False)
+    with torch.no_grad():
+        mu = model(inputs, library).mu
+    # PCA's reconstruction, in log-normalized expression (the z-scoring undone)
+    reference = _dense_pca(data, rank, scaled=True)
+    recon = data.unscale(
+        torch.from_numpy(
+            reference.inverse_transform(reference.transform(inputs.numpy())).astype(np.float32)
+        )
+    )
+    proportions = torch.expm1(recon).clamp_min(1e-3)
+    proportions /= proportions.sum(1, keepdim=True)
+    torch.testing.assert_close(mu / library[:, None], proportions, rtol=2e-3, atol=1e-6)
+    assert spec.output == "nb"
+
+
+def test_the_pca_path_is_frozen_and_reads_only_training_cells(small_data):
+    data, spec = CellData(small_data, "none"), get_loss("mse")
+    params = ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=4, pca_path=True)
+    start = initial_module(data, params, seed=0, device=CPU).pca_path.state_dict()
+    train = TrainParams(batch_size=32, learning_rate=1e-2, max_epochs=4, patience=10)
+    result = fit(data, spec, {}, params, train, 0, CPU)
+    assert result.model.to_latent.weight.abs().sum() > 0  # the residual learnt
+    for name, value in result.model.pca_path.state_dict().items():
+        assert torch.equal(value, start[name]), name
+    # other held-out cells, the same path
+    changed = small_data.copy()
+    training = (changed.obs["split"].to_numpy() == "train").astype(np.float32)
+    changed.X = sp.csr_matrix(sp.diags(training) @ changed.X)
+    other = initial_module(CellData(changed, "none"), params, seed=0, device=CPU)
+    for name, value in other.pca_path.state_dict().items():  # ARPACK's sums: not to the bit
+        torch.testing.assert_close(value, start[name], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("setting", ["ema_decay", "count_thinning", "input_masking"])
 def test_a_recipe_rate_of_one_is_refused(setting):
     with pytest.raises(InputError, match=f"train.{setting}=1.0"):
@@ -116,9 +186,12 @@ def test_the_outputs_name_a_recipe_only_where_it_is_on():
 
     meta = {"learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128, "dropout": 0.1}
     meta |= {"hidden": [64], "ema_decay": 0.99, "count_thinning": 0.0, "input_masking": 0.0}
+    meta |= {"pca_path": False}
     values = settings_metrics(meta)
     assert values["setting_ema_decay"] == 0.99
     assert "setting_count_thinning" not in values and "setting_input_masking" not in values
+    assert "setting_pca_path" not in values
+    assert settings_metrics({**meta, "pca_path": True})["setting_pca_path"] == 1.0
     stats = pd.DataFrame(
         [{"model": "mse", "metric": name, "mean": value} for name, value in values.items()]
     )

@@ -58,12 +58,13 @@ def test_every_member_equals_its_run_alone(small_data, loss, extra):
     assert len(stopped) > 1 or loss != "mse"
 
 
+@pytest.mark.parametrize("pca_path", [False, True])
 @pytest.mark.parametrize("loss", ["mse", "nb"])
-def test_members_equal_their_runs_alone_under_every_recipe(small_data, loss):
+def test_members_equal_their_runs_alone_under_every_recipe(small_data, loss, pca_path):
     data, spec = CellData(small_data, "none"), get_loss(loss)
     recipes = {"ema_decay": 0.9, "count_thinning": 0.3, "input_masking": 0.1}
     train = TrainParams(**{**vars(SHORT), "patience": 1, "max_epochs": 30, **recipes})
-    runs = _runs(small_data, loss)
+    runs = _runs(small_data, loss, pca_path=pca_path)
     alone = [fit(data, spec, {}, p, train, seed, CPU) for p, seed in runs]
     for one, member in zip(alone, fit_stacked(data, spec, {}, runs, train, CPU)):
         _assert_same_run(one, member)
@@ -159,7 +160,7 @@ def test_members_must_share_the_architecture(small_data):
 def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
     """train_ranks (a seed's ranks stacked in one job) against one job per model: the same
     models, so byte-identical tables (summary.tsv, metrics.tsv, ranks.tsv) and weights; with
-    two training recipes on, read from the config as a user sets them."""
+    three training recipes on, read from the config as a user sets them."""
     import yaml
 
     from .conftest import run_snakemake, write_small_workflow_config
@@ -172,6 +173,7 @@ def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
         settings["model"]["latent_dim"] = [2, 8]
         settings["train"]["models_per_job"] = mode
         settings["train"] |= {"ema_decay": 0.9, "count_thinning": 0.2}
+        settings["model"]["pca_path"] = True
         settings["tune"] = {"enabled": False}
         settings["mcv"] = {"enabled": False}
         config.write_text(yaml.safe_dump(settings))
@@ -184,13 +186,15 @@ def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
         ranks, one = (results[mode] / table for mode in ("ranks", "one"))
         assert ranks.read_bytes() == one.read_bytes(), table
     text = (results["ranks"] / "summary.md").read_text()
-    assert "| tuned | ema_decay | count_thinning |" in text and "| no | 0.9 | 0.2 |" in text
+    assert "| tuned | ema_decay | count_thinning | pca_path |" in text
+    assert "| no | 0.9 | 0.2 | 1 |" in text
     for rank, loss, seed in ((2, "nb", 1), (8, "mse", 0)):
         files = [
             results[mode] / f"k{rank}" / "models" / loss / f"seed{seed}" / "model.pt"
             for mode in ("ranks", "one")
         ]
         stacked, alone = (torch.load(f, weights_only=True)["state_dict"] for f in files)
+        assert alone["pca_path.encoder_weight"].shape == (rank, 200)
         for key, value in alone.items():
             assert torch.equal(value, stacked[key]), (rank, loss, seed, key)
 

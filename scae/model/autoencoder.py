@@ -82,6 +82,11 @@ class Autoencoder:
         every hidden layer, batch norm before every ReLU.
     input_scaling
         ``"none"`` or ``"zscore"``: genes scaled by the training cells' mean and sd.
+    pca_path
+        A training recipe: the training cells' PCA at ``latent_dim``, frozen, carries the input
+        to the latent code and the code to the output, and the network learns a residual on it
+        from PCA's reconstruction on (:class:`scae.module.network.AutoencoderModule`). The
+        latent code stays ``latent_dim`` numbers and the output is decoded from it alone.
     """
 
     def __init__(
@@ -95,6 +100,7 @@ class Autoencoder:
         dropout: float = _MODEL_DEFAULTS.dropout,
         batch_norm: bool = _MODEL_DEFAULTS.batch_norm,
         input_scaling: InputScaling = "none",
+        pca_path: bool = _MODEL_DEFAULTS.pca_path,
     ):
         self.adata = adata
         self.setup = setup_of(adata)
@@ -118,6 +124,7 @@ class Autoencoder:
             latent_dim=latent_dim,
             dropout=dropout,
             batch_norm=batch_norm,
+            pca_path=pca_path,
             output=self.loss.output,
             dispersion=self.loss_params.get("dispersion", _MODEL_DEFAULTS.dispersion),
         )
@@ -343,6 +350,7 @@ class Autoencoder:
             "ema_decay": self.train_params.ema_decay,
             "count_thinning": self.train_params.count_thinning,
             "input_masking": self.train_params.input_masking,
+            "pca_path": self.module_params.pca_path,
         }
 
     @property
@@ -462,6 +470,7 @@ class Autoencoder:
             dropout=params.dropout,
             batch_norm=params.batch_norm,
             input_scaling=saved["input_scaling"],
+            pca_path=params.pca_path,
         )
         model.module, model.device = module, device
         # The training data's gene moments and target, not those of the AnnData given here.

@@ -30,6 +30,7 @@ class ModelParams:
     latent_dim: int = _DEFAULTS["latent_dim"]
     dropout: float = _DEFAULTS["dropout"]
     batch_norm: bool = _DEFAULTS["batch_norm"]
+    pca_path: bool = _DEFAULTS["pca_path"]
     output: OutputKind = "expression"
     dispersion: Dispersion = "gene"
 
@@ -68,12 +69,42 @@ def _mlp(sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: With ``pca_path``, a count head's PCA term is log(max(expm1(r), floor)): r, the PCA path's
+#: log-normalized expression, can be ≤ 0 where PCA predicts (almost) nothing.
+PCA_PATH_FLOOR = 1e-3
+
+
+class PcaPath(nn.Module):
+    """A frozen rank-k PCA as the linear path of an autoencoder: buffers, never trained.
+
+    Encoder term V(x − c) (k × G ``encoder_weight`` V, ``encoder_bias`` −Vc); decoder term
+    r = Wz + b (G × k ``decoder_weight``, G ``decoder_bias``), in the space the head predicts
+    in (:func:`scae.train.recipes.pca_path` fills them from the training cells).
+    """
+
+    def __init__(self, n_genes: int, rank: int):
+        super().__init__()
+        for name, shape in (
+            ("encoder_weight", (rank, n_genes)),
+            ("encoder_bias", (rank,)),
+            ("decoder_weight", (n_genes, rank)),
+            ("decoder_bias", (n_genes,)),
+        ):
+            self.register_buffer(name, torch.zeros(shape))
+
+
 class AutoencoderModule(nn.Module):
     """x → encoder MLP → z (linear, ``latent_dim``) → decoder MLP (mirrored) → head.
 
     Heads: ``expression`` – linear x̂; count heads – μ = softmax(W h)·ℓ with ℓ the cell's
     library size (as DCA and scVI), θ per gene (a learnt vector) or per gene and cell (a
     linear head), and for ``zinb`` a linear head of dropout logits.
+
+    With ``pca_path``, a frozen PCA-k (:class:`PcaPath`) carries x to z and z to the output,
+    and the network learns a residual on it: z = V(x − c) + f(x), and the head's output
+    (x̂, or a count head's logits) is r + g(z) for ``expression`` and log max(e^r − 1, floor)
+    + g(z) for the count heads, r = Wz + b. :meth:`load_pca_path` zeroes the residual's last
+    layers, so training starts from PCA's reconstruction.
     """
 
     def __init__(self, params: ModelParams):
@@ -93,10 +124,28 @@ class AutoencoderModule(nn.Module):
                 self.log_theta_head = nn.Linear(width, params.n_genes)
         if params.output == "zinb":
             self.dropout_head = nn.Linear(width, params.n_genes)
+        if params.pca_path:
+            self.pca_path = PcaPath(params.n_genes, params.latent_dim)
+
+    @torch.no_grad()
+    def load_pca_path(self, weights: dict[str, Tensor]) -> None:
+        """Set the PCA path's buffers to ``weights`` and zero the residual's last layers.
+
+        The latent projection and the head then start at 0: the module computes PCA-k's
+        scores and reconstruction, and gradients reach the rest through those layers' weights.
+        """
+        for name, value in weights.items():
+            getattr(self.pca_path, name).copy_(value)
+        for layer in (self.to_latent, self.head):
+            layer.weight.zero_()
+            layer.bias.zero_()
 
     def encode(self, x: Tensor) -> Tensor:
         """Map model inputs ``x`` (cells × genes) to latent codes z (cells × ``latent_dim``)."""
-        return self.to_latent(self.encoder(x))
+        z = self.to_latent(self.encoder(x))
+        if self.params.pca_path:
+            z = z + pca_term(x, self.pca_path.encoder_weight, self.pca_path.encoder_bias)
+        return z
 
     def decode(self, z: Tensor, library: Tensor | None = None) -> DecoderOutput:
         """Map latent codes ``z`` to the head's output.
@@ -122,6 +171,11 @@ class AutoencoderModule(nn.Module):
         """
         h = self.decoder(z)
         logits = self.head(h)
+        if self.params.pca_path:
+            path = self.pca_path
+            logits = logits + pca_term(
+                z, path.decoder_weight, path.decoder_bias, self.params.output != "expression"
+            )
         if self.params.output == "expression":
             return DecoderOutput(expression=logits)
         if library is None:
@@ -139,3 +193,13 @@ class AutoencoderModule(nn.Module):
     def forward(self, x: Tensor, library: Tensor | None = None) -> DecoderOutput:
         """Encode ``x`` and decode its latent codes: :meth:`decode` of :meth:`encode`."""
         return self.decode(self.encode(x), library)
+
+
+def pca_term(x: Tensor, weight: Tensor, bias: Tensor, counts: bool = False) -> Tensor:
+    """Return the PCA path's term r = F.linear(x, weight, bias).
+
+    For a count head's logits (``counts``): log max(e^r − 1, :data:`PCA_PATH_FLOOR`), r's
+    log-normalized expression as log proportions.
+    """
+    r = torch.nn.functional.linear(x, weight, bias)
+    return torch.log(torch.expm1(r).clamp_min(PCA_PATH_FLOOR)) if counts else r

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .batch import DecoderOutput
-from .network import LOG_THETA_RANGE, AutoencoderModule
+from .network import LOG_THETA_RANGE, AutoencoderModule, pca_term
 
 #: A layer's output: (M, B, D), or one (B, D_m) tensor per member where D depends on the rank.
 Activation = Tensor | list[Tensor]
@@ -61,8 +61,10 @@ class StackedAutoencoder:
         self.params = first
         self.ranks = [m.params.latent_dim for m in members]
         self._layers = _layer_program(members[0])
-        #: the linear layers next to the latent code: one tensor per member
-        self._per_member = _latent_layers(self._layers)
+        #: the linear layers next to the latent code (and the PCA path): one tensor per member
+        self._per_member = _latent_layers(self._layers) | (
+            {"pca_path"} if first.pca_path else set()
+        )
         self._bn_settings = {
             name: (layer.momentum, layer.eps)
             for name, layer in members[0].named_modules()
@@ -155,16 +157,19 @@ class StackedAutoencoder:
         """
         masks = iter(dropout_masks or [])
         h: Activation = x
+        latent: Activation = x
         for kind, name in self._layers:
             if kind == "linear":
                 h = self._linear(name, h)
+                if name == "to_latent" and self.params.pca_path:
+                    h = latent = self._add_pca_term("encoder", x, h)
             elif kind == "batch_norm":
                 h = self._batch_norm(name, h)
             elif kind == "relu":
                 h = torch.relu(h)
             elif self.training:  # dropout
                 h = h * next(masks)
-        return self._heads(h, library)
+        return self._heads(h, library, latent)
 
     __call__ = forward
 
@@ -192,6 +197,19 @@ class StackedAutoencoder:
             ]
         )
 
+    def _add_pca_term(
+        self, part: str, inputs: Activation, base: Activation, counts: bool = False
+    ) -> Tensor | list[Tensor]:
+        """Return ``base`` plus each member's PCA path term of ``inputs`` (encoder/decoder)."""
+        weights = self.tensors[f"pca_path.{part}_weight"]
+        biases = self.tensors[f"pca_path.{part}_bias"]
+        if not isinstance(inputs, list):
+            inputs = [inputs] * self.size if inputs.dim() == 2 else list(inputs.unbind())
+        out = [
+            b + pca_term(x, w, bias, counts) for b, x, w, bias in zip(base, inputs, weights, biases)
+        ]
+        return torch.stack(out) if len({o.shape for o in out}) == 1 else out
+
     def _batch_norm(self, name: str, h: Tensor) -> Tensor:
         m, b, width = h.shape
         flat = h.transpose(0, 1).reshape(b, m * width)  # one channel per member and unit
@@ -208,8 +226,11 @@ class StackedAutoencoder:
         )
         return out.view(b, m, width).transpose(0, 1).contiguous()
 
-    def _heads(self, h: Activation, library: Tensor | None) -> DecoderOutput:
+    def _heads(self, h: Activation, library: Tensor | None, latent: Activation) -> DecoderOutput:
         logits = self._linear("head", h)
+        if self.params.pca_path:
+            counts = self.params.output != "expression"
+            logits = self._add_pca_term("decoder", latent, logits, counts)
         if self.params.output == "expression":
             return DecoderOutput(expression=logits)
         if library is None:

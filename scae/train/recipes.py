@@ -1,8 +1,7 @@
-"""Training recipes that take variance out of one model: weight averaging and corrupted inputs.
+"""Training recipes that take variance out of one model: averaging, corruption, a PCA path.
 
-Each is a :class:`~scae.train.trainer.TrainParams` setting, off at 0, applied the same way by
-:func:`scae.train.fit` and :func:`scae.train.stacked.fit_stacked` (a stacked member is still
-bitwise its run alone):
+Each is a setting, off at 0 (or false), applied the same way by :func:`scae.train.fit` and
+:func:`scae.train.stacked.fit_stacked` (a stacked member is still bitwise its run alone):
 
 - ``ema_decay`` d: the model that is validated, early-stopped and kept is an exponential moving
   average of the weights, a ← d·a + (1 − d)·w after every optimiser step (the first step's
@@ -17,6 +16,10 @@ bitwise its run alone):
   with the cell's full-depth expression (or counts): a denoising objective at the count level.
 - ``input_masking`` p: each training input entry is set to zero with probability p (masking
   noise of a denoising autoencoder; no rescaling), the target left whole.
+- ``pca_path`` (a :class:`~scae.module.network.ModelParams` setting, the architecture's): the
+  training cells' PCA at the model's rank, frozen, is the model's linear path from input to
+  latent code to output, and the network learns a residual on it, from PCA's reconstruction
+  on (:func:`pca_path`; :class:`~scae.module.network.AutoencoderModule`).
 
 Validation, test and training-cell scores always read uncorrupted inputs.
 """
@@ -27,7 +30,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from sklearn.decomposition import PCA
 from torch import Tensor
 
 from .cells import CellData
@@ -109,4 +114,38 @@ def floating_state(module: torch.nn.Module) -> dict[str, list[Tensor]]:
     """
     return {
         name: [value] for name, value in module.state_dict().items() if value.is_floating_point()
+    }
+
+
+def pca_path(data: CellData, rank: int, counts_head: bool) -> dict[str, Tensor]:
+    """Return the buffers of a model's frozen PCA path (:class:`~scae.module.network.PcaPath`).
+
+    PCA of the training cells' model inputs (sparse, implicitly centred: sklearn's ARPACK
+    path, as the ``pca`` baseline; z-scored where the model's inputs are), at ``rank``: axes V
+    (rank × genes) and centre c in the input space. The encoder term is V(x − c). The decoder
+    term r = Vᵀz + c reconstructs in the input space, which an ``expression`` head predicts
+    in; for a count head (``counts_head``) it is mapped back to log-normalized expression,
+    r = s ⊙ (Vᵀz + c) + m under z-scoring (m, s the training cells' gene means and sds).
+    Only training cells are read.
+    """
+    train = data.x[data.rows("train")]
+    zscore = data.input_scaling == "zscore"
+    mean, std = data.mean.numpy().astype(np.float64), data.std.numpy().astype(np.float64)
+    if zscore:  # (x − m)/s: the columns scaled here, the centring PCA's own
+        train = train @ sp.diags(1 / std)
+    pca = PCA(n_components=rank, svd_solver="arpack", random_state=0).fit(train)
+    axes = pca.components_  # float64, rank × genes
+    centre = pca.mean_ - mean / std if zscore else pca.mean_
+    decoder_weight, decoder_bias = axes.T, centre
+    if counts_head and zscore:
+        decoder_weight, decoder_bias = std[:, None] * axes.T, std * centre + mean
+    weights = {
+        "encoder_weight": axes,
+        "encoder_bias": -(axes @ centre),
+        "decoder_weight": decoder_weight,
+        "decoder_bias": decoder_bias,
+    }
+    return {
+        name: torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+        for name, value in weights.items()
     }

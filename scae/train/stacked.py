@@ -57,6 +57,7 @@ from .trainer import (
     _stopped,
     fingerprint,
     fit,
+    initial_module,
     run_key,
 )
 
@@ -191,11 +192,9 @@ def _build(
     Each member is initialised as :func:`scae.train.fit` initialises it alone; the
     fingerprint covers every member's run (:func:`scae.train.trainer.run_key`).
     """
-    members = []
-    for params, seed in runs:
-        torch.manual_seed(seed)  # the initial weights fit() would draw
-        members.append(AutoencoderModule(params).to(device))
-    stack = StackedAutoencoder(members)
+    stack = StackedAutoencoder(
+        [initial_module(data, params, seed, device) for params, seed in runs]
+    )
     optimizer = adam(
         stack.parameters,
         device,

@@ -41,7 +41,7 @@ from .cells import (
 )
 from .inference import FitResult, evaluate_split
 from .optim import adam, set_learning_rate
-from .recipes import WeightAverage, corrupt_inputs, floating_state
+from .recipes import WeightAverage, corrupt_inputs, floating_state, pca_path
 
 logger = logging.getLogger("scae")
 
@@ -224,8 +224,7 @@ def fit(
     again. Randomness comes from (seed, epoch), so a resumed run is bitwise the uninterrupted
     one. ``on_epoch`` receives each epoch's history row (a tuner's pruner raises from it).
     """
-    torch.manual_seed(seed)
-    model = AutoencoderModule(model_params).to(device)
+    model = initial_module(data, model_params, seed, device)
     optimizer = adam(
         model.parameters(),
         device,
@@ -260,6 +259,22 @@ def fit(
             _save_checkpoint(checkpoint, key, model, optimizer, state)
             saved_at = time.monotonic()
     return _finish(model, state, train_params)
+
+
+def initial_module(
+    data: CellData, model_params: ModelParams, seed: int, device: torch.device
+) -> AutoencoderModule:
+    """Return the module a run starts from: its seed's initial weights, the PCA path where on.
+
+    The PCA path (``model_params.pca_path``) comes from ``data``'s training cells
+    (:func:`scae.train.recipes.pca_path`) and draws no random numbers.
+    """
+    torch.manual_seed(seed)
+    model = AutoencoderModule(model_params)
+    if model_params.pca_path:
+        counts_head = model_params.output != "expression"
+        model.load_pca_path(pca_path(data, model_params.latent_dim, counts_head))
+    return model.to(device)
 
 
 def _weight_average(state: dict, train_params: TrainParams) -> WeightAverage | None:
