@@ -194,7 +194,7 @@ def test_the_workflow_gives_the_same_results_with_one_model_per_job(tmp_path):
             for mode in ("ranks", "one")
         ]
         stacked, alone = (torch.load(f, weights_only=True)["state_dict"] for f in files)
-        assert alone["pca_path.encoder_weight"].shape == (rank, 200)
+        assert alone["pca_path.encoder_weight"].shape[0] == rank  # the PCA path, at its rank
         for key, value in alone.items():
             assert torch.equal(value, stacked[key]), (rank, loss, seed, key)
 
