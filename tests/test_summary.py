@@ -314,8 +314,15 @@ def test_markdown_marks_best_single_seed_columns_and_mcv_caveat():
     assert "best loss is `mse` (0.81); PCA at the same rank scores 0.85" in text
 
 
-def _rank_tables(folder, ranks=(32,), peers=None):
-    """The ranks.tsv and summary.tsv a summary.md has beside it (``peers``: name → means)."""
+def _rank_tables(folder, ranks=(32,), peers=None, recipes=None):
+    """The ranks.tsv, summary.tsv and metrics.tsv a summary.md has beside it (``peers``: name →
+    means; ``recipes``: recipe setting → value, as the runs record them)."""
+    settings = {"setting_learning_rate": 1e-3, **(recipes or {})}
+    pd.DataFrame(
+        [("autoencoder", f"setting_{name}", value) for name, value in settings.items()]
+        + [("baseline", "centred_cosine_mean", 0.47)],
+        columns=["kind", "metric", "value"],
+    ).to_csv(folder / "metrics.tsv", sep="\t", index=False)
     pd.DataFrame(
         {
             "rank": list(ranks),
@@ -342,16 +349,21 @@ def test_findings_open_with_a_row_per_dataset_peers_beside_the_answer(tmp_path):
     from scae.evaluation.findings import glance
 
     text, _ = _markdown("centred_cosine_mean")
+    recipe = {"pca_path": 1.0, "ema_decay": 0.99}
     for name, ranks, peers in [("a", (4, 32), {"scvi": [0.2, 0.3]}), ("b", (32,), None)]:
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.md").write_text(text)
-        _rank_tables(tmp_path / name, ranks, peers)
+        _rank_tables(tmp_path / name, ranks, peers, recipe if name == "a" else None)
+    # a's previous study run (another recipe): where it crossed stands beside where it does now
+    (tmp_path / "a" / "previous").mkdir()
+    _rank_tables(tmp_path / "a" / "previous", (2, 4, 32))
     lines = glance([tmp_path / "a" / "summary.md", tmp_path / "b" / "summary.md"]).splitlines()
     assert lines[2].endswith("| best − PCA-k | scVI |")  # only the peers some dataset ran
     assert lines[4] == (
-        "| d | k = 4 | k = 32 | 32 | `mse` 0.4400 | 0.4700 | -0.0300 [-0.0400, -0.0200] | 0.2500 |"
+        "| d | `ema_decay 0.99` + `pca_path` | k = 4 | k = 32 | k = 2 / k = 4 | 32 | `mse` 0.4400 "
+        "| 0.4700 | -0.0300 [-0.0400, -0.0200] | 0.2500 |"
     )
-    assert lines[5].startswith("| d | one rank only | one rank only | 32 |")
+    assert lines[5].startswith("| d | none | one rank only | one rank only | – | 32 |")
     assert lines[5].endswith("| – |")
 
 

@@ -107,43 +107,86 @@ def _section(path: Path, figures: str | None = None) -> tuple[str, dict]:
     )
 
 
+#: A dataset's previous study run beside its summary (``<dir>/previous/ranks.tsv``, copied
+#: there when the study is rerun with another recipe): the glance table shows its crossing too.
+PREVIOUS = "previous"
+
+
+def recipe_of(metrics: pd.DataFrame) -> str:
+    """Return the training recipes the autoencoders of ``metrics.tsv`` ran with ("none")."""
+    from ..outputs import RECIPE_SETTINGS, SETTING_PREFIX
+
+    runs = metrics[metrics["kind"] == "autoencoder"]
+    values = runs.groupby("metric")["value"].max()
+    on = [
+        name if name == "pca_path" else f"{name} {values[SETTING_PREFIX + name]:g}"
+        for name in RECIPE_SETTINGS
+        if values.get(SETTING_PREFIX + name, 0)
+    ]
+    return " + ".join(f"`{part}`" for part in on) or "none"
+
+
+def _where(ranks: pd.DataFrame) -> list[str]:
+    from .ranks import crossing
+
+    if len(ranks) < 2:
+        return ["one rank only"] * 2
+    return [f"k = {k}" if k else "–" for k in crossing(ranks)]
+
+
+def _ranks(path: Path) -> pd.DataFrame:
+    ranks = pd.read_csv(path, sep="\t")
+    ranks["verdict"] = ranks["verdict"].fillna("")
+    return ranks
+
+
 def glance(summaries: list[Path]) -> str:
     """Return the page's opening table: one row per dataset, the answer in a line.
 
-    Per dataset (from each summary's answer record, ``ranks.tsv`` and ``summary.tsv``): where
-    the best autoencoder beats PCA at the same rank and where PCA wins, and at the reference
-    rank the best loss, its primary metric, PCA-k's, their difference with its simultaneous
-    interval, and each peer's mean over seeds ("–": not run).
+    Per dataset (from each summary's answer record, ``ranks.tsv``, ``summary.tsv`` and
+    ``metrics.tsv``): the training recipe, where the best autoencoder beats PCA at the same
+    rank and where PCA wins (and, where the dataset's previous study run is kept in
+    :data:`PREVIOUS`, where they crossed there), and at the reference rank the best loss, its
+    primary metric, PCA-k's, their difference with its simultaneous interval, and each peer's
+    mean over seeds ("–": not run).
     """
     from ..registry import PEERS
-    from .ranks import crossing
 
     rows, metrics = [], set()
     for path in summaries:
         record = answer_record(path, path.read_text())
-        ranks = pd.read_csv(path.parent / "ranks.tsv", sep="\t")
-        ranks["verdict"] = ranks["verdict"].fillna("")
+        ranks = _ranks(path.parent / "ranks.tsv")
         runs = pd.read_csv(path.parent / "summary.tsv", sep="\t")
         metric, rank = record["primary_metric"], int(record["rank"])
         metrics.add(metric)
         at = ranks[ranks["rank"] == rank].iloc[0]
         peers = runs[(runs["kind"] == "peer") & (runs["rank"] == rank)].groupby("model")[metric]
-        rows.append((record["dataset"], crossing(ranks) if len(ranks) > 1 else None, rank, at,
+        previous = path.parent / PREVIOUS / "ranks.tsv"
+        before = " / ".join(_where(_ranks(previous))) if previous.exists() else "–"
+        recipe = recipe_of(pd.read_csv(path.parent / "metrics.tsv", sep="\t"))
+        rows.append((record["dataset"], recipe, _where(ranks), before, rank, at,
                      peers.mean().to_dict()))  # fmt: skip
     names = [name for name in PEERS if any(name in peers for *_, peers in rows)]
-    header = ["dataset", "AE better than PCA up to", "PCA better from", "at k", "best loss"]
-    header += ["PCA-k", "best − PCA-k", *(PEERS[n].label for n in names)]
+    header = ["dataset", "recipe", "AE better than PCA up to", "PCA better from"]
+    header += ["before (up to / from)", "at k", "best loss", "PCA-k", "best − PCA-k"]
+    header += [PEERS[n].label for n in names]
     lines = [
         f"**At a glance** (`{', '.join(sorted(metrics))}` on held-out test cells; intervals "
-        "simultaneous over each dataset's ranks; peers: mean over seeds, never ranked among "
-        "the losses):",
+        "simultaneous over each dataset's ranks; \"before\": the dataset's previous study run, "
+        "without the recipe; peers: mean over seeds, never ranked among the losses):",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
-    for dataset, cross, rank, at, peers in rows:
-        where = [f"k = {k}" if k else "–" for k in cross] if cross else ["one rank only"] * 2
-        cells = [dataset, *where, str(rank), f"`{at['best']}` {at['best_mean']:.4f}"]
+    for dataset, recipe, where, before, rank, at, peers in rows:
+        cells = [
+            dataset,
+            recipe,
+            *where,
+            before,
+            str(rank),
+            f"`{at['best']}` {at['best_mean']:.4f}",
+        ]
         cells += [
             f"{at['pca_mean']:.4f}",
             f"{at['mean_difference']:+.4f} [{at['ci_low']:+.4f}, {at['ci_high']:+.4f}]",
