@@ -154,6 +154,12 @@ def test_a_count_heads_pca_path_predicts_pcas_expression_as_proportions(small_da
     assert spec.output == "nb"
 
 
+def test_a_pca_path_above_the_datas_rank_is_refused_with_the_fix(small_data):
+    params = ModelParams(n_genes=small_data.n_vars, hidden=(8,), latent_dim=250, pca_path=True)
+    with pytest.raises(InputError, match="model.pca_path: a PCA at latent_dim 250.*lower model"):
+        initial_module(CellData(small_data, "none"), params, seed=0, device=CPU)
+
+
 def test_the_pca_path_is_frozen_and_reads_only_training_cells(small_data):
     data, spec = CellData(small_data, "none"), get_loss("mse")
     params = ModelParams(n_genes=small_data.n_vars, hidden=(32,), latent_dim=4, pca_path=True)

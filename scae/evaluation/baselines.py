@@ -25,13 +25,9 @@ from sklearn.decomposition import PCA
 from ..config import MIN_STD
 from ..data.mcv import HELDOUT_LAYER
 from ..io import logger
+from ..pca import fit_pca
 from .mcv import heldout_expression
 from .metrics import CHUNK
-
-
-def fit_pca(train_x: sp.spmatrix, n_components: int, seed: int) -> PCA:
-    """PCA of sparse training cells with implicit centring (sklearn's ARPACK path)."""
-    return PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit(train_x)
 
 
 def pca_embed_and_reconstruct(

@@ -32,9 +32,10 @@ from contextlib import contextmanager
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.decomposition import PCA
 from torch import Tensor
 
+from ..config import InputError
+from ..pca import fit_pca
 from .cells import CellData
 
 
@@ -129,11 +130,17 @@ def pca_path(data: CellData, rank: int, counts_head: bool) -> dict[str, Tensor]:
     Only training cells are read.
     """
     train = data.x[data.rows("train")]
+    if rank >= min(train.shape):
+        raise InputError(
+            f"model.pca_path: a PCA at latent_dim {rank} needs more than {rank} genes and "
+            f"training cells, and these data have {train.shape[1]} genes and {train.shape[0]} "
+            "training cells; lower model.latent_dim or turn model.pca_path off"
+        )
     zscore = data.input_scaling == "zscore"
     mean, std = data.mean.numpy().astype(np.float64), data.std.numpy().astype(np.float64)
     if zscore:  # (x − m)/s: the columns scaled here, the centring PCA's own
         train = train @ sp.diags(1 / std)
-    pca = PCA(n_components=rank, svd_solver="arpack", random_state=0).fit(train)
+    pca = fit_pca(train, rank, seed=0)
     axes = pca.components_  # float64, rank × genes
     centre = pca.mean_ - mean / std if zscore else pca.mean_
     decoder_weight, decoder_bias = axes.T, centre

@@ -1,0 +1,11 @@
+"""PCA of sparse cells: the one fit the ``pca`` baselines and the PCA path recipe share."""
+
+from __future__ import annotations
+
+import scipy.sparse as sp
+from sklearn.decomposition import PCA
+
+
+def fit_pca(train_x: sp.spmatrix, n_components: int, seed: int) -> PCA:
+    """PCA of sparse training cells with implicit centring (sklearn's ARPACK path)."""
+    return PCA(n_components=n_components, svd_solver="arpack", random_state=seed).fit(train_x)
