@@ -405,6 +405,7 @@ def test_findings_show_another_regime_without_counting_it(tmp_path):
     rendered = render([one, tmp_path / "one.md"], also=(regime,))
     across = rendered.index("**Across 2 datasets**")
     assert rendered.index("_Source: `" + str(regime)) > across  # shown after the count
+    assert across < rendered.index("**Other regimes**") < rendered.index("_Source: `" + str(regime))
     assert "Across 3" not in rendered  # and not counted, though it ranks by another metric
 
 

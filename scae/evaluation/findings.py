@@ -243,6 +243,15 @@ def depth_tables(summaries: list[Path]) -> list[str]:
     return tables
 
 
+#: The line before the ``--also`` sections.
+ALSO_LEAD = (
+    "**Other regimes** of a dataset above, shown and not counted in the line above: each "
+    "section ranks by the metric its answer names (`zscored_cosine_mean` for genes z-scored "
+    "by the training cells' mean and sd, as `sc.pp.scale` does, the regime in which a cosine "
+    "loss is most often used)."
+)
+
+
 def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | None = None) -> str:
     """Return the page's generated part.
 
@@ -255,6 +264,8 @@ def render(summaries: list[Path], also: tuple[Path, ...] = (), figures: str | No
     if len(sections) > 1:
         parts.append(across_datasets([record for _, record in sections]))
     parts += depth_tables(summaries)
+    if also:
+        parts.append(ALSO_LEAD)
     parts += [_section(path, figures)[0] for path in also]
     return "\n\n".join(parts)
 
