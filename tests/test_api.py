@@ -425,7 +425,8 @@ def test_api_defaults_are_the_schemas():
 
 
 def test_training_imports_neither_scanpy_nor_sklearn():
-    """The train job's env (envs/torch.yaml) has neither: its imports must not need them."""
+    """The train job's env (envs/torch.yaml) has no scanpy, and sklearn only for the PCA path
+    (model.pca_path): importing training loads neither."""
     code = (
         "import sys; from scae import Autoencoder; import scae.outputs, scae.io, "
         "scae.train; print([m for m in ('scanpy', 'sklearn') if m in sys.modules])"
