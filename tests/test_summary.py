@@ -435,7 +435,7 @@ def test_findings_copy_the_figures_next_to_the_page_and_summarize_in_the_readme(
 
 
 def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
-    from scae.evaluation.findings import depth_tables
+    from scae.evaluation.findings import MIXED_RECIPES, depth_tables
 
     text, _ = _markdown("centred_cosine_mean")
     paths = []
@@ -443,13 +443,14 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
         ("full", 1.0, ["better", "worse"]),
         ("quarter", 0.25, ["better", "better"]),
         ("other", 1.0, ["worse", "worse"]),
+        ("other_half", 0.5, ["worse", "worse"]),
     ]:
         folder = tmp_path / name
         folder.mkdir()
         record = answer_record("x", text) | {
             "dataset": name,
             "depth": depth,
-            "input": "other.h5ad" if name == "other" else "p.h5ad",
+            "input": "other.h5ad" if name.startswith("other") else "p.h5ad",
         }
         (folder / "summary.md").write_text(
             text.replace(json.dumps(answer_record("x", text)), json.dumps(record))
@@ -457,12 +458,21 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
         pd.DataFrame({"rank": [2, 32], "verdict": verdicts}).to_csv(
             folder / "ranks.tsv", sep="\t", index=False
         )
+        # full depth of p.h5ad trained with the PCA path, every other run without a recipe
+        settings = {"setting_pca_path": float(name == "full"), "setting_ema_decay": 0.0}
+        pd.DataFrame(
+            [("autoencoder", metric, value) for metric, value in settings.items()],
+            columns=["kind", "metric", "value"],
+        ).to_csv(folder / "metrics.tsv", sep="\t", index=False)
         paths.append(folder / "summary.md")
-    tables = depth_tables(paths)
-    assert len(tables) == 1 and "`p.h5ad`" in tables[0]  # "other" ran at one depth only
-    lines = tables[0].splitlines()
-    assert lines[-2] == "| 1 | full | ▲ AE | ▼ PCA | 2 | 32 |"
-    assert lines[-1] == "| 0.25 | quarter | ▲ AE | ▲ AE | 32 | – |"
+    first, second = depth_tables(paths)
+    assert "`p.h5ad`" in first and "`other.h5ad`" in second
+    lines = first.splitlines()
+    assert lines[-4] == "| 1 | full | `pca_path` | ▲ AE | ▼ PCA | 2 | 32 |"
+    assert lines[-3] == "| 0.25 | quarter | none | ▲ AE | ▲ AE | 32 | – |"
+    assert lines[-1] == MIXED_RECIPES  # the depths' difference could be the recipe's
+    assert second.splitlines()[-1] == "| 0.5 | other_half | none | ▼ PCA | ▼ PCA | – | 2 |"
+    assert MIXED_RECIPES not in second
 
 
 def test_a_depth_variant_says_so_and_records_its_depth():

@@ -205,42 +205,55 @@ def depth_tables(summaries: list[Path]) -> list[str]:
 
     The depths are the ``datasets.<name>.thin`` variants. Each table holds the rank table's
     verdicts, one row per depth and one column per rank, with the crossing (from each
-    summary's ``ranks.tsv``).
+    summary's ``ranks.tsv``) and the training recipe (from its ``metrics.tsv``). Depths
+    trained with different recipes are said to be so under the table: their difference is
+    the recipe's as much as the depth's.
     """
     from .ranks import crossing
 
-    groups: dict[str, list[tuple[float, str, pd.DataFrame]]] = {}
+    groups: dict[str, list[tuple[float, str, str, pd.DataFrame]]] = {}
     for path in summaries:
         record = answer_record(path, path.read_text())
         if "input" not in record:
             continue
-        ranks = pd.read_csv(path.parent / "ranks.tsv", sep="\t")
-        ranks["verdict"] = ranks["verdict"].fillna("")
-        groups.setdefault(record["input"], []).append((record["depth"], record["dataset"], ranks))
+        recipe = recipe_of(pd.read_csv(path.parent / "metrics.tsv", sep="\t"))
+        groups.setdefault(record["input"], []).append(
+            (record["depth"], record["dataset"], recipe, _ranks(path.parent / "ranks.tsv"))
+        )
     tables = []
     for source, runs in groups.items():
-        if len({depth for depth, _, _ in runs}) < 2:
+        if len({depth for depth, *_ in runs}) < 2:
             continue
-        ranks = sorted({int(k) for _, _, table in runs for k in table["rank"]})
+        ranks = sorted({int(k) for *_, table in runs for k in table["rank"]})
         lines = [
             f"**Rank × depth** (`{source}`, binomially thinned; the best loss against "
             "PCA at the same rank, intervals simultaneous over the ranks):",
             "",
-            "| depth | dataset | "
+            "| depth | dataset | recipe | "
             + " | ".join(f"k = {k}" for k in ranks)
             + " | AE better up to | PCA better from |",
-            "|---|---|" + "---|" * (len(ranks) + 2),
+            "|---|---|---|" + "---|" * (len(ranks) + 2),
         ]
-        for depth, dataset, table in sorted(runs, key=lambda run: -run[0]):
+        for depth, dataset, recipe, table in sorted(runs, key=lambda run: -run[0]):
             verdicts = dict(zip(table["rank"].astype(int), table["verdict"]))
             largest, smallest = crossing(table)
             lines.append(
-                f"| {depth:g} | {dataset} | "
+                f"| {depth:g} | {dataset} | {recipe} | "
                 + " | ".join(MARKS.get(verdicts.get(k, ""), "–") for k in ranks)
                 + f" | {largest or '–'} | {smallest or '–'} |"
             )
+        if len({recipe for _, _, recipe, _ in runs}) > 1:
+            lines += ["", MIXED_RECIPES]
         tables.append("\n".join(lines))
     return tables
+
+
+#: Under a rank × depth table whose depths trained with different recipes.
+MIXED_RECIPES = (
+    "**These depths trained with different recipes** (the `recipe` column): a difference "
+    "between their rows is the recipe's as much as the depth's. Compare depths within one "
+    "recipe."
+)
 
 
 #: The line before the ``--also`` sections.
