@@ -444,13 +444,14 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
         ("quarter", 0.25, ["better", "better"]),
         ("other", 1.0, ["worse", "worse"]),
         ("other_half", 0.5, ["worse", "worse"]),
+        ("lone", 1.0, ["worse", "worse"]),
     ]:
         folder = tmp_path / name
         folder.mkdir()
         record = answer_record("x", text) | {
             "dataset": name,
             "depth": depth,
-            "input": "other.h5ad" if name.startswith("other") else "p.h5ad",
+            "input": {"other": "other.h5ad", "lone": "lone.h5ad"}.get(name.split("_")[0], "p.h5ad"),
         }
         (folder / "summary.md").write_text(
             text.replace(json.dumps(answer_record("x", text)), json.dumps(record))
@@ -465,7 +466,9 @@ def test_findings_tabulate_the_verdicts_of_depth_variants_by_rank(tmp_path):
             columns=["kind", "metric", "value"],
         ).to_csv(folder / "metrics.tsv", sep="\t", index=False)
         paths.append(folder / "summary.md")
-    first, second = depth_tables(paths)
+    tables = depth_tables(paths)
+    assert len(tables) == 2  # "lone" ran at one depth only: no table
+    first, second = tables
     assert "`p.h5ad`" in first and "`other.h5ad`" in second
     lines = first.splitlines()
     assert lines[-4] == "| 1 | full | `pca_path` | ▲ AE | ▼ PCA | 2 | 32 |"
