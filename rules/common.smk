@@ -385,7 +385,15 @@ def wildcard_number(name):
     return number
 
 
-def trial_tables(wildcards):
-    return [
-        f"results/{wildcards.dataset}/tuning/{loss}/trials.tsv" for loss in LOSS_NAMES
-    ]
+def tuning_outcomes(name):
+    """Every loss's tuning file ``name`` (trials.tsv, best.yaml), none when tuning is off: the
+    tuning figure plots the trials, the summary names those the epoch cap ended."""
+
+    def files(wildcards):
+        if not TUNE:
+            return []
+        return [
+            f"results/{wildcards.dataset}/tuning/{loss}/{name}" for loss in LOSS_NAMES
+        ]
+
+    return files

@@ -70,6 +70,8 @@ rule summarize:
         metrics=metric_files,
         per_cell=per_cell_files,
         histories=history_files,
+        trials=tuning_outcomes("trials.tsv"),
+        choices=tuning_outcomes("best.yaml"),
     output:
         tidy="results/{dataset}/metrics.tsv",
         summary=in_report("summary.tsv", "Tables"),

@@ -35,7 +35,7 @@ rule tune:
 
 rule plot_tuning:
     input:
-        trials=trial_tables,
+        trials=tuning_outcomes("trials.tsv"),
     output:
         figure=in_report("plots/tuning.png", "Training"),
     log:

@@ -1,6 +1,9 @@
 """Snakemake entry point: gather every run's metrics into the dataset's tables and answer."""
 
+from pathlib import Path
+
 import pandas as pd
+import yaml
 
 from scae import layout
 from scae.evaluation.markdown import markdown_summary
@@ -47,6 +50,13 @@ with rule_logging(sm.log[0]) as log:
         reference_rank=sm.params.reference_rank,
         source=sm.params.dataset,
         orientation=read_scae_uns(sm.input.data).get("orientation", {}).get("sentence"),
+        tuning={  # results/{dataset}/tuning/{loss}/{trials.tsv,best.yaml}
+            Path(trials).parent.name: (
+                pd.read_csv(trials, sep="\t"),
+                yaml.safe_load(Path(best).read_text()),
+            )
+            for trials, best in zip(sm.input.trials, sm.input.choices, strict=True)
+        },
     )
     log.info("\n%s", markdown)
     for path, frame in [

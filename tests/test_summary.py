@@ -526,3 +526,56 @@ def test_the_results_layout_reads_back_what_it_writes():
     run = layout.parse(history)
     assert (run.dataset, run.rank, run.model, run.seed, run.label) == ("d", 8, "nb", 3, "nb")
     assert layout.parse("x/results/d/k32/embeddings/mse/seed0.h5ad").label == "mse"
+
+
+def _trials(tmp_path, loss, converged):
+    """A tuning trials.tsv as the tune stage writes it, read back as the summarize job reads it."""
+    table = pd.DataFrame(
+        {
+            "trial": range(len(converged)),
+            "state": ["pruned" if c is None else "complete" for c in converged],
+            "epochs": [300 if c is False else 40 for c in converged],
+            "best_epoch": [297 if c is False else 32 for c in converged],
+            "converged": converged,
+        }
+    )
+    path = tmp_path / f"{loss}.tsv"
+    table.to_csv(path, sep="\t", index=False)
+    return pd.read_csv(path, sep="\t")
+
+
+def test_tuning_trials_the_epoch_cap_ended_are_named_and_a_chosen_one_is_marked(tmp_path):
+    tidy, per_cell = _scored(MEANS)
+    settings = {"learning_rate": 1e-3, "weight_decay": 0.0, "batch_size": 128, "dropout": 0.1}
+    settings |= {"hidden_1": 128, "tuned": 1}
+    runs = tidy[tidy["kind"] == "autoencoder"].drop_duplicates(["model", "seed"])
+    tidy = pd.concat(
+        [tidy]
+        + [runs.assign(metric=f"setting_{name}", value=v) for name, v in settings.items()],
+        ignore_index=True,
+    )
+    best = best_loss(aggregate(tidy), "centred_cosine_mean")
+    comparisons = paired_differences(per_cell, best, "centred_cosine_mean", rank=32)
+    tuning = {
+        "mse": (_trials(tmp_path, "mse", [True, False, None]), {"trial": 1}),
+        "mse_cosine": (_trials(tmp_path, "mse_cosine", [True, False]), {"trial": 0}),
+        "cosine": (_trials(tmp_path, "cosine", [True, None, True]), {"trial": 2}),
+    }
+    text = markdown_summary(tidy, comparisons, "d", tuning=tuning)
+    assert (
+        "**Tuning:** 2 trials ran into the epoch cap still improving: `mse` trial 1 (best "
+        "epoch 297 of 300; **chosen**: every run of this loss trains with its settings), "
+        "`mse_cosine` trial 1 (best epoch 297 of 300). A chosen trial might not have won" in text
+    )
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if "| [128] |" in line}
+    assert "| yes, **at the cap** |" in rows["| mse"]
+    assert rows["| mse_cosine"].endswith("| yes |") and rows["| cosine"].endswith("| yes |")
+
+    unchosen = tuning | {"mse": (tuning["mse"][0], {"trial": 0})}
+    text = markdown_summary(tidy, comparisons, "d", tuning=unchosen)
+    assert "`mse` trial 1 (best epoch 297 of 300), `mse_cosine`" in text
+    assert "Had they run on, one might have been chosen" in text and "at the cap" not in text
+
+    converged = {loss: (_trials(tmp_path, loss, [True, None]), {"trial": 0}) for loss in tuning}
+    text = markdown_summary(tidy, comparisons, "d", tuning=converged)
+    assert "**Tuning:**" not in text and "at the cap" not in text

@@ -93,11 +93,12 @@ def _notes(stats: pd.DataFrame) -> list[str]:
     return notes
 
 
-def settings_table(stats: pd.DataFrame) -> list[str]:
+def settings_table(stats: pd.DataFrame, capped: frozenset[str] = frozenset()) -> list[str]:
     """Return Markdown lines of the settings each loss trained with.
 
-    The settings are the ``setting_*`` metrics, with whether tuning chose them; no lines when no
-    run recorded any.
+    The settings are the ``setting_*`` metrics, with whether tuning chose them (``capped``: the
+    losses whose chosen trial ran into the epoch cap still improving, marked so); no lines when
+    no run recorded any.
     """
     settings = stats[stats["metric"].str.startswith(SETTING_PREFIX)]
     if settings.empty:
@@ -122,6 +123,8 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
     for model, row in table.iterrows():
         widths = ", ".join(f"{row[c]:.0f}" for c in hidden if pd.notna(row[c]))
         tuned = "yes" if row.get(f"{SETTING_PREFIX}tuned", 0) == 1 else "no"
+        if tuned == "yes" and model in capped:
+            tuned = "yes, **at the cap**"
         lines.append(
             f"| {model} | {row[SETTING_PREFIX + 'learning_rate']:.3g} | "
             f"{row[SETTING_PREFIX + 'weight_decay']:.3g} | "
@@ -130,6 +133,56 @@ def settings_table(stats: pd.DataFrame) -> list[str]:
             + "".join(f" {np.nan_to_num(row[SETTING_PREFIX + r]):g} |" for r in recipes)
         )
     return lines
+
+
+def capped_trials(tuning: dict[str, tuple[pd.DataFrame, dict]]) -> pd.DataFrame:
+    """Return the tuning trials that ran into the epoch cap still improving.
+
+    ``tuning`` maps each loss to its ``trials.tsv`` table and its ``best.yaml``. A trial is
+    capped when it completed with ``converged`` False: it ran all ``tune.max_epochs`` with its
+    best epoch among the last ``train.patience``, so the cap, not early stopping, ended it.
+    One row per such trial: ``loss``, ``trial``, ``epochs``, ``best_epoch`` and ``chosen``
+    (the trial whose settings the loss trains with).
+    """
+    rows = []
+    for loss, (trials, best) in sorted(tuning.items()):
+        capped = trials[trials["converged"].astype("string").str.lower().eq("false")]
+        for trial in capped.itertuples():
+            rows.append(
+                {
+                    "loss": loss,
+                    "trial": int(trial.trial),
+                    "epochs": int(trial.epochs),
+                    "best_epoch": int(trial.best_epoch),
+                    "chosen": int(trial.trial) == int(best["trial"]),
+                }
+            )
+    columns = ["loss", "trial", "epochs", "best_epoch", "chosen"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _tuning_lines(capped: pd.DataFrame) -> list[str]:
+    """Return the caveat under the rank table when tuning trials ran into their epoch cap."""
+    if capped.empty:
+        return []
+    named = [
+        f"`{row.loss}` trial {row.trial} (best epoch {row.best_epoch} of {row.epochs}"
+        + ("; **chosen**: every run of this loss trains with its settings" if row.chosen else "")
+        + ")"
+        for row in capped.itertuples()
+    ]
+    return [
+        f"**Tuning:** {len(named)} trial{'s' * (len(named) != 1)} ran into the epoch cap still "
+        f"improving: {', '.join(named)}. "
+        + (
+            "A chosen trial might not have won had it run on"
+            if capped["chosen"].any()
+            else "Had they run on, one might have been chosen"
+        )
+        + ": raise `tune.max_epochs` to settle it (`tuning/{loss}/trials.tsv`, `converged` "
+        "False).",
+        "",
+    ]
 
 
 def _thin_sentence(source: dict | None) -> str:
@@ -244,6 +297,7 @@ def _rank_section(
     rank: int,
     reference: bool,
     source: dict | None = None,
+    capped: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Return one rank's section, with its machine-readable record.
 
@@ -281,7 +335,7 @@ def _rank_section(
     notes = _notes(stats)
     if notes:
         lines += [""] + [f"- {note}" for note in notes]
-    lines += settings_table(stats)
+    lines += settings_table(stats, capped)
     text, record = answer(stats, comparisons, dataset, primary_metric, runs, level)
     record |= {"rank": rank, "reference": reference}
     if source is not None:  # which input, at which depth: findings tabulate depth variants
@@ -366,6 +420,7 @@ def markdown_summary(
     reference_rank: int | None = None,
     source: dict | None = None,
     orientation: str | None = None,
+    tuning: dict[str, tuple[pd.DataFrame, dict]] | None = None,
 ) -> str:
     """Return the text of ``summary.md``.
 
@@ -375,7 +430,9 @@ def markdown_summary(
     dataset's preprocessing settings, stated under the title; ``reference_rank`` (default the
     largest) is the rank tuning and MCV ran at; ``source`` the dataset's configuration (its
     ``path``, and ``thin`` for a depth variant), recorded for :mod:`scae.evaluation.findings`;
-    ``orientation`` how the input's axes were read, and the evidence (stated under the title).
+    ``orientation`` how the input's axes were read, and the evidence (stated under the title);
+    ``tuning`` each tuned loss's trials and ``best.yaml`` (:func:`capped_trials`: trials that
+    ran into the epoch cap are named under the rank table and in the settings tables).
     """
     stats = aggregate(tidy)
     stats = stats[stats["dataset"] == dataset]
@@ -385,6 +442,9 @@ def markdown_summary(
     if comparisons.empty:
         comparisons = pd.DataFrame(columns=COMPARISON_COLUMNS)
     lines += _rank_lines(rank_table(stats, comparisons, primary_metric), primary_metric, level)
+    capped = capped_trials(tuning or {})
+    lines += _tuning_lines(capped)
+    chosen_capped = frozenset(capped.loc[capped["chosen"], "loss"])
     for rank in ranks:
         runs_here = None
         if runs is not None:
@@ -401,6 +461,7 @@ def markdown_summary(
             rank,
             rank == reference_rank,
             source,
+            chosen_capped,
         )
     if len(comparisons):
         lines += _comparison_lines(comparisons, level)
