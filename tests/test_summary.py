@@ -550,22 +550,22 @@ def test_tuning_trials_the_epoch_cap_ended_are_named_and_a_chosen_one_is_marked(
     settings |= {"hidden_1": 128, "tuned": 1}
     runs = tidy[tidy["kind"] == "autoencoder"].drop_duplicates(["model", "seed"])
     tidy = pd.concat(
-        [tidy]
-        + [runs.assign(metric=f"setting_{name}", value=v) for name, v in settings.items()],
+        [tidy] + [runs.assign(metric=f"setting_{name}", value=v) for name, v in settings.items()],
         ignore_index=True,
     )
     best = best_loss(aggregate(tidy), "centred_cosine_mean")
     comparisons = paired_differences(per_cell, best, "centred_cosine_mean", rank=32)
     tuning = {
         "mse": (_trials(tmp_path, "mse", [True, False, None]), {"trial": 1}),
+        "nb": (_trials(tmp_path, "nb", [False, True, False]), {"trial": 1}),
         "mse_cosine": (_trials(tmp_path, "mse_cosine", [True, False]), {"trial": 0}),
         "cosine": (_trials(tmp_path, "cosine", [True, None, True]), {"trial": 2}),
     }
     text = markdown_summary(tidy, comparisons, "d", tuning=tuning)
     assert (
-        "**Tuning:** 2 trials ran into the epoch cap still improving: `mse` trial 1 (best "
-        "epoch 297 of 300; **chosen**: every run of this loss trains with its settings), "
-        "`mse_cosine` trial 1 (best epoch 297 of 300). A chosen trial might not have won" in text
+        "**Tuning:** 4 trials ran into the 300-epoch cap still improving: `mse` trial 1 "
+        "(**chosen**); `mse_cosine` trial 1; `nb` trials 0, 2. A chosen trial's settings train "
+        "every run" in text
     )
     rows = {line.split(" | ")[0]: line for line in text.splitlines() if "| [128] |" in line}
     assert "| yes, **at the cap** |" in rows["| mse"]
@@ -573,7 +573,7 @@ def test_tuning_trials_the_epoch_cap_ended_are_named_and_a_chosen_one_is_marked(
 
     unchosen = tuning | {"mse": (tuning["mse"][0], {"trial": 0})}
     text = markdown_summary(tidy, comparisons, "d", tuning=unchosen)
-    assert "`mse` trial 1 (best epoch 297 of 300), `mse_cosine`" in text
+    assert "improving: `mse` trial 1; `mse_cosine` trial 1; `nb` trials 0, 2. Had" in text
     assert "Had they run on, one might have been chosen" in text and "at the cap" not in text
 
     converged = {loss: (_trials(tmp_path, loss, [True, None]), {"trial": 0}) for loss in tuning}

@@ -166,16 +166,19 @@ def _tuning_lines(capped: pd.DataFrame) -> list[str]:
     if capped.empty:
         return []
     named = [
-        f"`{row.loss}` trial {row.trial} (best epoch {row.best_epoch} of {row.epochs}"
-        + ("; **chosen**: every run of this loss trains with its settings" if row.chosen else "")
-        + ")"
-        for row in capped.itertuples()
+        f"`{loss}` trial{'s' * (len(trials) > 1)} "
+        + ", ".join(
+            f"{trial.trial}" + (" (**chosen**)" if trial.chosen else "")
+            for trial in trials.itertuples()
+        )
+        for loss, trials in capped.groupby("loss", sort=True)
     ]
     return [
-        f"**Tuning:** {len(named)} trial{'s' * (len(named) != 1)} ran into the epoch cap still "
-        f"improving: {', '.join(named)}. "
+        f"**Tuning:** {len(capped)} trial{'s' * (len(capped) != 1)} ran into the "
+        f"{capped['epochs'].max()}-epoch cap still improving: {'; '.join(named)}. "
         + (
-            "A chosen trial might not have won had it run on"
+            "A chosen trial's settings train every run of its loss, and it might not have won "
+            "had it run on"
             if capped["chosen"].any()
             else "Had they run on, one might have been chosen"
         )
