@@ -141,8 +141,8 @@ def capped_trials(tuning: dict[str, tuple[pd.DataFrame, dict]]) -> pd.DataFrame:
     ``tuning`` maps each loss to its ``trials.tsv`` table and its ``best.yaml``. A trial is
     capped when it completed with ``converged`` False: it ran all ``tune.max_epochs`` with its
     best epoch among the last ``train.patience``, so the cap, not early stopping, ended it.
-    One row per such trial: ``loss``, ``trial``, ``epochs``, ``best_epoch`` and ``chosen``
-    (the trial whose settings the loss trains with).
+    One row per such trial: ``loss``, ``trial``, ``epochs`` (the cap) and ``chosen`` (the
+    trial whose settings the loss trains with).
     """
     rows = []
     for loss, (trials, best) in sorted(tuning.items()):
@@ -153,11 +153,10 @@ def capped_trials(tuning: dict[str, tuple[pd.DataFrame, dict]]) -> pd.DataFrame:
                     "loss": loss,
                     "trial": int(trial.trial),
                     "epochs": int(trial.epochs),
-                    "best_epoch": int(trial.best_epoch),
                     "chosen": int(trial.trial) == int(best["trial"]),
                 }
             )
-    columns = ["loss", "trial", "epochs", "best_epoch", "chosen"]
+    columns = ["loss", "trial", "epochs", "chosen"]
     return pd.DataFrame(rows, columns=columns)
 
 
