@@ -261,6 +261,21 @@ def test_answer_names_ties_and_uses_the_primary_metric():
     assert "`cosine` (0.3" in answer and "mse_cosine" not in answer
 
 
+def test_answer_says_two_seeds_cannot_tell_what_they_tie():
+    tidy, per_cell = _scored(MEANS, seeds=(0, 1))
+    best = best_loss(aggregate(tidy), "centred_cosine_mean")
+    comparisons = paired_differences(per_cell, best, "centred_cosine_mean", rank=32)
+    text = markdown_summary(tidy, comparisons, "d", "centred_cosine_mean")
+    answer = next(line for line in text.splitlines() if line.startswith("**Answer:**"))
+    # 0.075 below the best is worse at three seeds (above); at two, t with 1 df ties it
+    assert "`cosine` (0.3" in answer and "mean over 2 seeds" in answer
+    assert "Two seeds: the seed part of every interval has one degree of freedom" in answer
+    assert answer_record("summary.md", text)["tied"] == ["cosine", "mse"]
+
+    three, _ = _markdown("centred_cosine_mean")
+    assert "Two seeds:" not in three
+
+
 def test_answer_flags_runs_that_did_not_converge():
     runs = convergence(
         {

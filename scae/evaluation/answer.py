@@ -68,6 +68,14 @@ def answer(
     ranks = comparisons[comparisons["family"] == "rank"]
     text += tied_text + _baseline_clauses(rows, best, means, ranks)
     text += "."
+    if n_seeds == 2:
+        # t with one degree of freedom: a quantile above 100 at the answer's m, so seed scatter
+        # of 10⁻³ already ties means 0.1 apart (docs/outputs.md, "How many seeds").
+        text += (
+            " Two seeds: the seed part of every interval has one degree of freedom, so a tie "
+            "here says the two seeds cannot tell, not that the models are alike; three or "
+            "more seeds resolve it."
+        )
     if runs is not None and not runs["converged"].all():
         text += (
             " Not converged (all max_epochs run, best epoch among the last `patience`: "
